@@ -1,0 +1,29 @@
+"""Exception types: every user-facing failure names the file, key or row at fault."""
+
+
+class EasyEditSplitError(Exception):
+    """Base class of the package's errors."""
+
+
+class HparamsError(EasyEditSplitError, ValueError):
+    """A hyper-parameter file or value is malformed (names the file and key)."""
+
+
+class DatasetError(EasyEditSplitError, ValueError):
+    """A dataset file or row is malformed (names the file and row)."""
+
+
+class StorageError(EasyEditSplitError, ValueError):
+    """A saved intervention file is missing, malformed or does not fit the model."""
+
+
+class ModelError(EasyEditSplitError, ValueError):
+    """The model cannot be loaded, or a layer/component does not exist in it."""
+
+
+class TrainingError(EasyEditSplitError, RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); names the step."""
+
+
+class IntegrationError(EasyEditSplitError, ImportError):
+    """An EasyEdit checkout is missing or incomplete; says what to install or set."""

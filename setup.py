@@ -1,0 +1,32 @@
+"""Packaging for easyedit_split: SPLIT steering and the preference-utility evaluator for EasyEdit users."""
+from setuptools import find_packages, setup
+
+setup(
+    name="easyedit_split",
+    version="0.1.0",
+    description="SPLIT steering and the unified preference-utility analysis, EasyEdit-compatible",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["easyedit_split", "easyedit_split.*"]),
+    package_data={"easyedit_split": ["datasets/*", "datasets/**/*", "configs/*", "configs/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch==2.13.0",
+        "transformers>=4.45",
+        "peft>=0.12",
+        "accelerate>=0.30",
+        "hydra-core>=1.3",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "pandas>=2.0",
+        "pyarrow>=14",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["easyedit-split=easyedit_split.cli:main"]},
+)
