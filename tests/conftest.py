@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random models of every supported family, built from a config in milliseconds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+FAMILIES = ("llama", "qwen2", "gemma2")
+
+
+def build_tiny_model(family: str, seed: int = 0, num_layers: int = 4):
+    """A randomly initialised causal LM of `family` small enough for unit tests."""
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    if family == "llama":
+        config = LlamaConfig(**common)
+    elif family == "qwen2":
+        config = Qwen2Config(**common)
+    elif family == "gemma2":
+        config = Gemma2Config(**common, head_dim=8, sliding_window=4, final_logit_softcapping=30.0,
+                              attn_logit_softcapping=50.0, query_pre_attn_scalar=8)
+    else:
+        raise ValueError(family)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_model(request):
+    return build_tiny_model(request.param)
+
+
+@pytest.fixture
+def token_batch():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(3, 97, (3, 9), generator=generator)
