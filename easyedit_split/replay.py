@@ -1,0 +1,162 @@
+"""The fast path (DESIGN 5): run the layers below the intervention once, replay only the rest.
+
+Layers below layer `l` do not depend on an intervention at `l`. `capture_layer_inputs` runs the
+model once and keeps the input hidden states of layer `l` and the keyword arguments that every
+layer from `l` on receives (attention masks, rotary embeddings; Gemma2 alternates sliding and
+global masks, so each layer's own are kept). `replay_hidden` then runs layers `l..N` on any
+selection of captured rows, e.g. K copies of each example for a K-multiplier sweep, and
+`completion_nll` turns the result into per-row completion NLLs, applying the LM head only at
+completion positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .interventions import DynamicWeightUpdate, attach
+from .models import get_decoder_layers, hidden_to_logits
+from .prompts import IGNORE_INDEX, TokenBatch
+
+# Layer kwargs whose first dimension is the batch; everything else is shared by all rows.
+_BATCH_FIRST_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class CapturedInputs:
+    """Inputs of decoder layers `start_layer..N-1` for one token batch (no intervention applied)."""
+
+    start_layer: int
+    hidden_states: torch.Tensor
+    layer_kwargs: list[dict[str, Any]]
+    batch: TokenBatch
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+
+def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) -> CapturedInputs:
+    """One unsteered forward that records what layers `start_layer..N-1` receive."""
+    layers = get_decoder_layers(model)
+    records: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+    last = len(layers) - 1
+
+    def recorder(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            kept = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
+            kept["use_cache"] = False
+            records[index] = (hidden.detach(), kept)
+            if index == last:
+                raise _StopForward
+
+        return hook
+
+    hooks = [layers[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in range(start_layer, len(layers))]
+    try:
+        with torch.no_grad():
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return CapturedInputs(
+        start_layer=start_layer,
+        hidden_states=records[start_layer][0],
+        layer_kwargs=[records[i][1] for i in range(start_layer, len(layers))],
+        batch=batch,
+    )
+
+
+def _select_rows(value: Any, rows: torch.Tensor, batch_size: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == batch_size and batch_size > 1:
+            return value.index_select(0, rows.to(value.device))
+        return value
+    if isinstance(value, tuple):
+        return tuple(_select_rows(v, rows, batch_size) for v in value)
+    return value
+
+
+def replay_hidden(model: nn.Module, captured: CapturedInputs, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Last-layer hidden states for `rows` of the captured batch, running layers `start..N-1` only.
+
+    Hooks attached to the model (interventions) fire as in a normal forward.
+    """
+    batch_size = len(captured)
+    rows = torch.arange(batch_size) if rows is None else rows
+    hidden = captured.hidden_states.index_select(0, rows.to(captured.hidden_states.device))
+    layers = get_decoder_layers(model)
+    for offset, layer in enumerate(layers[captured.start_layer :]):
+        kwargs = {
+            k: (_select_rows(v, rows, batch_size) if k in _BATCH_FIRST_KWARGS else v)
+            for k, v in captured.layer_kwargs[offset].items()
+        }
+        output = layer(hidden, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+    return hidden
+
+
+@dataclass
+class CompletionNLL:
+    """Per-row completion NLL: `sum` over completion tokens and their `count`."""
+
+    sum: torch.Tensor
+    count: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count.clamp_min(1)
+
+
+def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> CompletionNLL:
+    """Teacher-forced NLL of labelled tokens, with the LM head applied at those positions only."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    row_index, position = mask.nonzero(as_tuple=True)
+    logits = hidden_to_logits(model, hidden[row_index, position]).float()  # position t predicts t+1
+    token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets[row_index, position].unsqueeze(-1)).squeeze(-1)
+    total = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device).index_add(0, row_index, token_nll)
+    return CompletionNLL(total, mask.sum(dim=1))
+
+
+def completion_nll(
+    model: nn.Module,
+    captured: CapturedInputs,
+    updates: Mapping[int, DynamicWeightUpdate],
+    multipliers: Any = 1.0,
+    rows: Optional[torch.Tensor] = None,
+) -> CompletionNLL:
+    """NLL of the captured rows' completions under `updates` at `multipliers` (float or one per row).
+
+    Every update must sit at or above the captured start layer.
+    """
+    if any(layer < captured.start_layer for layer in updates):
+        raise ValueError(f"updates at layers {sorted(updates)} lie below the captured start layer {captured.start_layer}")
+    rows = torch.arange(len(captured)) if rows is None else rows
+    labels = captured.batch.labels.index_select(0, rows.to(captured.batch.labels.device))
+    with attach(model, updates, multipliers):
+        hidden = replay_hidden(model, captured, rows)
+    return nll_from_hidden(model, hidden, labels)
+
+
+def full_forward_nll(
+    model: nn.Module, batch: TokenBatch, updates: Mapping[int, DynamicWeightUpdate], multipliers: Any = 1.0
+) -> CompletionNLL:
+    """The plain path: a full forward of the whole model (the reference the fast path must equal)."""
+    with attach(model, updates, multipliers):
+        output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                       output_hidden_states=False)
+    logits = output.logits.float()
+    targets = batch.labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+    token_nll = -log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
+    return CompletionNLL(token_nll.sum(dim=1), mask.sum(dim=1))
