@@ -296,10 +296,12 @@ def _read_csv(path: Path) -> list[_Row]:
     rows: list[_Row] = []
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        start_line = reader.line_num + 1
         try:
+            header = reader.fieldnames  # reads the header, so line_num now counts it
+            if header is None:
+                return rows
+            start_line = reader.line_num + 1  # a record's location is the line it starts on
             for record in reader:
-                # Header line is 1; a record's location is the line it starts on.
                 if None in record:
                     raise DatasetError(
                         f"{path}, line {start_line}: more values than header columns ({', '.join(reader.fieldnames or [])})."
