@@ -1044,7 +1044,7 @@ class TopLevelConfig(HyperParams):
     axbench_output_dir_name: Optional[str] = None
     method_overrides: Dict[str, Any] = field(default_factory=dict)
     explicit_keys: Optional[List[str]] = field(default=None, repr=False, compare=False)
-    """Model keys written in the file (None = all of them, for a config built in code)."""
+    """Keys written in the file (None = all of them, for a config built in code)."""
 
     _LIST_KEYS: ClassVar[tuple] = (
         "steer_train_hparam_paths",
@@ -1093,8 +1093,7 @@ class TopLevelConfig(HyperParams):
                     f"{source}: key '{key}' cannot be overridden from the top-level config"
                     + _suggest(str(key), method_keys)
                 )
-        model_keys = _field_types(HyperParams)
-        data.setdefault("explicit_keys", [k for k in data if k in model_keys])
+        data.setdefault("explicit_keys", list(data))
         try:
             return cls(**data, method_overrides=overrides)
         except HparamsError as exc:
@@ -1102,7 +1101,8 @@ class TopLevelConfig(HyperParams):
 
     def model_keys(self) -> Dict[str, Any]:
         """The model-level keys this config sets (only those written, when read from a file)."""
-        names = _field_types(HyperParams) if self.explicit_keys is None else self.explicit_keys
+        model_fields = _field_types(HyperParams)
+        names = model_fields if self.explicit_keys is None else [k for k in self.explicit_keys if k in model_fields]
         return {name: getattr(self, name) for name in names}
 
     def merge_into(self, hparams: HyperParams) -> HyperParams:
@@ -1144,7 +1144,8 @@ class TopLevelConfig(HyperParams):
                 updates["steer_vector_output_dir"] = dirs[index] if index < len(dirs) else dirs[0]
             if self.steer_train_dataset is not None:
                 updates["steer_train_dataset"] = copy.deepcopy(self.steer_train_dataset)
-            updates["save_vectors"] = self.save_vectors
+            if self.explicit_keys is None or "save_vectors" in self.explicit_keys:
+                updates["save_vectors"] = self.save_vectors
             try:
                 result.append(dataclasses.replace(hparams, **updates))
             except HparamsError as exc:
