@@ -1,0 +1,45 @@
+"""EasyEdit's apply step, written once for every method: load saved updates and hook them in."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from torch import nn
+
+from .errors import HparamsError
+from .interventions import DynamicWeightUpdate, InterventionHandle, attach
+from .storage import load_interventions
+
+
+def per_layer_multipliers(layers: list[int], multipliers: list[float], source: str = "apply hparams") -> dict[int, float]:
+    """EasyEdit pairs `layers` and `multipliers` position by position; one multiplier serves all layers."""
+    if len(multipliers) == 1:
+        return {layer: float(multipliers[0]) for layer in layers}
+    if len(multipliers) != len(layers):
+        raise HparamsError(
+            f"{source}: 'multipliers' has {len(multipliers)} values for {len(layers)} layers; give one per layer or a single one"
+        )
+    return {layer: float(m) for layer, m in zip(layers, multipliers)}
+
+
+def scaled_updates(updates: dict[int, DynamicWeightUpdate], multipliers: dict[int, float]) -> dict[int, DynamicWeightUpdate]:
+    """Fold per-layer multipliers into the updates, so one handle multiplier (1.0) drives them all."""
+    return {layer: update.scaled(multipliers[layer]) for layer, update in updates.items()}
+
+
+def load_for_apply(model: nn.Module, apply_hparams: Any, load_dir: Optional[Union[str, Path]] = None) -> dict[int, DynamicWeightUpdate]:
+    directory = load_dir or getattr(apply_hparams, "steer_vector_load_dir", None)
+    if not directory:
+        raise HparamsError("apply hparams: 'steer_vector_load_dir' is not set and no load directory was given")
+    layers = list(apply_hparams.layers)
+    updates = load_interventions(
+        directory, layers=layers, concept_id=int(getattr(apply_hparams, "concept_id", 0) or 0), model=model,
+        intervention_method=getattr(apply_hparams, "intervention_method", None) if getattr(apply_hparams, "alg_name", "") != "caa" else None,
+    )
+    multipliers = per_layer_multipliers(layers, list(getattr(apply_hparams, "multipliers", [1.0])))
+    return scaled_updates(updates, multipliers)
+
+
+def apply_from_hparams(model: nn.Module, apply_hparams: Any, load_dir: Optional[Union[str, Path]] = None) -> InterventionHandle:
+    """Attach the saved updates named by `apply_hparams` (layers, multipliers, concept_id)."""
+    return attach(model, load_for_apply(model, apply_hparams, load_dir), 1.0)
