@@ -1,0 +1,138 @@
+"""`easyedit-split`: the command line. The only place in the package that prints."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from typing import Optional, Sequence
+
+
+def parse_multipliers(text: str) -> list[float]:
+    """`-2,0,2` or `start:stop:step` (stop included when it lands on the grid)."""
+    text = text.strip()
+    if ":" in text:
+        parts = [float(p) for p in text.split(":")]
+        if len(parts) != 3 or parts[2] <= 0:
+            raise argparse.ArgumentTypeError(f"multipliers '{text}': use start:stop:step with step > 0")
+        start, stop, step = parts
+        count = int(round((stop - start) / step)) + 1
+        return [round(start + i * step, 10) for i in range(count) if start + i * step <= stop + 1e-9]
+    try:
+        return [float(p) for p in text.replace(" ", ",").split(",") if p]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"multipliers '{text}': {error}") from error
+
+
+def _print_demo(result) -> None:
+    width = 60
+    print(f"CAA vector from {result.n_pairs} sentiment pairs, layer {result.layer}, |v| = {result.vector_norm:.1f}\n")
+    for index, prompt in enumerate(result.prompts):
+        print(f"Prompt: {prompt}")
+        columns = [textwrap.wrap(result.texts[m][index], width) or [""] for m in result.multipliers]
+        headers = [f"m = {m:+g}" + (" (unsteered)" if m == 0 else "") for m in result.multipliers]
+        print(" | ".join(h.ljust(width) for h in headers))
+        print("-+-".join("-" * width for _ in headers))
+        for line in range(max(len(c) for c in columns)):
+            print(" | ".join((c[line] if line < len(c) else "").ljust(width) for c in columns))
+        print()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_steering_demo
+
+    result = run_steering_demo(model_name_or_path=args.model, layer=args.layer, multipliers=args.multipliers,
+                               max_new_tokens=args.max_new_tokens)
+    _print_demo(result)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .editor import SteerEditor
+
+    overrides = {"model_name_or_path": args.model} if args.model else {}
+    editor = SteerEditor.from_hparams(args.hparams, **overrides)
+    updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
+    print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .editor import SteerEditor
+    from .hparams import CAAHyperParams
+
+    editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[]))
+    editor.load(args.vectors, concept_id=args.concept_id)
+    texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
+    for m, outputs in texts.items():
+        for prompt, text in zip(args.prompt, outputs):
+            print(f"[m={m:+g}] {prompt}\n  {text}")
+    return 0
+
+
+def cmd_cache_model(args: argparse.Namespace) -> int:
+    from .models import ensure_default_model_cached
+
+    print(ensure_default_model_cached())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL_NAME
+
+    parser = argparse.ArgumentParser(prog="easyedit-split", description="SPLIT steering and preference-utility analysis")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="steer the default model with a CAA vector and show the texts side by side")
+    demo.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    demo.add_argument("--layer", type=int, default=15)
+    demo.add_argument("--multipliers", type=parse_multipliers, default=[-2.0, 0.0, 2.0])
+    demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train/generate interventions from an EasyEdit hparams file")
+    train.add_argument("--hparams", required=True)
+    train.add_argument("--dataset", default="sentiment")
+    train.add_argument("--split", default="train")
+    train.add_argument("--output-dir", default=None)
+    train.add_argument("--model", default=None)
+    train.set_defaults(func=cmd_train)
+
+    generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")
+    generate.add_argument("--vectors", required=True, help="directory with layer_<L>.pt files")
+    generate.add_argument("--prompt", action="append", required=True)
+    generate.add_argument("--multipliers", type=parse_multipliers, default=[0.0, 1.0])
+    generate.add_argument("--concept-id", type=int, default=0)
+    generate.add_argument("--max-new-tokens", type=int, default=40)
+    generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    generate.set_defaults(func=cmd_generate)
+
+    cache = sub.add_parser("cache-model", help="convert the offline default model once and print its cache path")
+    cache.set_defaults(func=cmd_cache_model)
+
+    try:
+        from . import cli_evaluate
+    except ImportError:
+        cli_evaluate = None
+    if cli_evaluate is not None:
+        evaluate = sub.add_parser("evaluate", help="preference-utility evaluation over a multiplier sweep")
+        cli_evaluate.add_arguments(evaluate)
+        evaluate.set_defaults(func=cli_evaluate.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .errors import EasyEditSplitError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EasyEditSplitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
