@@ -1,0 +1,49 @@
+"""SFT steering: the NLL of the winning completion under the intervention, nothing else.
+
+    loss = pos_loss_weight * L_p
+
+`L_p` pooled over the tokens of a minibatch chunk, as in `split`. EasyEdit runs SFT through
+the SPLIT trainer with the other weights at 0; here non-zero `neg_loss_weight`,
+`margin_penalty_weight` or `ref_loss_weight` in an SFT file are ignored with a warning (use
+`alg_name: split` for them).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..data import PolarityPair
+from ..training import LossTerms, Trained, pooled_nll, train_method
+
+logger = logging.getLogger(__name__)
+
+ALG_NAME = "sft"
+_IGNORED = ("neg_loss_weight", "margin_penalty_weight", "ref_loss_weight")
+
+
+def sft_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
+    """NLL of the winning completion (pooled over the chunk's tokens)."""
+    return getattr(hparams, "pos_loss_weight", 1.0) * pooled_nll(terms.target_nll_sum, terms.target_count)
+
+
+def train(
+    hparams: Any,
+    pairs: Sequence[PolarityPair],
+    model: nn.Module,
+    tokenizer: Any,
+    output_dir: Optional[Union[str, Path]] = None,
+    dataset_name: Optional[str] = None,
+    progress: bool = True,
+) -> Trained:
+    """Train SFT interventions (see `training.train_method` for layout and return value)."""
+    ignored = {key: getattr(hparams, key) for key in _IGNORED if getattr(hparams, key, 0)}
+    if ignored:
+        logger.warning("sft trains only the positive term; %s ignored (use alg_name: split for them)", ignored)
+    return train_method(
+        ALG_NAME, hparams, pairs, model, tokenizer, sft_loss,
+        output_dir=output_dir, dataset_name=dataset_name, progress=progress,
+    )

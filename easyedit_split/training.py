@@ -1,0 +1,719 @@
+"""The one trainer behind `sft`, `reps` and `split`: methods differ only in their loss.
+
+A method is a `PreferenceLoss`, a plain callable `(terms: LossTerms, hparams) -> scalar`.
+Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
+`PreferenceModelTrainer`):
+
+* Rows. Each example gives one row per entry of `preference_pairs`. `orig_add`: the
+  matching completion wins, factor `+m`; `orig_sub`: winning and losing are swapped and the
+  factor is `-m`, or 0 with `substraction_type: null_it_out`. `m` is drawn from
+  `steering_factors`, one draw per (example, pair) shared by the winning and the losing
+  completion (EasyEdit draws the two independently; see DIFFERENCES below).
+* Minibatches. A step takes `batch_size` examples (shuffled per epoch by a generator seeded
+  with `seed`), expands them to `batch_size * len(preference_pairs)` rows in EasyEdit's order
+  (example-major, then pair), cuts those into chunks of `batch_size` rows, evaluates the loss
+  on each chunk and averages the chunk losses, divided by `gradient_accumulation_steps`.
+* Optimisation. AdamW (`lr`, `weight_decay`) on the intervention's parameters only; linear
+  decay to 0 without warm-up over `n_epochs * (batches // gradient_accumulation_steps)`
+  optimizer steps; an optimizer step after every `gradient_accumulation_steps` batches and at
+  the end of each epoch; gradient norm clipped at 1.0; dropout on the intervention's delta
+  (`dropout`), the base model frozen in eval mode. The same `seed` gives the same update.
+* Positions. `intervention_positions: all` steers every position from the first token after
+  the chat template's common prefix (EasyEdit's `prefix_length`; with `exclude_bos: false`,
+  from position 0) to the end. `intervention_positions_dropout` drops positions at random.
+* null_it_out. For a vector `v`, a row with factor 0 has the positive part of its
+  component along `v` removed: `h <- h - relu(h.v)/|v|^2 * v` at every steered position,
+  as EasyEdit's vector intervention does (gradients reach `v`). For `lora` and
+  `local_weight`, EasyEdit multiplies the update by the factor, so factor 0 is no steering;
+  we do the same.
+
+The fast path (DESIGN 5): all sequences are tokenized once; the inputs of the trained layer
+are captured once per layer by `replay.capture_layer_inputs`; each step replays only layers
+`l..N` for every row (winning and losing completions of all pairs in ONE batch, one
+multiplier per row) and applies the LM head at completion positions only. Reference NLLs
+(no intervention) are computed once, only when the loss needs them. `fast=False` runs the
+plain full forward instead (same rows, same loss; references recomputed every step as
+EasyEdit does) for tests and the benchmark.
+
+DIFFERENCES from EasyEdit, on purpose: one factor per (example, pair) instead of independent
+draws for winning and losing rows; chunks follow the actual batch (EasyEdit's last short
+batch of an epoch fails on an empty chunk); the vector has no learnable scalar offset
+(EasyEdit's `proj.bias`, trained but never saved); the intervention's parameters stay fp32
+whatever the model dtype; `max_num_of_examples` caps pairs (EasyEdit halves it for AxBench's
+positive/negative rows); references are not recomputed every step on the fast path.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import PolarityPair, group_by_concept
+from .errors import HparamsError, TrainingError
+from .interventions import DynamicWeightUpdate, attach
+from .models import check_layer, get_layer, hidden_size, model_device, num_layers
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, encode_prompt
+from .replay import CapturedInputs, CompletionNLL, capture_layer_inputs, nll_from_hidden, replay_hidden
+from .storage import (
+    METADATA_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    layer_file,
+    payload_to_update,
+    safe_torch_load,
+    save_concept_update,
+    save_interventions,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LossTerms",
+    "PreferenceLoss",
+    "PreparedPairs",
+    "StepPlan",
+    "TrainingLog",
+    "prepare_pairs",
+    "plan_step",
+    "step_loss",
+    "new_update",
+    "train_layer",
+    "train_method",
+    "STATE_FILE_PATTERN",
+]
+
+STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
+SUPPORTED_PAIRS = ("orig_add", "orig_sub")
+_REFERENCE_CHUNK = 64  # rows per unsteered scoring pass
+
+
+# ============================================================================ loss inputs
+
+
+@dataclass
+class LossTerms:
+    """Per-row quantities a loss is computed from; a row is one (example, preference pair).
+
+    `target` is the winning completion of the row (matching for `orig_add`, not-matching for
+    `orig_sub`), `opposite` the losing one. `*_nll_sum` are sums of token NLLs over the
+    completion (+ end-of-turn suffix) under the intervention at `factors`; `*_count` the token
+    counts; `*_length` the full sequence lengths (prompt + completion, EasyEdit's RePS
+    `winning_lens`/`losing_lens`). `*_ref_nll_sum` are the same sums without intervention,
+    present only when the loss asked for them.
+    """
+
+    target_nll_sum: torch.Tensor
+    target_count: torch.Tensor
+    opposite_nll_sum: torch.Tensor
+    opposite_count: torch.Tensor
+    target_length: torch.Tensor
+    opposite_length: torch.Tensor
+    factors: torch.Tensor
+    target_ref_nll_sum: Optional[torch.Tensor] = None
+    opposite_ref_nll_sum: Optional[torch.Tensor] = None
+
+    @property
+    def target_nll(self) -> torch.Tensor:
+        """Mean per-token NLL of the winning completion, per row."""
+        return self.target_nll_sum / self.target_count.clamp_min(1)
+
+    @property
+    def opposite_nll(self) -> torch.Tensor:
+        return self.opposite_nll_sum / self.opposite_count.clamp_min(1)
+
+    @property
+    def target_ref_nll(self) -> torch.Tensor:
+        return self._reference("target_ref_nll_sum") / self.target_count.clamp_min(1)
+
+    @property
+    def opposite_ref_nll(self) -> torch.Tensor:
+        return self._reference("opposite_ref_nll_sum") / self.opposite_count.clamp_min(1)
+
+    def _reference(self, name: str) -> torch.Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise TrainingError(f"the loss reads {name}, but it was not computed: train with needs_reference=True")
+        return value
+
+    def __len__(self) -> int:
+        return self.target_nll_sum.shape[0]
+
+    def rows(self, index: slice) -> "LossTerms":
+        """The terms of a subset of rows (a minibatch chunk)."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return LossTerms(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+PreferenceLoss = Callable[[LossTerms, Any], torch.Tensor]
+"""`(terms, hparams) -> scalar loss` of one minibatch chunk; a method is one of these."""
+
+
+def pooled_nll(nll_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Token-weighted mean NLL over the rows of a chunk, as a Hugging Face `outputs.loss` of that batch."""
+    return nll_sum.sum() / count.sum().clamp_min(1)
+
+
+# ============================================================================ tokenized data
+
+
+@dataclass
+class PreparedPairs:
+    """Every example's two sequences, tokenized once: row `2i` matching, row `2i + 1` not matching.
+
+    `prefix_length` leading positions are not steered (EasyEdit's chat-template prefix).
+    `captured` holds the inputs of the trained layer and above (fast path), `reference_nll`
+    the unsteered completion NLL sums of every row (computed once, when needed).
+    """
+
+    batch: TokenBatch
+    prefix_length: int = 0
+    captured: Optional[CapturedInputs] = None
+    reference_nll: Optional[torch.Tensor] = None
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.batch) // 2
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.batch.attention_mask.sum(dim=1)
+
+    def to(self, device: Any) -> "PreparedPairs":
+        return PreparedPairs(self.batch.to(device), self.prefix_length)
+
+    def capture(self, model: nn.Module, layer: int) -> CapturedInputs:
+        """Capture (once) the inputs of layers `layer..N-1` for every sequence."""
+        if self.captured is None or self.captured.start_layer != layer:
+            self.captured = capture_layer_inputs(model, self.batch, layer)
+        return self.captured
+
+    def compute_reference(self, model: nn.Module, fast: bool = True) -> torch.Tensor:
+        """Unsteered completion NLL sum of every row (no intervention, no dropout)."""
+        if self.reference_nll is not None:
+            return self.reference_nll
+        sums = []
+        with torch.no_grad():
+            for start in range(0, len(self.batch), _REFERENCE_CHUNK):
+                rows = torch.arange(start, min(start + _REFERENCE_CHUNK, len(self.batch)))
+                if fast and self.captured is not None:
+                    sums.append(nll_from_hidden(model, replay_hidden(model, self.captured, rows), self._labels(rows)).sum)
+                else:
+                    sums.append(_plain_nll(model, self.batch, rows).sum)
+        self.reference_nll = torch.cat(sums)
+        return self.reference_nll
+
+    def _labels(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.batch.labels.index_select(0, rows.to(self.batch.labels.device))
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def steering_prefix_length(tokenizer: Any, fmt: PromptFormat, exclude_bos: bool = True) -> int:
+    """Leading positions EasyEdit leaves unsteered: the chat template's common prefix
+    (system turn and user header), or the BOS token without a template; 0 with `exclude_bos: false`."""
+    if not exclude_bos:
+        return 0
+    if fmt.uses_template(tokenizer):
+        return _common_prefix_length(encode_prompt(tokenizer, fmt, "1"), encode_prompt(tokenizer, fmt, "2"))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = encode_prompt(tokenizer, fmt, "1")
+    return 1 if bos is not None and ids and ids[0] == bos else 0
+
+
+def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -> PreparedPairs:
+    """Tokenize every pair once (chat template, joining and masking of `prompts`)."""
+    if not pairs:
+        raise TrainingError("no training pairs: the dataset (or concept) is empty")
+    fmt = PromptFormat.from_hparams(hparams)
+    encoded = []
+    for pair in pairs:
+        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.matching))
+        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.not_matching))
+    max_length = getattr(hparams, "output_length", None)
+    batch = collate(encoded, tokenizer.pad_token_id, max_length)
+    empty = ((batch.labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        example = empty[0] // 2
+        raise TrainingError(
+            f"pair {example} ({pairs[example].question[:40]!r}...): its completion is cut off by "
+            f"output_length={max_length}; raise output_length"
+        )
+    prefix = steering_prefix_length(tokenizer, fmt, bool(getattr(hparams, "exclude_bos", True)))
+    return PreparedPairs(batch, prefix)
+
+
+# ============================================================================ one step
+
+
+@dataclass
+class StepPlan:
+    """The rows of one step: for each (example, pair), which sequences win/lose and the factor."""
+
+    target_rows: torch.Tensor  # [R] index into PreparedPairs.batch
+    opposite_rows: torch.Tensor  # [R]
+    factors: torch.Tensor  # [R]
+    null_rows: torch.Tensor  # [R] bool: null_it_out projection (vector) instead of a factor
+    chunk_size: int
+
+    def __len__(self) -> int:
+        return self.target_rows.shape[0]
+
+
+def _check_supported(hparams: Any) -> None:
+    pairs = list(getattr(hparams, "preference_pairs", ["orig_add"]))
+    unsupported = [p for p in pairs if p not in SUPPORTED_PAIRS]
+    if unsupported:
+        raise HparamsError(
+            f"key 'preference_pairs': {unsupported} need steered inputs (EasyEdit's "
+            f"'<steering_prompt_type>_steered_input' columns), which polarity pairs do not have; use {list(SUPPORTED_PAIRS)}"
+        )
+    if getattr(hparams, "intervention_positions", "all") != "all":
+        raise HparamsError(
+            f"key 'intervention_positions': only 'all' is supported by the trainer, got {hparams.intervention_positions!r}"
+        )
+    if getattr(hparams, "intervention_type", "addition") != "addition":
+        raise HparamsError(f"key 'intervention_type': only 'addition' is trained, got {hparams.intervention_type!r}")
+    if getattr(hparams, "inference", False):
+        raise HparamsError("key 'inference': score-only runs are not done by the trainer; use the evaluator")
+
+
+def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generator) -> StepPlan:
+    """Expand examples into rows (example-major, then `preference_pairs`) and draw their factors."""
+    factors_table = [float(f) for f in hparams.steering_factors]
+    null_out = getattr(hparams, "substraction_type", "normal") == "null_it_out"
+    targets, opposites, factors, nulls = [], [], [], []
+    for example in example_ids:
+        matching, not_matching = 2 * int(example), 2 * int(example) + 1
+        for pair in hparams.preference_pairs:
+            draw = factors_table[int(torch.randint(len(factors_table), (1,), generator=generator))]
+            if pair == "orig_add":
+                targets.append(matching), opposites.append(not_matching), factors.append(draw), nulls.append(False)
+            else:  # orig_sub: the not-matching completion wins
+                targets.append(not_matching), opposites.append(matching)
+                factors.append(0.0 if null_out else -draw), nulls.append(null_out)
+    return StepPlan(
+        torch.tensor(targets), torch.tensor(opposites), torch.tensor(factors, dtype=torch.float32),
+        torch.tensor(nulls, dtype=torch.bool), int(hparams.batch_size),
+    )
+
+
+class _NullItOut:
+    """Forward hook: `h <- h - relu(h.v)/|v|^2 * v` on the rows marked null (vectors only)."""
+
+    def __init__(self, update: DynamicWeightUpdate, null_rows: torch.Tensor, positions: Optional[torch.Tensor]):
+        self.update, self.null_rows, self.positions = update, null_rows, positions
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        vector = self.update.bias
+        coefficient = torch.relu(hidden.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
+        coefficient = coefficient * self.null_rows.to(coefficient.device, coefficient.dtype).unsqueeze(1)
+        if self.positions is not None:
+            coefficient = coefficient * self.positions.to(coefficient.dtype)
+        direction = self.update.dropout(vector.expand(hidden.shape[0], -1)).unsqueeze(1)  # [rows, 1, hidden]
+        projected = hidden - (coefficient.unsqueeze(-1) * direction).to(hidden.dtype)
+        return (projected,) + tuple(output[1:]) if isinstance(output, tuple) else projected
+
+
+def _plain_nll(model: nn.Module, batch: TokenBatch, rows: torch.Tensor) -> CompletionNLL:
+    """Full forward of `rows` (trimmed to their longest sequence), NLL of their completions."""
+    rows = rows.to(batch.input_ids.device)
+    width = int(batch.attention_mask.index_select(0, rows).sum(dim=1).max())
+    input_ids = batch.input_ids.index_select(0, rows)[:, :width]
+    attention_mask = batch.attention_mask.index_select(0, rows)[:, :width]
+    labels = batch.labels.index_select(0, rows)[:, :width]
+    output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    logits = output.logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
+    return CompletionNLL(token_nll.sum(dim=1), mask.sum(dim=1))
+
+
+def _steered_nll(
+    model: nn.Module, prepared: PreparedPairs, layer: int, update: DynamicWeightUpdate,
+    rows: torch.Tensor, multipliers: torch.Tensor, null_rows: torch.Tensor,
+    positions_dropout: float, generator: Optional[torch.Generator], fast: bool,
+) -> CompletionNLL:
+    """Completion NLL of `rows` with `update` at `layer` (one multiplier per row)."""
+    batch = prepared.batch
+    device = batch.input_ids.device
+    width = batch.input_ids.shape[1] if fast else int(batch.attention_mask.index_select(0, rows.to(device)).sum(dim=1).max())
+    positions: Optional[torch.Tensor] = None
+    if prepared.prefix_length > 0 or positions_dropout > 0:
+        positions = (torch.arange(width, device=device) >= prepared.prefix_length).float().expand(len(rows), width)
+        if positions_dropout > 0:
+            keep = torch.rand(len(rows), width, generator=generator) >= positions_dropout
+            positions = positions * keep.to(device)
+    handle = attach(model, {layer: update}, multipliers.to(device), positions=positions)
+    hooks = []
+    try:
+        if update.method == "vector" and bool(null_rows.any()):
+            hooks.append(get_layer(model, layer).register_forward_hook(_NullItOut(update, null_rows, positions)))
+        if fast:
+            captured = prepared.captured
+            if captured is None or captured.start_layer != layer:
+                raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
+            hidden = replay_hidden(model, captured, rows)
+            return nll_from_hidden(model, hidden, prepared._labels(rows))
+        return _plain_nll(model, batch, rows)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        handle.remove()
+
+
+def step_loss(
+    model: nn.Module,
+    prepared: PreparedPairs,
+    layer: int,
+    update: DynamicWeightUpdate,
+    plan: StepPlan,
+    loss: PreferenceLoss,
+    hparams: Any,
+    needs_reference: bool = False,
+    fast: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Mean over minibatch chunks of `loss` for the rows of `plan` (differentiable in `update`).
+
+    All winning and losing completions of the step run as one batch. With `fast=False` every
+    row is a full forward, and reference NLLs are recomputed (EasyEdit's behaviour).
+    """
+    n = len(plan)
+    rows = torch.cat([plan.target_rows, plan.opposite_rows])
+    multipliers = torch.cat([plan.factors, plan.factors])
+    null_rows = torch.cat([plan.null_rows, plan.null_rows])
+    nll = _steered_nll(
+        model, prepared, layer, update, rows, multipliers, null_rows,
+        float(getattr(hparams, "intervention_positions_dropout", 0.0) or 0.0), generator, fast,
+    )
+    lengths = prepared.lengths
+    target_ref = opposite_ref = None
+    if needs_reference:
+        if fast:
+            reference = prepared.compute_reference(model, fast=True)
+            target_ref, opposite_ref = reference[plan.target_rows], reference[plan.opposite_rows]
+        else:
+            with torch.no_grad():
+                reference = _plain_nll(model, prepared.batch, rows).sum
+            target_ref, opposite_ref = reference[:n], reference[n:]
+    terms = LossTerms(
+        target_nll_sum=nll.sum[:n], target_count=nll.count[:n],
+        opposite_nll_sum=nll.sum[n:], opposite_count=nll.count[n:],
+        target_length=lengths[plan.target_rows], opposite_length=lengths[plan.opposite_rows],
+        factors=plan.factors, target_ref_nll_sum=target_ref, opposite_ref_nll_sum=opposite_ref,
+    )
+    chunk_losses = [loss(terms.rows(slice(start, start + plan.chunk_size)), hparams) for start in range(0, n, plan.chunk_size)]
+    return torch.stack(chunk_losses).mean()
+
+
+# ============================================================================ one layer
+
+
+@dataclass
+class TrainingLog:
+    """What happened while training one intervention."""
+
+    layer: int
+    concept_id: int = 0
+    losses: list[float] = field(default_factory=list)  # one per batch (mean over its chunks)
+    optimizer_steps: int = 0
+    seconds: float = 0.0
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["layer", "concept_id", "batch", "loss"])
+        for index, value in enumerate(self.losses):
+            writer.writerow([self.layer, self.concept_id, index, value])
+        return out.getvalue()
+
+
+def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
+    """A fresh intervention as EasyEdit initialises it (call under a seeded RNG).
+
+    vector: uniform in +-1/sqrt(hidden) (EasyEdit's `nn.Linear` init; a zero vector would make
+    the null_it_out projection undefined); lora: Kaiming-uniform A, zero B; local_weight: zeros.
+    """
+    method = hparams.intervention_method
+    update = DynamicWeightUpdate.for_model(
+        model, method, component=getattr(hparams, "intervention_components", "mlp_mid") if method != "vector" else "block",
+        rank=int(getattr(hparams, "low_rank_dimension", 1) or 1), dropout=float(getattr(hparams, "dropout", 0.0) or 0.0),
+        alpha=getattr(hparams, "lora_alpha", None) if method == "lora" else None,
+    )
+    if method == "vector":
+        bound = 1.0 / math.sqrt(hidden_size(model))
+        with torch.no_grad():
+            update.bias.uniform_(-bound, bound)
+    return update
+
+
+def _lr_lambda(total_steps: int) -> Callable[[int], float]:
+    """Linear decay from 1 to 0 over `total_steps`, no warm-up (`get_linear_schedule_with_warmup(opt, 0, total)`)."""
+    return lambda step: max(0.0, float(total_steps - step) / float(max(1, total_steps)))
+
+
+def _snapshot(update: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in update.named_parameters()}
+
+
+def _restore(update: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in update.named_parameters():
+            p.copy_(snapshot[name])
+
+
+class _FrozenModel:
+    """Context: base model in eval mode with no parameter gradients; restored on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.model.eval()
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        self.model.train(self.was_training)
+
+
+def train_layer(
+    model: nn.Module,
+    prepared: PreparedPairs,
+    hparams: Any,
+    layer: int,
+    loss: PreferenceLoss,
+    needs_reference: bool = False,
+    progress: bool = True,
+    fast: bool = True,
+    max_steps: Optional[int] = None,
+    concept_id: int = 0,
+    description: str = "",
+) -> tuple[DynamicWeightUpdate, TrainingLog]:
+    """Train one intervention at `layer` on `prepared` with `loss`; returns it and its log.
+
+    Raises `TrainingError` naming the step when the loss (or an update) is not finite; the
+    error's `last_good_update` holds the parameters after the last finite step.
+    `max_steps` stops after that many batches (benchmarks).
+    """
+    _check_supported(hparams)
+    check_layer(model, layer)
+    seed = int(getattr(hparams, "seed", 42))
+    device = model_device(model)
+    prepared = prepared if prepared.batch.input_ids.device == device else prepared.to(device)
+    n_examples = prepared.n_examples
+    batch_size = int(hparams.batch_size)
+    accumulation = int(getattr(hparams, "gradient_accumulation_steps", 1) or 1)
+    batches_per_epoch = math.ceil(n_examples / batch_size)
+    total_steps = int(hparams.n_epochs) * (batches_per_epoch // accumulation)
+    if total_steps == 0 and int(hparams.n_epochs) > 0:
+        logger.warning(
+            "layer %d: %d batches per epoch < gradient_accumulation_steps=%d, so the linear schedule has 0 steps "
+            "and the learning rate is 0 (as in EasyEdit); lower gradient_accumulation_steps", layer, batches_per_epoch, accumulation,
+        )
+    log = TrainingLog(layer=layer, concept_id=concept_id)
+    started = time.perf_counter()
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with _FrozenModel(model), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        update = new_update(model, hparams).to(device)
+        update.train()
+        if fast:
+            prepared.capture(model, layer)
+        if needs_reference and fast:
+            prepared.compute_reference(model, fast=True)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(update.parameters(), lr=float(hparams.lr), weight_decay=float(hparams.weight_decay))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps))
+        last_good = _snapshot(update)
+        bar = tqdm(total=total_steps, desc=description or f"layer {layer}", disable=not progress, leave=False)
+        batch_index = 0
+        try:
+            for epoch in range(int(hparams.n_epochs)):
+                order = torch.randperm(n_examples, generator=generator)
+                for step in range(batches_per_epoch):
+                    if max_steps is not None and batch_index >= max_steps:
+                        break
+                    examples = order[step * batch_size : (step + 1) * batch_size].tolist()
+                    plan = plan_step(examples, hparams, generator)
+                    value = step_loss(model, prepared, layer, update, plan, loss, hparams, needs_reference, fast, generator)
+                    where = f"layer {layer}, concept {concept_id}: epoch {epoch}, batch {step} (step {batch_index})"
+                    if not torch.isfinite(value):
+                        raise _nonfinite(f"loss is {value.item()} at {where}", update, last_good, log)
+                    (value / accumulation).backward()
+                    log.losses.append(float(value.detach()))
+                    batch_index += 1
+                    if (step + 1) % accumulation == 0 or step + 1 == batches_per_epoch:
+                        torch.nn.utils.clip_grad_norm_(update.parameters(), 1.0)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if not all(torch.isfinite(p).all() for p in update.parameters()):
+                            raise _nonfinite(f"parameters became non-finite at {where}", update, last_good, log)
+                        last_good = _snapshot(update)
+                        log.optimizer_steps += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{log.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        finally:
+            bar.close()
+            prepared.captured = None if fast else prepared.captured
+    update.eval()
+    update.zero_grad(set_to_none=True)
+    log.seconds = time.perf_counter() - started
+    return update, log
+
+
+def _nonfinite(message: str, update: DynamicWeightUpdate, last_good: Mapping[str, torch.Tensor], log: TrainingLog) -> TrainingError:
+    _restore(update, last_good)
+    update.eval()
+    error = TrainingError(
+        f"{message}; training stopped. The intervention keeps its parameters from optimizer step "
+        f"{log.optimizer_steps} (the last finite ones); nothing new was saved. Lower lr or the steering factors."
+    )
+    error.last_good_update = update  # type: ignore[attr-defined]
+    error.log = log  # type: ignore[attr-defined]
+    return error
+
+
+# ============================================================================ a whole method
+
+
+Trained = dict[int, Union[DynamicWeightUpdate, dict[int, DynamicWeightUpdate]]]
+
+
+def _state_path(directory: Path, layer: int) -> Path:
+    return directory / STATE_FILE_PATTERN.format(layer=layer)
+
+
+def _finished_concepts(directory: Optional[Path], layer: int) -> list[int]:
+    if directory is None:
+        return []
+    path = _state_path(directory, layer)
+    if not path.exists():
+        return []
+    import json
+
+    try:
+        return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
+    except (ValueError, AttributeError) as error:
+        raise TrainingError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
+
+
+def _metadata(alg_name: str, hparams: Any, model: nn.Module, dataset_name: Optional[str], prepared_prefix: int, extra: dict) -> dict:
+    config = getattr(model, "config", None)
+    to_dict = getattr(hparams, "to_dict", None)
+    return {
+        "alg_name": alg_name,
+        "model": getattr(hparams, "model_name_or_path", None) or getattr(config, "_name_or_path", None),
+        "hidden_size": hidden_size(model),
+        "num_layers": num_layers(model),
+        "dataset": dataset_name,
+        "steering_prefix_length": prepared_prefix,
+        "trainer": "easyedit_split.training (fast replay path)",
+        "hparams": to_dict() if callable(to_dict) else None,
+        **extra,
+    }
+
+
+def train_method(
+    alg_name: str,
+    hparams: Any,
+    pairs: Sequence[PolarityPair],
+    model: nn.Module,
+    tokenizer: Any,
+    loss: PreferenceLoss,
+    needs_reference: bool = False,
+    output_dir: Optional[Union[str, Path]] = None,
+    dataset_name: Optional[str] = None,
+    progress: bool = True,
+    fast: bool = True,
+) -> Trained:
+    """Train one intervention per layer in `hparams.layers` (and per concept for multi-concept data).
+
+    `output_dir` is the method's directory in EasyEdit's layout (`storage.intervention_dir(...)`,
+    e.g. `<out>/<dataset>/spilt_vector`); None (or `save_vectors: false`) keeps everything in
+    memory. Single-concept data returns `{layer: update}` and writes `layer_<L>.pt`;
+    multi-concept data (more than one `concept_id`) returns `{layer: {concept_id: update}}`
+    and stacks concepts in `layer_<L>.pt` as EasyEdit does. After each concept, its update
+    and then `train_state_layer_<L>.json` are written atomically; a restarted run skips the
+    concepts listed there.
+    """
+    _check_supported(hparams)
+    groups = group_by_concept(pairs)
+    multi_concept = len(groups) > 1
+    max_concepts = getattr(hparams, "max_concepts", None)
+    if multi_concept and max_concepts:
+        groups = dict(list(groups.items())[: int(max_concepts)])
+    cap = getattr(hparams, "max_num_of_examples", None)
+    directory = Path(output_dir) if (output_dir is not None and getattr(hparams, "save_vectors", True)) else None
+    for layer in hparams.layers:
+        check_layer(model, layer)
+    prepared_by_concept = {cid: prepare_pairs(tokenizer, group[: cap] if cap else group, hparams) for cid, group in groups.items()}
+    prefix = next(iter(prepared_by_concept.values())).prefix_length
+    concept_names = {cid: group[0].concept for cid, group in groups.items()}
+    loss_dir = getattr(hparams, "loss_output_dir", None)
+    result: Trained = {}
+    done_layers: list[int] = []
+    for layer in hparams.layers:
+        finished = _finished_concepts(directory, layer) if multi_concept else []
+        per_concept: dict[int, DynamicWeightUpdate] = {}
+        for concept_id, prepared in prepared_by_concept.items():
+            if concept_id in finished and directory is not None and layer_file(directory, layer).exists():
+                logger.info("layer %d: concept %d already trained (%s); skipped", layer, concept_id, _state_path(directory, layer))
+                per_concept[concept_id] = payload_to_update(
+                    safe_torch_load(layer_file(directory, layer)), concept_id=concept_id, source=str(layer_file(directory, layer))
+                )
+                continue
+            label = f"{alg_name} layer {layer}" + (f" concept {concept_id}" if multi_concept else "")
+            update, log = train_layer(
+                model, prepared, hparams, layer, loss, needs_reference=needs_reference,
+                progress=progress, fast=fast, concept_id=concept_id, description=label,
+            )
+            logger.info("%s: %d optimizer steps in %.1f s, last loss %.4f", label, log.optimizer_steps, log.seconds,
+                        log.losses[-1] if log.losses else float("nan"))
+            per_concept[concept_id] = update
+            if loss_dir:
+                atomic_write_text(Path(loss_dir) / f"train_losses_{alg_name}_layer_{layer}_concept_{concept_id}.csv", log.to_csv())
+            if directory is not None and multi_concept:
+                save_concept_update(directory, layer, concept_id, update)
+                finished = sorted(set(finished) | {concept_id})
+                atomic_write_json(directory / METADATA_FILE, _metadata(
+                    alg_name, hparams, model, dataset_name, prefix,
+                    {"layers": sorted(set(done_layers) | {layer}), "intervention_method": update.method,
+                     "intervention_components": update.component,
+                     "concepts": {str(c): concept_names[c] for c in finished}},
+                ))
+                atomic_write_json(_state_path(directory, layer), {"alg_name": alg_name, "layer": layer, "finished_concepts": finished})
+        done_layers.append(layer)
+        if multi_concept:
+            result[layer] = per_concept
+        else:
+            result[layer] = next(iter(per_concept.values()))
+            if directory is not None:
+                save_interventions(
+                    directory, {layer: result[layer]},
+                    _metadata(alg_name, hparams, model, dataset_name, prefix, {"layers": sorted(done_layers)}),
+                )
+    return result
