@@ -1,0 +1,166 @@
+"""Preference and utility log-odds from completion NLLs, with per-multiplier statistics (DESIGN 1.3).
+
+    PrefOdds = L_n - L_p                                  log P(matching) / P(not matching)
+    UtilOdds = log p - log(1 - p),  p = e^{-L_p} + e^{-L_n}   log-odds of producing a valid answer
+
+Everything is computed in log space: `log p = logaddexp(-L_p, -L_n)` and
+`log(1 - p) = log1mexp(log p)`; nothing is exponentiated. With sequence NLLs `p < 1` always
+holds. With per-token mean NLLs `p` can reach 1 or more; such rows have no UtilOdds: they are
+NaN in the per-example array, left out of the statistics, and counted in
+`SweepMetrics.undefined_utility` (never a silent NaN or inf in a summary).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .scoring import PairScores
+
+LN2 = float(np.log(2.0))
+
+
+def log1mexp(x: Any) -> np.ndarray:
+    """`log(1 - e^x)` for `x <= 0`, stable at both ends (Maechler 2012).
+
+    `x > -ln 2`: `log(-expm1(x))` (keeps precision near 0); otherwise `log1p(-exp(x))`.
+    Returns -inf at `x = 0` and NaN for `x > 0` (where `1 - e^x < 0`); callers flag those.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        near = (x > -LN2) & (x <= 0)
+        far = x <= -LN2
+        out[near] = np.log(-np.expm1(x[near]))
+        out[far] = np.log1p(-np.exp(x[far]))
+    return out
+
+
+def preference_odds(matching_nll: Any, not_matching_nll: Any) -> np.ndarray:
+    """`PrefOdds = L_n - L_p`."""
+    return np.asarray(not_matching_nll, dtype=np.float64) - np.asarray(matching_nll, dtype=np.float64)
+
+
+def log_valid_probability(matching_nll: Any, not_matching_nll: Any) -> np.ndarray:
+    """`log p = log(e^{-L_p} + e^{-L_n})`."""
+    return np.logaddexp(-np.asarray(matching_nll, dtype=np.float64), -np.asarray(not_matching_nll, dtype=np.float64))
+
+
+def utility_odds(matching_nll: Any, not_matching_nll: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(UtilOdds, defined)`: `log p - log1mexp(log p)`; `defined` is False where `p >= 1` (value NaN)."""
+    log_p = log_valid_probability(matching_nll, not_matching_nll)
+    defined = log_p < 0
+    values = np.full(log_p.shape, np.nan)
+    values[defined] = log_p[defined] - log1mexp(log_p[defined])
+    return values, defined
+
+
+@dataclass
+class Statistic:
+    """Per-multiplier mean, standard error, bootstrap interval and count (arrays of length K)."""
+
+    mean: np.ndarray
+    se: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    n: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {k: _jsonable(getattr(self, k)) for k in ("mean", "se", "ci_low", "ci_high", "n")}
+
+
+def summarize(values: np.ndarray, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> Statistic:
+    """Statistics over examples for each row of `values` [K, N]; NaN entries are left out.
+
+    The interval is the percentile bootstrap over examples: `n_bootstrap` resamples of the N
+    examples (the same resamples for every multiplier, drawn from `seed`), mean of each.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    k, n = values.shape
+    finite = np.isfinite(values)
+    count = finite.sum(axis=1)
+    filled = np.where(finite, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = filled.sum(axis=1) / count
+        var = (np.where(finite, values - mean[:, None], 0.0) ** 2).sum(axis=1) / (count - 1)
+        se = np.sqrt(var / count)
+    se = np.where(count > 1, se, np.nan)
+    low = np.full(k, np.nan)
+    high = np.full(k, np.nan)
+    if n_bootstrap > 0 and n > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(n_bootstrap, n))
+        sums = filled[:, idx].sum(axis=2)          # [K, B]
+        counts = finite[:, idx].sum(axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts
+        alpha = (1.0 - confidence) / 2.0
+        for row in range(k):
+            boot = means[row][np.isfinite(means[row])]
+            if boot.size:
+                low[row], high[row] = np.quantile(boot, [alpha, 1.0 - alpha])
+    return Statistic(mean, se, low, high, count)
+
+
+@dataclass
+class SweepMetrics:
+    """PrefOdds/UtilOdds per example `[K, N]` and their per-multiplier statistics."""
+
+    multipliers: np.ndarray
+    pref_odds: np.ndarray
+    util_odds: np.ndarray
+    preference: Statistic
+    utility: Statistic
+    accuracy: np.ndarray            # share of examples with PrefOdds > 0, per multiplier
+    undefined_utility: np.ndarray   # rows with p >= 1 (per-token mode only), per multiplier
+    matching_nll_mean: np.ndarray
+    not_matching_nll_mean: np.ndarray
+    nll_mode: str
+
+    @property
+    def utility_undefined(self) -> bool:
+        return bool(self.undefined_utility.sum() > 0)
+
+    def to_dict(self) -> dict:
+        return {
+            "multipliers": _jsonable(self.multipliers),
+            "preference": self.preference.to_dict(),
+            "utility": self.utility.to_dict(),
+            "accuracy": _jsonable(self.accuracy),
+            "undefined_utility": _jsonable(self.undefined_utility),
+            "utility_undefined": self.utility_undefined,
+            "matching_nll_mean": _jsonable(self.matching_nll_mean),
+            "not_matching_nll_mean": _jsonable(self.not_matching_nll_mean),
+            "nll_mode": self.nll_mode,
+        }
+
+
+def compute_metrics(scores: PairScores, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> SweepMetrics:
+    """PrefOdds, UtilOdds, their statistics and accuracy for every multiplier of a scored sweep."""
+    matching, not_matching = scores.matching_nll, scores.not_matching_nll
+    pref = preference_odds(matching, not_matching)
+    util, defined = utility_odds(matching, not_matching)
+    return SweepMetrics(
+        multipliers=np.asarray(scores.multipliers, dtype=np.float64),
+        pref_odds=pref,
+        util_odds=util,
+        preference=summarize(pref, n_bootstrap, confidence, seed),
+        utility=summarize(util, n_bootstrap, confidence, seed),
+        accuracy=(pref > 0).mean(axis=1),
+        undefined_utility=(~defined).sum(axis=1),
+        matching_nll_mean=np.asarray(matching).mean(axis=1),
+        not_matching_nll_mean=np.asarray(not_matching).mean(axis=1),
+        nll_mode=scores.nll_mode,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Numbers and arrays to plain lists with NaN/inf as None (strict JSON)."""
+    array = np.asarray(value)
+    if array.ndim:
+        return [_jsonable(v) for v in array]
+    if array.dtype.kind in "iub":
+        return array.item()
+    number = float(array)
+    return number if np.isfinite(number) else None
