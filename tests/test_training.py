@@ -1,0 +1,380 @@
+"""The shared trainer: fast path == plain path, factor semantics, seeds, NaN handling, resume."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from easyedit_split import training
+from easyedit_split.data import PolarityPair
+from easyedit_split.errors import HparamsError, TrainingError
+from easyedit_split.hparams import SplitHyperParams
+from easyedit_split.interventions import DynamicWeightUpdate
+from easyedit_split.methods.split import split_loss
+from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
+from easyedit_split.replay import full_forward_nll
+from easyedit_split.storage import safe_torch_load
+from easyedit_split.training import (
+    PreparedPairs, StepPlan, plan_step, prepare_pairs, step_loss, train_layer, train_method,
+)
+
+LAYER = 2
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_hparams(**overrides) -> SplitHyperParams:
+    values = dict(
+        layers=[LAYER], batch_size=2, gradient_accumulation_steps=1, n_epochs=2, lr=0.05, weight_decay=0.0,
+        dropout=0.0, pos_loss_weight=1.0, neg_loss_weight=0.5, margin_penalty_weight=2.0, ref_loss_weight=0.0,
+        margin_threshold=0.3, steering_factors=[1.0, 2.0, 3.0], preference_pairs=["orig_add", "orig_sub"],
+        intervention_method="vector", intervention_components="mlp_mid", low_rank_dimension=2, seed=7,
+        use_chat_template=False, max_concepts=None,
+    )
+    values.update(overrides)
+    return SplitHyperParams(**values)
+
+
+def synthetic_pairs(n_examples=6, prompt=4, vocab=97, seed=3) -> PreparedPairs:
+    """Rows 2i / 2i+1 share a random prompt; completions of different lengths (3..5 tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows, prompts = [], []
+    for i in range(n_examples):
+        head = torch.randint(3, vocab, (prompt,), generator=generator).tolist()
+        for completion_length in (3 + i % 2, 5 - i % 3):
+            rows.append(head + torch.randint(3, vocab, (completion_length,), generator=generator).tolist())
+            prompts.append(prompt)
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for r, (row, p) in enumerate(zip(rows, prompts)):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+        labels[r, p : len(row)] = ids[r, p : len(row)]
+    return PreparedPairs(TokenBatch(ids, mask, labels), prefix_length=0)
+
+
+def random_update(model, method, seed=5):
+    torch.manual_seed(seed)
+    update = DynamicWeightUpdate.for_model(model, method, component="mlp_mid" if method != "vector" else "block", rank=2)
+    with torch.no_grad():
+        for p in update.parameters():
+            p.normal_(0, 0.2)
+    return update
+
+
+def fixed_plan(factors, null=None, chunk=2) -> StepPlan:
+    """Examples 0, 1: orig_add and orig_sub rows with the given factors."""
+    targets = torch.tensor([0, 1, 2, 3])
+    opposites = torch.tensor([1, 0, 3, 2])
+    null = torch.zeros(4, dtype=torch.bool) if null is None else torch.tensor(null)
+    return StepPlan(targets, opposites, torch.tensor(factors, dtype=torch.float32), null, chunk)
+
+
+def per_row_nll(model, prepared, update, rows, factors):
+    """Independent expectation: one full forward per row (replay.full_forward_nll)."""
+    sums, counts = [], []
+    for row, factor in zip(rows.tolist(), factors.tolist()):
+        b = prepared.batch
+        single = TokenBatch(b.input_ids[row : row + 1], b.attention_mask[row : row + 1], b.labels[row : row + 1])
+        nll = full_forward_nll(model, single, {LAYER: update}, factor)
+        sums.append(nll.sum[0])
+        counts.append(nll.count[0])
+    return torch.stack(sums), torch.stack(counts)
+
+
+class WordTokenizer:
+    """A tokenizer stub for tiny models: one id per word, BOS first, no chat template."""
+
+    chat_template = None
+    pad_token_id = 0
+    bos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [3 + sum(map(ord, word)) % 90 for word in text.split()]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+def word_pairs(n=6, concept_id=0):
+    return [
+        PolarityPair(f"question number {i} about topic {concept_id}", "good great fine", "bad awful poor",
+                     concept_id=concept_id, concept=f"concept {concept_id}")
+        for i in range(n)
+    ]
+
+
+# ----------------------------------------------------------------------------- factor semantics
+
+
+def test_orig_add_draws_factors_and_orig_sub_negates_and_swaps():
+    hp = make_hparams(steering_factors=[2.0, 5.0], substraction_type="normal")
+    plan = plan_step([0, 3], hp, torch.Generator().manual_seed(0))
+    assert plan.target_rows.tolist() == [0, 1, 6, 7]  # example-major, then pair; sub: not-matching wins
+    assert plan.opposite_rows.tolist() == [1, 0, 7, 6]
+    add, sub = plan.factors[0::2], plan.factors[1::2]
+    assert all(f in (2.0, 5.0) for f in add.tolist())
+    assert all(f in (-2.0, -5.0) for f in sub.tolist())
+    assert not plan.null_rows.any()
+
+
+def test_null_it_out_uses_factor_zero_and_marks_rows():
+    hp = make_hparams(substraction_type="null_it_out")
+    plan = plan_step([0, 1, 2], hp, torch.Generator().manual_seed(0))
+    assert plan.factors[1::2].tolist() == [0.0, 0.0, 0.0]
+    assert plan.null_rows.tolist() == [False, True] * 3
+    assert all(f > 0 for f in plan.factors[0::2].tolist())
+
+
+def test_factor_draws_are_uniform_over_steering_factors():
+    hp = make_hparams(steering_factors=[1.0, 2.0, 3.0, 4.0], preference_pairs=["orig_add"])
+    plan = plan_step(list(range(2000)), hp, torch.Generator().manual_seed(1))
+    counts = torch.stack([(plan.factors == f).sum() for f in (1.0, 2.0, 3.0, 4.0)]).float()
+    assert (counts / 2000 - 0.25).abs().max() < 0.04
+
+
+def test_steered_pairs_are_rejected_with_a_clear_error():
+    hp = make_hparams(preference_pairs=["orig_add", "steered_add"])
+    with pytest.raises(HparamsError, match="steered"):
+        training._check_supported(hp)
+
+
+# ----------------------------------------------------------------------------- fast == plain
+
+
+@pytest.mark.parametrize("method", ["vector", "lora", "local_weight"])
+def test_fast_path_loss_and_gradients_equal_plain_full_forward(tiny_model, method):
+    prepared = synthetic_pairs()
+    prepared.prefix_length = 2  # steer from position 2 on, as after a chat-template prefix
+    hp = make_hparams(intervention_method=method, ref_loss_weight=0.7, substraction_type="null_it_out")
+    plan = fixed_plan([2.0, 0.0, 1.5, 0.0], null=[False, True, False, True])
+    results = []
+    for fast in (True, False):
+        update = random_update(tiny_model, method)
+        if fast:
+            prepared.capture(tiny_model, LAYER)
+        loss = step_loss(tiny_model, prepared, LAYER, update, plan, split_loss, hp, needs_reference=True, fast=fast)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in update.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-5, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in results[0][1].values())
+
+
+def test_plain_and_fast_row_nll_equal_full_forward_nll(tiny_model):
+    prepared = synthetic_pairs()
+    update = random_update(tiny_model, "lora")
+    rows = torch.tensor([0, 3, 4, 9])
+    factors = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    no_null = torch.zeros(4, dtype=torch.bool)
+    expected_sum, expected_count = per_row_nll(tiny_model, prepared, update, rows, factors)
+    prepared.capture(tiny_model, LAYER)
+    for fast in (True, False):
+        got = training._steered_nll(tiny_model, prepared, LAYER, update, rows, factors, no_null, 0.0, None, fast)
+        torch.testing.assert_close(got.sum, expected_sum, rtol=1e-5, atol=1e-5)
+        assert got.count.tolist() == expected_count.tolist()
+
+
+def test_null_it_out_removes_the_positive_component_along_v():
+    model = build_tiny_model("qwen2")
+    prepared = synthetic_pairs()
+    update = random_update(model, "vector")
+    v = update.bias.detach()
+
+    def project(module, args, output):  # written from the formula h - relu(h.v)/|v|^2 v
+        h = output[0] if isinstance(output, tuple) else output
+        h = h - torch.relu(h @ v).unsqueeze(-1) / (v @ v) * v
+        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
+    rows = torch.tensor([1, 2])
+    layer = model.model.layers[LAYER]
+    hook = layer.register_forward_hook(project)
+    try:
+        expected, _ = per_row_nll(model, prepared, random_update(model, "vector"), rows, torch.zeros(2))
+    finally:
+        hook.remove()
+    prepared.capture(model, LAYER)
+    got = training._steered_nll(model, prepared, LAYER, update, rows, torch.zeros(2),
+                                torch.tensor([True, True]), 0.0, None, True)
+    torch.testing.assert_close(got.sum, expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training behaviour
+
+
+def test_same_seed_gives_identical_update_and_different_seed_differs():
+    model = build_tiny_model("llama")
+    hp = make_hparams(dropout=0.1, n_epochs=1)
+    first, _ = train_layer(model, synthetic_pairs(), hp, LAYER, split_loss, progress=False)
+    second, _ = train_layer(model, synthetic_pairs(), hp, LAYER, split_loss, progress=False)
+    other, _ = train_layer(model, synthetic_pairs(), dataclasses.replace(hp, seed=8), LAYER, split_loss, progress=False)
+    assert torch.equal(first.bias, second.bias)
+    assert not torch.equal(first.bias, other.bias)
+
+
+def test_base_model_is_frozen_during_training_and_restored_after():
+    model = build_tiny_model("gemma2")
+    model.train()
+    seen = []
+
+    def spy(terms, hparams):
+        seen.append((model.training, any(p.requires_grad for p in model.parameters())))
+        return split_loss(terms, hparams)
+
+    train_layer(model, synthetic_pairs(), make_hparams(n_epochs=1), LAYER, spy, progress=False)
+    assert seen and all(state == (False, False) for state in seen)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_schedule_is_linear_decay_without_warmup():
+    schedule = training._lr_lambda(4)
+    assert [schedule(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_gradient_accumulation_counts_optimizer_steps_as_easyedit():
+    model = build_tiny_model("llama")
+    hp = make_hparams(batch_size=2, gradient_accumulation_steps=2, n_epochs=2)  # 3 batches per epoch
+    _, log = train_layer(model, synthetic_pairs(n_examples=6), hp, LAYER, split_loss, progress=False)
+    assert len(log.losses) == 6
+    assert log.optimizer_steps == 4  # after batch 2 and at the end of each epoch
+
+
+@pytest.mark.parametrize("method", ["vector", "lora", "local_weight"])
+def test_every_intervention_form_trains(method):
+    model = build_tiny_model("llama")
+    hp = make_hparams(intervention_method=method, n_epochs=4, lr=0.02, preference_pairs=["orig_add"])
+    before = training.new_update(model, hp)
+    update, log = train_layer(model, synthetic_pairs(), hp, LAYER, split_loss, progress=False)
+    assert update.method == method
+    changed = [not torch.equal(p, q) for p, q in zip(update.parameters(), before.parameters())]
+    assert any(changed)
+    assert sum(log.losses[-3:]) < sum(log.losses[:3])
+
+
+def _preference(model, prepared, update, factor):
+    """Mean over examples of NLL(not matching) - NLL(matching), sequence NLL (PrefOdds)."""
+    rows = torch.arange(len(prepared.batch))
+    nll = full_forward_nll(model, prepared.batch, {LAYER: update}, factor).sum
+    return (nll[rows % 2 == 1] - nll[rows % 2 == 0]).mean().item()
+
+
+def test_training_moves_held_out_preference_towards_matching():
+    """Synthetic task: matching completions are one token pattern, not-matching another."""
+    model = build_tiny_model("llama", num_layers=4)
+
+    def task(seed, n):
+        generator = torch.Generator().manual_seed(seed)
+        rows = []
+        for _ in range(n):
+            prompt = torch.randint(40, 97, (4,), generator=generator).tolist()
+            rows += [prompt + [10, 11, 12], prompt + [20, 21, 22]]
+        ids = torch.tensor(rows)
+        labels = ids.clone()
+        labels[:, :4] = IGNORE_INDEX
+        return PreparedPairs(TokenBatch(ids, torch.ones_like(ids), labels))
+
+    hp = make_hparams(n_epochs=6, lr=0.1, batch_size=4, steering_factors=[1.0, 2.0], neg_loss_weight=0.0)
+    train_data, held_out = task(1, 16), task(2, 8)
+    untrained = training.new_update(model, hp)
+    update, _ = train_layer(model, train_data, hp, LAYER, split_loss, progress=False)
+    base = _preference(model, held_out, untrained, 0.0)
+    steered = _preference(model, held_out, update, 1.0)
+    against = _preference(model, held_out, update, -1.0)
+    assert steered > base + 1.0
+    assert against < base
+
+
+# ----------------------------------------------------------------------------- NaN, saving, resume
+
+
+def test_nan_loss_names_the_step_and_keeps_last_good_file(tmp_path):
+    model = build_tiny_model("llama")
+    hp = make_hparams(n_epochs=1)
+    out = tmp_path / "spilt_vector"
+    train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    saved = (out / f"layer_{LAYER}.pt").read_bytes()
+    calls = []
+
+    def poisoned(terms, hparams):
+        calls.append(1)
+        value = split_loss(terms, hparams)
+        return value * float("nan") if len(calls) > 4 else value  # 2 chunks per batch: batch 2 fails
+
+    with pytest.raises(TrainingError, match=r"batch 2 \(step 2\)") as error:
+        train_method("split", dataclasses.replace(hp, seed=9), word_pairs(), model, WordTokenizer(), poisoned,
+                     output_dir=out, progress=False)
+    assert "optimizer step 2" in str(error.value)
+    good = error.value.last_good_update
+    assert torch.isfinite(good.bias).all()
+    assert (out / f"layer_{LAYER}.pt").read_bytes() == saved
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_single_concept_is_saved_in_easyedit_layout(tmp_path):
+    model = build_tiny_model("qwen2")
+    out = tmp_path / "sentiment" / "spilt_lora"
+    hp = make_hparams(intervention_method="lora", layers=[1, LAYER], n_epochs=1)
+    result = train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    assert sorted(result) == [1, LAYER]
+    payload = safe_torch_load(out / f"layer_{LAYER}.pt")
+    assert set(payload) >= {"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}
+    assert torch.equal(payload["lora_B"], result[LAYER].lora_B.detach())
+    import json
+
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["layers"] == [1, LAYER] and meta["alg_name"] == "split"
+
+
+def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, monkeypatch):
+    model = build_tiny_model("llama")
+    pairs = word_pairs(4, 0) + word_pairs(4, 1) + word_pairs(4, 2)
+    hp = make_hparams(n_epochs=1)
+    out = tmp_path / "axbench" / "spilt_vector"
+    trained: list[int] = []
+    real_train_layer = training.train_layer
+
+    def interrupted(*args, **kwargs):
+        if kwargs["concept_id"] == 1:
+            raise KeyboardInterrupt("simulated crash in concept 1")
+        trained.append(kwargs["concept_id"])
+        return real_train_layer(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    assert trained == [0]
+    first = safe_torch_load(out / f"layer_{LAYER}.pt")
+    assert first.shape == (1, 32)
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["concept_id"])
+        return real_train_layer(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_layer", counting)
+    result = train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    assert trained == [0, 1, 2]  # concept 0 was not trained again
+    stacked = safe_torch_load(out / f"layer_{LAYER}.pt")
+    assert stacked.shape == (3, 32)
+    assert torch.equal(stacked[0], first[0])
+    assert sorted(result[LAYER]) == [0, 1, 2]
+    for concept_id, update in result[LAYER].items():
+        torch.testing.assert_close(update.bias.detach(), stacked[concept_id])
+    import json
+
+    state = json.loads((out / f"train_state_layer_{LAYER}.json").read_text())
+    assert state["finished_concepts"] == [0, 1, 2]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_prepare_pairs_masks_prompt_and_skips_the_bos_prefix():
+    prepared = prepare_pairs(WordTokenizer(), word_pairs(2), make_hparams())
+    assert prepared.prefix_length == 1  # BOS is not steered (exclude_bos)
+    assert prepared.n_examples == 2
+    labels = prepared.batch.labels
+    assert (labels[0] != IGNORE_INDEX).sum() == 3 and (labels[1] != IGNORE_INDEX).sum() == 3
+    assert prepare_pairs(WordTokenizer(), word_pairs(2), make_hparams(exclude_bos=False)).prefix_length == 0
