@@ -7,12 +7,12 @@ import torch
 FAMILIES = ("llama", "qwen2", "gemma2")
 
 
-def build_tiny_model(family: str, seed: int = 0, num_layers: int = 4):
+def build_tiny_model(family: str, seed: int = 0, num_layers: int = 4, vocab_size: int = 97):
     """A randomly initialised causal LM of `family` small enough for unit tests."""
     from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=num_layers,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
@@ -40,3 +40,28 @@ def tiny_model(request):
 def token_batch():
     generator = torch.Generator().manual_seed(1)
     return torch.randint(3, 97, (3, 9), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def default_model_and_tokenizer():
+    """The offline default model (converted and cached once per machine), shared by the session."""
+    from easyedit_split.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The default model's tokenizer (chat template included), from the converted cache."""
+    from transformers import AutoTokenizer
+
+    from easyedit_split.models import ensure_default_model_cached
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_default_model_cached(), local_files_only=True)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(default_tokenizer):
+    """A tiny random Llama that shares the default tokenizer's vocabulary (real chat template, fast)."""
+    return build_tiny_model("llama", vocab_size=len(default_tokenizer))

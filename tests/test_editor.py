@@ -1,0 +1,63 @@
+"""SteerEditor: train/save/load round trip, batched padding-aware generation, clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from easyedit_split.data import PolarityPair
+from easyedit_split.editor import SteerEditor
+from easyedit_split.errors import HparamsError
+from easyedit_split.hparams import CAAHyperParams
+
+PAIRS = [
+    PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),
+    PolarityPair("And the food?", "Delicious and fresh!", "Cold and bland, sadly."),
+]
+
+
+@pytest.fixture
+def editor(tiny_chat_model, default_tokenizer, tmp_path):
+    hparams = CAAHyperParams(layers=[1, 2], steer_vector_output_dir=str(tmp_path), save_vectors=True)
+    return SteerEditor(hparams, model=tiny_chat_model, tokenizer=default_tokenizer)
+
+
+def _plain_generate(model, tokenizer, editor, prompt, max_new_tokens):
+    ids = tokenizer(editor.prompt_format.prompt_text(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_train_saves_in_easyedit_layout_and_loads_back(editor, tmp_path):
+    updates = editor.train(PAIRS, dataset_name="toy")
+    directory = tmp_path / "toy" / "caa_vector"
+    assert sorted(p.name for p in directory.glob("layer_*.pt")) == ["layer_1.pt", "layer_2.pt"]
+    loaded = editor.load(directory)
+    for layer in (1, 2):
+        assert torch.equal(loaded[layer].bias, updates[layer].bias.detach())
+
+
+def test_generation_at_zero_equals_plain_model_and_batching_is_padding_aware(editor, tiny_chat_model, default_tokenizer):
+    editor.train(PAIRS, save=False)
+    with torch.no_grad():
+        for update in editor.updates.values():
+            update.bias.mul_(50.0)  # strong enough to change greedy tokens of a random model
+    prompts = ["Hi", "Tell me about your favourite holiday in the mountains, please."]
+    texts = editor.generate(prompts, multipliers=[0.0, 1.0], max_new_tokens=6)
+    assert set(texts) == {0.0, 1.0} and all(len(v) == 2 for v in texts.values())
+    for prompt, text in zip(prompts, texts[0.0]):
+        assert text == _plain_generate(tiny_chat_model, default_tokenizer, editor, prompt, 6)
+    alone = editor.generate([prompts[0]], multipliers=[1.0], max_new_tokens=6)[1.0][0]
+    assert texts[1.0][0] == alone  # the long prompt in the batch (padding) changes nothing
+    assert texts[1.0] != texts[0.0]
+    assert default_tokenizer.padding_side == "right"  # restored
+
+
+def test_layer_out_of_range_is_an_error(tiny_chat_model, default_tokenizer):
+    with pytest.raises(HparamsError, match="layers"):
+        SteerEditor(CAAHyperParams(layers=[40]), model=tiny_chat_model, tokenizer=default_tokenizer)
+
+
+def test_generate_without_interventions_says_what_to_do(editor):
+    with pytest.raises(HparamsError, match="train"):
+        editor.generate(["Hi"])
