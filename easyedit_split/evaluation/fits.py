@@ -100,7 +100,7 @@ def _decay_bounds(multipliers: np.ndarray, span: float) -> tuple[list[float], li
     return ([low_m, 1e-4, 1e-3, low_m, 1e-4, 1e-3], [high_m, big, 50.0, high_m, big, 50.0])
 
 
-def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], sigma=None) -> CurveFit:
+def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], max_evaluations: int = 400) -> CurveFit:
     from scipy.optimize import curve_fit
 
     m = np.asarray(multipliers, dtype=np.float64)
@@ -130,13 +130,15 @@ def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], sigma
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                params, _ = curve_fit(function, m, y, p0=start, bounds=(lower, upper), maxfev=20000)
+                params, _ = curve_fit(function, m, y, p0=start, bounds=(lower, upper), maxfev=max_evaluations, x_scale="jac")
         except (RuntimeError, ValueError) as error:
             message = str(error)
             continue
         sse = float(((function(m, *params) - y) ** 2).sum())
         if best is None or sse < best[0]:
             best = (sse, params)
+        if sse <= 1e-10 * max(float(((y - y.mean()) ** 2).sum()), 1e-30):
+            break  # exact fit: no better start exists
     if best is None:
         return CurveFit(kind, {n: float("nan") for n in names}, float("nan"), False, message or "no start converged")
     params = best[1]

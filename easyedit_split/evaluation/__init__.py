@@ -1,0 +1,22 @@
+"""The unified preference-utility evaluator (DESIGN 1.3, 1.4) and its registry.
+
+    from easyedit_split.evaluation import PreferenceUtilityEvaluator
+    report = PreferenceUtilityEvaluator(model, tokenizer).compare({"caa": "out/caa_vector"}, pairs, "report/")
+"""
+from .fits import CurveFit, fit_and_summarize, fit_preference, fit_utility, preference_curve, utility_curve, validity_decay
+from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult
+from .metrics import SweepMetrics, compute_metrics, log1mexp, preference_odds, utility_odds
+from .preference_utility import DEFAULT_MULTIPLIERS, MethodResult, PreferenceUtilityEvaluator
+from .report import EvaluationReport
+from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs, score_pairs
+
+EVALUATORS = {"preference_utility": PreferenceUtilityEvaluator}
+"""Evaluator name -> class (the package registry imports this)."""
+
+__all__ = [
+    "EVALUATORS", "PreferenceUtilityEvaluator", "MethodResult", "EvaluationReport", "DEFAULT_MULTIPLIERS",
+    "ManifoldOptions", "ManifoldProbe", "ManifoldResult", "SweepMetrics", "compute_metrics", "log1mexp",
+    "preference_odds", "utility_odds", "CurveFit", "fit_and_summarize", "fit_preference", "fit_utility",
+    "preference_curve", "utility_curve", "validity_decay", "EncodedPair", "PairScores", "encode_pairs",
+    "score_encoded_pairs", "score_pairs",
+]

@@ -1,0 +1,220 @@
+"""`PreferenceUtilityEvaluator`: the unified preference-utility evaluation of steering (DESIGN 1.3, 1.4).
+
+    evaluator = PreferenceUtilityEvaluator(model, tokenizer, multipliers=[-8, -4, 0, 4, 8])
+    result = evaluator.evaluate(updates_or_dir, pairs, name="caa")        # one method
+    report = evaluator.compare({"caa": dir1, "split": dir2}, pairs, "out/")  # several, written to disk
+
+Per method: the batched sweep (`scoring`), PrefOdds/UtilOdds statistics (`metrics`), the
+paper's curve fits and summaries (`fits`) and, optionally, the activation-manifold probe
+(`manifold`). Multiplier 0 is the unsteered model (EasyEdit's loss mode uses factor 0 for
+"project the direction out" instead; compare numbers with that in mind).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from torch import nn
+
+from ..interventions import DynamicWeightUpdate
+from ..models import num_layers
+from ..prompts import JOIN_RULE, PromptFormat
+from .fits import FitReport, fit_and_summarize
+from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult, default_probe_layers
+from .metrics import SweepMetrics, compute_metrics
+from .scoring import NLL_MODES, EncodedPair, PairScores, encode_pairs, score_encoded_pairs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MULTIPLIERS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+UpdatesOrDir = Union[Mapping[int, DynamicWeightUpdate], str, Path]
+
+
+@dataclass
+class MethodResult:
+    """Everything measured for one intervention."""
+
+    name: str
+    scores: PairScores
+    metrics: SweepMetrics
+    fits: FitReport
+    manifold: Optional[ManifoldResult] = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def multipliers(self) -> np.ndarray:
+        return self.metrics.multipliers
+
+    def to_dict(self) -> dict:
+        from .metrics import _jsonable
+
+        return {
+            "name": self.name,
+            "info": self.info,
+            "metrics": self.metrics.to_dict(),
+            "fits": self.fits.to_dict(),
+            "manifold": self.manifold.to_dict() if self.manifold is not None else None,
+            "per_example": {
+                "matching_nll": _jsonable(self.scores.matching_nll),
+                "not_matching_nll": _jsonable(self.scores.not_matching_nll),
+                "matching_tokens": _jsonable(self.scores.matching_tokens),
+                "not_matching_tokens": _jsonable(self.scores.not_matching_tokens),
+            },
+        }
+
+
+def _describe_updates(updates: Mapping[int, DynamicWeightUpdate]) -> dict:
+    first = next(iter(updates.values()))
+    norms = {str(layer): float(sum(p.detach().float().norm() ** 2 for p in u.parameters()) ** 0.5)
+             for layer, u in updates.items()}
+    return {"layers": sorted(int(l) for l in updates), "intervention_method": first.method,
+            "intervention_components": first.component, "parameter_norm": norms}
+
+
+class PreferenceUtilityEvaluator:
+    """Preference/utility log-odds of interventions over a multiplier sweep, with fits and manifold probe.
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM and its tokenizer (the tokenizer may be None
+            when pairs are given as `EncodedPair`s).
+        prompt_format: chat template / system prompt (default: chat template on, no system prompt).
+        multipliers: the sweep; 0 should be included (the unsteered reference of the summaries).
+        nll_mode: `sequence` (sum over completion tokens; default) or `token` (per-token mean).
+        batch_size: most rows per replayed forward (rows = pairs x multipliers).
+        n_bootstrap, confidence, seed: the bootstrap interval over examples.
+        manifold: `ManifoldOptions`, True (defaults) or False/None (off).
+        layout: `packed` (shared prompt pass) or `rows` (each completion its own row).
+        utility_loss, frontier_max_loss: the summaries' utility-loss budgets (nats).
+        progress: tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        prompt_format: Optional[PromptFormat] = None,
+        multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
+        nll_mode: str = "sequence",
+        batch_size: int = 64,
+        n_bootstrap: int = 1000,
+        confidence: float = 0.95,
+        seed: int = 0,
+        manifold: Union[ManifoldOptions, bool, None] = True,
+        layout: str = "packed",
+        utility_loss: float = 1.0,
+        frontier_max_loss: float = 3.0,
+        progress: bool = True,
+    ) -> None:
+        if nll_mode not in NLL_MODES:
+            raise ValueError(f"nll_mode: '{nll_mode}' is not one of {NLL_MODES}")
+        if not multipliers:
+            raise ValueError("multipliers: give at least one value")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt_format = prompt_format or PromptFormat()
+        self.multipliers = sorted(float(m) for m in multipliers)
+        self.nll_mode = nll_mode
+        self.batch_size = int(batch_size)
+        self.n_bootstrap = int(n_bootstrap)
+        self.confidence = float(confidence)
+        self.seed = int(seed)
+        if manifold is True:
+            manifold = ManifoldOptions(seed=seed)
+        self.manifold = manifold if isinstance(manifold, ManifoldOptions) and manifold.enabled else None
+        self.layout = layout
+        self.utility_loss = float(utility_loss)
+        self.frontier_max_loss = float(frontier_max_loss)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ inputs
+    def _encode(self, pairs: Sequence[Any]) -> list[EncodedPair]:
+        if pairs and all(isinstance(p, EncodedPair) for p in pairs):
+            return list(pairs)
+        if self.tokenizer is None:
+            raise ValueError("pairs are text (PolarityPair); pass a tokenizer to the evaluator, or pre-encoded EncodedPairs")
+        return encode_pairs(self.tokenizer, self.prompt_format, pairs)
+
+    def _load(self, updates_or_dir: UpdatesOrDir, concept_id: int) -> tuple[dict, dict]:
+        if isinstance(updates_or_dir, (str, Path)):
+            from ..storage import load_interventions, read_metadata
+
+            updates = load_interventions(updates_or_dir, concept_id=concept_id, model=self.model)
+            meta = read_metadata(updates_or_dir)
+            return updates, {"source": str(updates_or_dir), "alg_name": meta.get("alg_name") or meta.get("method")}
+        if not updates_or_dir:
+            raise ValueError("no interventions to evaluate (empty {layer: update} mapping)")
+        return dict(updates_or_dir), {"source": "in-memory"}
+
+    def scored_context(self, pairs: Sequence[Any], dataset: Optional[str] = None) -> dict:
+        """What was scored: join rule, NLL mode, chat template, dataset, number of examples."""
+        tokenizer = self.tokenizer
+        return {
+            "join_rule": JOIN_RULE,
+            "nll_mode": self.nll_mode,
+            "chat_template": bool(tokenizer is not None and self.prompt_format.uses_template(tokenizer)),
+            "system_prompt": self.prompt_format.system_prompt,
+            "end_of_turn_suffix": bool(self.prompt_format.include_suffix),
+            "dataset": dataset,
+            "n_examples": len(pairs),
+            "multipliers": list(self.multipliers),
+            "layout": self.layout,
+            "multiplier_zero": "unsteered model (EasyEdit's loss mode uses factor 0 as null-it-out)",
+            "model": getattr(getattr(self.model, "config", None), "_name_or_path", None)
+            or type(self.model).__name__,
+        }
+
+    def _pad_id(self) -> int:
+        if self.tokenizer is None:
+            return int(getattr(self.model.config, "pad_token_id", None) or 0)
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    # ------------------------------------------------------------------ one method
+    def evaluate(self, updates_or_dir: UpdatesOrDir, pairs: Sequence[Any], name: str = "method",
+                 concept_id: int = 0) -> MethodResult:
+        """Score, summarize and fit one intervention (a `{layer: update}` dict or a saved directory)."""
+        updates, info = self._load(updates_or_dir, concept_id)
+        info.update(_describe_updates(updates))
+        encoded = self._encode(pairs)
+        common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
+                      pad_token_id=self._pad_id(), progress=self.progress)
+        started = time.perf_counter()
+        probe = None
+        if self.manifold is not None:
+            layers = self.manifold.layers or default_probe_layers(min(updates), num_layers(self.model), self.manifold.n_later)
+            probe = ManifoldProbe(layers, self.manifold)
+            score_encoded_pairs(self.model, encoded, {}, [0.0], activation_layers=probe.layers,
+                                activation_hook=probe.collect, desc=f"{name}: manifold reference", **common)
+            probe.fit()
+        scores = score_encoded_pairs(
+            self.model, encoded, updates, self.multipliers,
+            activation_layers=probe.layers if probe else (), activation_hook=probe.measure if probe else None,
+            desc=f"{name}: sweep", **common)
+        info["seconds_scoring"] = time.perf_counter() - started
+        metrics = compute_metrics(scores, self.n_bootstrap, self.confidence, self.seed)
+        if metrics.utility_undefined:
+            logger.warning("%s: per-token NLLs make p = e^-L_p + e^-L_n >= 1 for %d rows; UtilOdds is undefined there "
+                           "(left out of the statistics, counted in 'undefined_utility')",
+                           name, int(metrics.undefined_utility.sum()))
+        fits = fit_and_summarize(self.multipliers, metrics.preference.mean, metrics.utility.mean,
+                                 self.utility_loss, self.frontier_max_loss)
+        manifold = probe.result(self.multipliers, metrics.utility.mean) if probe else None
+        info["seconds_total"] = time.perf_counter() - started
+        return MethodResult(name, scores, metrics, fits, manifold, info)
+
+    # ------------------------------------------------------------------ several methods
+    def compare(self, methods: Mapping[str, UpdatesOrDir], pairs: Sequence[Any],
+                out_dir: Optional[Union[str, Path]] = None, dataset: Optional[str] = None,
+                concept_id: int = 0) -> "EvaluationReport":
+        """Evaluate every method on the same pairs; write the report to `out_dir` when given."""
+        from .report import EvaluationReport
+
+        results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id) for name, updates in methods.items()]
+        report = EvaluationReport(results, self.scored_context(pairs, dataset))
+        if out_dir is not None:
+            report.write(out_dir)
+        return report
