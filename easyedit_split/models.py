@@ -4,7 +4,9 @@ Model-family differences live in one table (`ARCHITECTURES`), not in scattered n
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -39,32 +41,41 @@ class ArchitectureSpec:
 
     Paths are dotted attribute paths; component paths are relative to one decoder layer.
     `mlp_mid` is the module whose *input* is the MLP's intermediate activation (width
-    `intermediate_size`), i.e. the down projection.
+    `intermediate_size`), i.e. the down projection; None where the family has none (MoE).
     """
 
     layers: str = "model.layers"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
     mlp: str = "mlp"
-    mlp_mid: str = "mlp.down_proj"
+    mlp_mid: Optional[str] = "mlp.down_proj"
     attn: str = "self_attn"
 
     def component_path(self, component: str) -> Optional[str]:
         """Relative path of the module whose input is `x` for `component` (None: the layer itself)."""
         if component == "block":
             return None
-        return {"mlp": self.mlp, "mlp_mid": self.mlp_mid, "attn": self.attn}[component]
+        path = {"mlp": self.mlp, "mlp_mid": self.mlp_mid, "attn": self.attn}[component]
+        if path is None:
+            raise ModelError(f"intervention_components: '{component}' does not exist in this model family")
+        return path
 
 
 _LLAMA_LIKE = ArchitectureSpec()
+_MOE = ArchitectureSpec(mlp_mid=None)
+_GPT2_LIKE = ArchitectureSpec(layers="transformer.h", final_norm="transformer.ln_f", mlp_mid="mlp.c_proj", attn="attn")
+# model_type -> spec. Llama-like families share module names; the rest differ only in paths.
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
+    **{name: _LLAMA_LIKE for name in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "olmo3",
+        "granite", "smollm3", "stablelm", "cohere", "exaone4", "seed_oss", "arcee", "apertus",
+    )},
+    **{name: _MOE for name in ("mixtral", "qwen2_moe", "qwen3_moe")},
+    "starcoder2": ArchitectureSpec(mlp_mid="mlp.c_proj"),
+    "phi": ArchitectureSpec(final_norm="model.final_layernorm", mlp_mid="mlp.fc2"),
+    "gpt2": _GPT2_LIKE,
+    "gpt_neox": ArchitectureSpec(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm",
+                                 mlp_mid="mlp.dense_4h_to_h", attn="attention"),
 }
 
 
@@ -127,13 +138,21 @@ def get_component_module(model: nn.Module, layer: int, component: str) -> nn.Mod
 
 
 def component_input_size(model: nn.Module, component: str) -> int:
-    """Width of `x` for `component`: intermediate_size for `mlp_mid`, hidden_size otherwise."""
+    """Width of `x` for `component`: the down projection's input for `mlp_mid`, hidden_size otherwise."""
     config = _text_config(model)
-    return config.intermediate_size if component == "mlp_mid" else config.hidden_size
+    if component != "mlp_mid":
+        return hidden_size(model)
+    module = get_component_module(model, 0, "mlp_mid")
+    if hasattr(module, "in_features"):
+        return int(module.in_features)
+    if hasattr(module, "nx"):  # GPT-2's Conv1D
+        return int(module.nx)
+    return int(config.intermediate_size)
 
 
 def hidden_size(model: nn.Module) -> int:
-    return _text_config(model).hidden_size
+    config = _text_config(model)
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
 def hidden_to_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -185,13 +204,15 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _is_clean_checkpoint(target):
         return target
     gguf = locate_default_gguf()
     logger.info("Converting %s to a cached safetensors model at %s (once, ~20 s)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # else the saved config would re-attach the GGUF quantizer on load
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = clean.load_state_dict(quantized.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
@@ -202,13 +223,25 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     try:
         clean.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():
+        if target.exists() and not _is_clean_checkpoint(target):
             shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not _is_clean_checkpoint(target):  # another process may have finished first
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _is_clean_checkpoint(directory: Path) -> bool:
+    """A complete cached conversion whose config does not re-attach a quantizer."""
+    config = directory / "config.json"
+    if not (config.exists() and (directory / "model.safetensors").exists()):
+        return False
+    return "quantization_config" not in json.loads(config.read_text(encoding="utf-8"))
 
 
 def resolve_model_path(model_name_or_path: Optional[str]) -> str:
