@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""SPLIT experiment runner with the flags of EasyEdit's `examples/run_SPILT.py`, in one process.
+
+    python examples/run_split.py --dataset sentiment --method all --model_name smollm2-135m-instruct \\
+        --intervention_method vector --mode both --multipliers 1.0 2.0
+
+Modes (EasyEdit's, plus `evaluate`):
+  generate  train each (method, intervention) from hparams/<dataset>/<model_name>/<method>/generate_*.yaml
+            -> vectors/<model_name>/<method>/<dataset>/<method>_<intervention>/layer_<L>.pt
+  apply     load those files with apply_<method>.yaml at each multiplier and generate
+            -> generation/<model_name>/<method>/<dataset>/<method>_<intervention>/m<m>/<dataset>_results.json
+  both      generate, then apply
+  loss      per-example NLLs of the matching and not-matching completions at +m and -m, with
+            sft/generate_sft_loss.yaml, written as EasyEdit's loss mode writes them
+            -> vectors/<model_name>/get_sft_loss/<method>/<dataset>/<method>_<intervention>/
+               <intervention>_<method>_m<m>_{winning_only,losing_only}/train_losses.csv
+               (+ per_example_nll.csv next to them: every example at every multiplier)
+  evaluate  the preference-utility evaluator over every trained (method, intervention) on held-out
+            pairs; report (json, csv, md, png plots) in results/<model_name>/<dataset>/preference_utility/
+
+Differences from EasyEdit's script: everything runs in this process (no subprocess per step, one
+model load); `--device` defaults to the hparams files' device instead of cuda:0; hparams are
+looked up in this repository's `hparams/` tree and in EasyEdit's
+`hparams/Steer/experiment_hparams/spilt_experiment/` under `--base_dir`; besides EasyEdit's
+datasets (read from EasyEdit's `data/` files under `--base_dir`) any shipped dataset
+(`sentiment`, `food`) or data file works. Multiplier 0 is the unsteered model here (EasyEdit's
+loss mode treats factor 0 as "project the direction out").
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+from easyedit_split.errors import EasyEditSplitError, HparamsError  # noqa: E402
+from easyedit_split.hparams import APPLY_HPARAMS, TRAIN_HPARAMS, TopLevelConfig, load_hparams  # noqa: E402
+from easyedit_split.integrations import pipeline  # noqa: E402
+from easyedit_split.models import is_default_model_name  # noqa: E402
+from easyedit_split.prompts import PromptFormat  # noqa: E402
+from easyedit_split.storage import load_interventions  # noqa: E402
+
+logger = logging.getLogger("run_split")
+
+MODES = ("generate", "apply", "both", "loss", "evaluate")
+
+
+def _parse_set(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set '{text}': use KEY=VALUE (VALUE in YAML, e.g. layers=[2])")
+    return key.strip().lstrip("+"), yaml.safe_load(value)
+
+
+def _method(text: str) -> str:
+    name = text.strip().lower()
+    return "all" if name == "all" else pipeline.method_dir_name(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Run SPLIT/CAA/SFT/RePS steering experiments (EasyEdit's run_SPILT.py flags), in-process.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[1],
+    )
+    parser.add_argument("--dataset", required=True, help="axbench, psychopathy, powerseeking (EasyEdit's data files), "
+                        "a shipped dataset (sentiment, food) or a data file")
+    parser.add_argument("--method", required=True, type=_method, choices=[*pipeline.METHODS, "all"],
+                        help="caa, reps, sft, spilt (or split/SPLIT), or all")
+    parser.add_argument("--model_name", required=True, help="model directory name in the hparams tree, e.g. smollm2-135m-instruct")
+    parser.add_argument("--intervention_method", required=True, choices=[*pipeline.INTERVENTION_METHODS, "all"])
+    parser.add_argument("--mode", default="both", choices=MODES)
+    parser.add_argument("--device", default=None, help="override the hparams files' device (EasyEdit's default is cuda:0)")
+    parser.add_argument("--multipliers", nargs="+", type=float, default=None,
+                        help="apply/loss: default 1.0; evaluate: default -8 -4 -2 -1 0 1 2 4 8")
+    parser.add_argument("--base_dir", default=str(REPO_ROOT), help="root holding hparams/ (and EasyEdit's data/)")
+    parser.add_argument("--dry_run", action="store_true", help="print what would run, load nothing")
+    extra = parser.add_argument_group("additions to EasyEdit's flags")
+    extra.add_argument("--output_dir", default=None, help="root for vectors/, generation/, results/ (default: --base_dir)")
+    extra.add_argument("--model_name_or_path", default=None,
+                       help="checkpoint directory (default: <base_dir>/models/<model_name>, or the offline default model)")
+    extra.add_argument("--train_data", default=None, help="training pairs file (overrides the dataset's own)")
+    extra.add_argument("--eval_data", default=None, help="held-out pairs file for --mode evaluate")
+    extra.add_argument("--generation_data_file", default=None, help="generation prompts file for --mode apply")
+    extra.add_argument("--generation_data_size", type=int, default=None, help="prompts used per apply run")
+    extra.add_argument("--max_examples", type=int, default=None, help="pairs per concept for training/loss/evaluate")
+    extra.add_argument("--max_new_tokens", type=int, default=None)
+    extra.add_argument("--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="KEY=VALUE",
+                       help="override a method-file key in every run (YAML value), like hydra's +key=value")
+    extra.add_argument("--nll_mode", default="sequence", choices=("sequence", "token"), help="evaluate: NLL per sequence or per token")
+    extra.add_argument("--no_manifold", action="store_true", help="evaluate: skip the activation-manifold probe")
+    extra.add_argument("--quiet", action="store_true")
+    return parser
+
+
+# ============================================================================ the runner
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, model: Any = None, tokenizer: Any = None) -> None:
+        self.args = args
+        self.base_dir = Path(args.base_dir)
+        self.output_root = Path(args.output_dir) if args.output_dir else self.base_dir
+        self.pool = pipeline.ModelPool(model, tokenizer)
+        self.overrides = dict(args.overrides)
+        known = set().union(*(cls.__dataclass_fields__ for cls in (*TRAIN_HPARAMS.values(), *APPLY_HPARAMS.values())))
+        for key in self.overrides:
+            if key not in known:
+                raise HparamsError(f"--set {key}: no method file has this key")
+        self.model_path = self._model_path()
+        self.generation = self._generation_config()
+
+    # ------------------------------------------------------------------ settings
+    def _model_path(self) -> Optional[str]:
+        args = self.args
+        if args.model_name_or_path or self.pool.model is not None:
+            return args.model_name_or_path
+        if is_default_model_name(args.model_name):
+            return args.model_name
+        local = self.base_dir / "models" / args.model_name
+        if local.is_dir():
+            return str(local)
+        if args.dry_run:
+            return str(local)
+        raise EasyEditSplitError(
+            f"model '{args.model_name}': no checkpoint at {local} (where EasyEdit's run_SPILT.py looks). "
+            "Put it there, pass --model_name_or_path DIR, or use --model_name smollm2-135m-instruct (offline default)."
+        )
+
+    def _generation_config(self) -> dict:
+        """Generation settings of the top-level `hparams/config.yaml` (EasyEdit's vectors_apply defaults)."""
+        path = self.base_dir / "hparams" / "config.yaml"
+        settings = {"generation_params": {"max_new_tokens": 40, "do_sample": False}, "num_responses": 1,
+                    "generate_orig_output": True}
+        if path.is_file():
+            top = TopLevelConfig.from_hparams(path)
+            settings.update(generation_params=dict(top.generation_params), num_responses=top.num_responses)
+            if top.explicit_keys is None or "generate_orig_output" in top.explicit_keys:
+                settings["generate_orig_output"] = top.generate_orig_output
+        if self.args.max_new_tokens:
+            settings["generation_params"]["max_new_tokens"] = self.args.max_new_tokens
+        return settings
+
+    def _common(self) -> dict:
+        common = dict(self.overrides)
+        if self.model_path:
+            common["model_name_or_path"] = self.model_path
+        if self.args.device:
+            common["device"] = self.args.device
+        return common
+
+    def vectors_root(self, method: str) -> Path:
+        return self.output_root / "vectors" / self.args.model_name / pipeline.method_dir_name(method)
+
+    def vectors_dir(self, method: str, intervention: str) -> Path:
+        return self.vectors_root(method) / self.args.dataset / pipeline.vector_subdir(method, intervention)
+
+    def _pairs(self, split: str) -> list:
+        args = self.args
+        data_file = args.train_data if split == "train" else args.eval_data
+        try:
+            return pipeline.load_pairs(args.dataset, self.base_dir, split, data_file, limit=args.max_examples)
+        except EasyEditSplitError:
+            if split == "train" or args.eval_data:
+                raise
+            logger.warning("dataset '%s' has no test split; evaluating on its training pairs (in-sample)", args.dataset)
+            return pipeline.load_pairs(args.dataset, self.base_dir, "train", args.train_data, limit=args.max_examples)
+
+    # ------------------------------------------------------------------ modes
+    def generate(self, method: str, intervention: str) -> bool:
+        args = self.args
+        path = pipeline.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+        if path is None:
+            logger.warning("[SKIP] no generate hparams for %s/%s/%s (%s) under %s", args.dataset, args.model_name, method,
+                           intervention, [str(r) for r in pipeline.hparams_roots(self.base_dir)])
+            return True
+        logger.info("[GENERATE] %s %s from %s", method, intervention, path)
+        if args.dry_run:
+            return True
+        hparams = load_hparams(path, kind="train")
+        hparams = pipeline.with_overrides(hparams, {**self._common(), "steer_vector_output_dir": str(self.vectors_root(method))})
+        model, tokenizer = self.pool.get(hparams)
+        pairs = self._pairs("train")
+        directory, _ = pipeline.train_to_dir(hparams, pairs, model, tokenizer, hparams.steer_vector_output_dir, args.dataset)
+        logger.info("[SUCCESS] %s %s: %d pairs -> %s", method, intervention, len(pairs), directory)
+        return True
+
+    def apply(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
+        args = self.args
+        path = pipeline.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
+        if path is None:
+            logger.warning("[SKIP] no apply hparams for %s/%s/%s", args.dataset, args.model_name, method)
+            return True
+        load_dir = self.vectors_dir(method, intervention)
+        logger.info("[APPLY] %s %s from %s, vectors %s, multipliers %s", method, intervention, path, load_dir, list(multipliers))
+        if args.dry_run:
+            return True
+        base = load_hparams(path, kind="apply")
+        examples = pipeline.load_prompts(args.dataset, self.base_dir, args.generation_data_file, args.generation_data_size)
+        for multiplier in multipliers:
+            hparams = pipeline.with_overrides(base, {
+                **self._common(), "multipliers": [float(multiplier)], "steer_vector_load_dir": str(load_dir),
+                "intervention_method": "vector" if pipeline.method_dir_name(method) == "caa" else intervention,
+            })
+            model, tokenizer = self.pool.get(hparams)
+            updates = pipeline.load_apply_updates(model, hparams)
+            results = pipeline.generate_results(
+                model, tokenizer, PromptFormat.from_hparams(hparams), examples, [updates],
+                self.generation["generation_params"], self.generation["num_responses"],
+                self.generation["generate_orig_output"], seed=hparams.seed,
+            )
+            out_dir = (self.output_root / "generation" / args.model_name / pipeline.method_dir_name(method) / args.dataset
+                       / f"{pipeline.method_dir_name(method)}_{intervention}" / f"m{multiplier}")
+            written = pipeline.write_generation_results(results, out_dir, Path(str(args.dataset)).stem)
+            logger.info("[SUCCESS] m=%s: %d generations -> %s", multiplier, len(results), written)
+        return True
+
+    def loss(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
+        args = self.args
+        path = pipeline.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
+        if path is None:
+            logger.warning("[SKIP] no sft/generate_sft_loss.yaml for %s/%s", args.dataset, args.model_name)
+            return True
+        init_dir = self.vectors_dir(method, intervention)
+        logger.info("[LOSS] %s %s from %s, multipliers %s", method, intervention, init_dir, list(multipliers))
+        if args.dry_run:
+            return True
+        hparams = pipeline.with_overrides(load_hparams(path, kind="train"), {
+            **self._common(), "intervention_method": intervention, "init_vector_path": str(init_dir), "inference": True,
+        })
+        model, tokenizer = self.pool.get(hparams)
+        pairs = self._pairs("train")
+        groups = pipeline.group_by_concept(pairs)
+        for concept_id, group in groups.items():
+            updates = load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
+            rows = pipeline.score_loss_rows(model, tokenizer, hparams, group, updates, multipliers)
+            for multiplier in multipliers:
+                for preference_type in pipeline.LOSS_PREFERENCE_TYPES:
+                    out = pipeline.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
+                                                   multiplier, preference_type)
+                    if len(groups) > 1:
+                        out = out.parent / f"concept_{concept_id}" / out.name
+                    pipeline.atomic_write_text(out / pipeline.LOSS_CSV_NAME,
+                                               pipeline.loss_csv_text(rows, hparams, multiplier, preference_type))
+            tidy = pipeline.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention, 0, "x").parent
+            if len(groups) > 1:
+                tidy = tidy / f"concept_{concept_id}"
+            pipeline.atomic_write_text(tidy / pipeline.PER_EXAMPLE_CSV_NAME, pipeline.per_example_csv_text(rows))
+            logger.info("[SUCCESS] loss for %d pairs (concept %d) -> %s", len(group), concept_id, tidy)
+        return True
+
+    def evaluate(self, runs: Sequence[tuple[str, str]], multipliers: Optional[Sequence[float]]) -> bool:
+        from easyedit_split.evaluation import DEFAULT_MULTIPLIERS, PreferenceUtilityEvaluator
+
+        args = self.args
+        methods = {}
+        prompt_hparams = None
+        for method, intervention in runs:
+            directory = self.vectors_dir(method, intervention)
+            if not directory.is_dir():
+                logger.warning("[SKIP] %s %s: nothing trained at %s (run --mode generate first)", method, intervention, directory)
+                continue
+            methods[f"{method}_{intervention}" if method != "caa" else "caa"] = directory
+            path = pipeline.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+            if prompt_hparams is None and path is not None:
+                prompt_hparams = pipeline.with_overrides(load_hparams(path, kind="train"), self._common())
+        report_dir = self.output_root / "results" / args.model_name / Path(str(args.dataset)).stem / "preference_utility"
+        logger.info("[EVALUATE] %s -> %s", sorted(methods), report_dir)
+        if args.dry_run or not methods:
+            return bool(methods) or args.dry_run
+        model, tokenizer = self.pool.get(prompt_hparams)
+        pairs = self._pairs("test")
+        evaluator = PreferenceUtilityEvaluator(
+            model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams),
+            multipliers=list(multipliers) if multipliers else list(DEFAULT_MULTIPLIERS),
+            nll_mode=args.nll_mode, manifold=not args.no_manifold, progress=not args.quiet,
+        )
+        report = evaluator.compare(methods, pairs, out_dir=report_dir, dataset=str(args.dataset))
+        for result in report.results if hasattr(report, "results") else []:
+            logger.info("%s: %s", result.name, {k: v for k, v in result.fits.to_dict().get("summaries", {}).items()})
+        logger.info("[SUCCESS] report for %d pairs -> %s", len(pairs), report_dir)
+        return True
+
+
+def main(argv: Optional[Sequence[str]] = None, model: Any = None, tokenizer: Any = None) -> int:
+    """Entry point; `model`/`tokenizer` replace loading from `model_name_or_path` (tests, notebooks)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    runs = pipeline.expand_runs(args.method, args.intervention_method)
+    if not runs:
+        logger.warning("no valid (method, intervention_method) pairs to run")
+        return 1
+    try:
+        runner = Runner(args, model, tokenizer)
+        ok = True
+        if args.mode in ("generate", "both"):
+            for method, intervention in runs:
+                ok = runner.generate(method, intervention) and ok
+        if args.mode in ("apply", "both"):
+            for method, intervention in runs:
+                ok = runner.apply(method, intervention, args.multipliers or [1.0]) and ok
+        if args.mode == "loss":
+            for method, intervention in runs:
+                ok = runner.loss(method, intervention, args.multipliers or [1.0]) and ok
+        if args.mode == "evaluate":
+            ok = runner.evaluate(runs, args.multipliers) and ok
+    except EasyEditSplitError as error:
+        logger.error("[ERROR] %s", error)
+        return 1
+    logger.info("[SUCCESS] all runs completed" if ok else "[WARNING] some runs failed; see the messages above")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
