@@ -1,0 +1,214 @@
+"""register_with_easyedit: against a stand-in `steer` package, a broken checkout, no checkout, and (opt-in) the real one."""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import build_tiny_model
+from easyedit_split.errors import IntegrationError
+from easyedit_split.hparams import ApplySplitHyperParams, SplitHyperParams
+from easyedit_split.integrations import easyedit as bridge
+
+FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_easyedit"
+DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+def _forget_steer():
+    for name in [n for n in sys.modules if n == "steer" or n.startswith("steer.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def clean_steer(monkeypatch):
+    """No `steer` module cached before or after the test; EASYEDIT_ROOT unset."""
+    monkeypatch.delenv("EASYEDIT_ROOT", raising=False)
+    _forget_steer()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "EasyEdit" not in p and "fake_easyedit" not in p])
+    yield monkeypatch
+    _forget_steer()
+
+
+@pytest.fixture
+def fake_steer(clean_steer):
+    clean_steer.syspath_prepend(str(FAKE))
+    return clean_steer
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, default_tokenizer):
+    directory = tmp_path_factory.mktemp("tiny_chat_ckpt")
+    build_tiny_model("llama", vocab_size=len(default_tokenizer)).save_pretrained(directory)
+    default_tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_without_easyedit_the_error_says_what_to_install_or_set(clean_steer):
+    with pytest.raises(IntegrationError, match=r"EASYEDIT_ROOT") as caught:
+        bridge.register_with_easyedit()
+    assert "not on PyPI" in str(caught.value) and "PYTHONPATH" in str(caught.value)
+
+
+def test_easyedit_root_without_steer_is_named(clean_steer, tmp_path):
+    with pytest.raises(IntegrationError, match=r"no steer/__init__.py"):
+        bridge.register_with_easyedit(easyedit_root=tmp_path)
+
+
+def test_checkout_with_empty_inits_names_the_cause(clean_steer, tmp_path):
+    """EasyEdit 14cea82's shape: alg_dict imports names that steer/vector_generators/__init__.py does not export."""
+    steer = tmp_path / "steer"
+    for package in ("", "utils", "vector_generators", "vector_appliers"):
+        (steer / package).mkdir(parents=True, exist_ok=True)
+    (steer / "__init__.py").write_text("")
+    (steer / "utils" / "__init__.py").write_text("")
+    (steer / "vector_generators" / "__init__.py").write_text('"""Keep this lightweight."""\n__all__ = []\n')
+    (steer / "vector_appliers" / "__init__.py").write_text("__all__ = []\n")
+    (steer / "utils" / "alg_dict.py").write_text(
+        "from ..vector_generators import(\n    SpiltHyperParams,\n    CAAHyperParams\n)\n"
+        "from ..vector_appliers import(\n    ApplySpiltHyperParams\n)\n")
+    with pytest.raises(IntegrationError) as caught:
+        bridge.register_with_easyedit(easyedit_root=tmp_path)
+    message = str(caught.value)
+    assert "importing steer.utils.alg_dict failed" in message
+    assert "steer/vector_generators/__init__.py, which does not export CAAHyperParams, SpiltHyperParams" in message
+    assert "steer/vector_appliers/__init__.py, which does not export ApplySpiltHyperParams" in message
+
+
+def test_registers_split_and_spilt_with_easyedits_shapes(fake_steer):
+    report = bridge.register_with_easyedit()
+    from steer.utils import alg_dict
+
+    assert report.methods == ["split", "spilt"] and report.evaluator == "preference_utility"
+    for name in ("split", "spilt"):
+        classes = alg_dict.HYPERPARAMS_CLASS_DICT[name]
+        assert classes["train"] is SplitHyperParams and issubclass(classes["apply"], ApplySplitHyperParams)
+        assert set(alg_dict.METHODS_CLASS_DICT[name]) == {"train", "apply"}
+    assert "caa" in alg_dict.METHODS_CLASS_DICT  # EasyEdit's own entries stay
+    train, apply = alg_dict.METHODS_CLASS_DICT["spilt"]["train"], alg_dict.METHODS_CLASS_DICT["spilt"]["apply"]
+    assert list(inspect.signature(train).parameters) == ["hparams", "dataset", "model", "dataset_name"]
+    assert list(inspect.signature(apply).parameters) == ["hparams", "pipline", "vector"]
+    import steer.evaluate
+
+    from easyedit_split.evaluation import PreferenceUtilityEvaluator
+
+    assert steer.evaluate.EVALUATORS["preference_utility"] is PreferenceUtilityEvaluator
+
+
+def _method_file(tmp_path, checkpoint, **keys):
+    data = yaml.safe_load((Path(__file__).resolve().parent.parent / "hparams/sentiment/smollm2-135m-instruct/spilt/"
+                           "generate_spilt_vector.yaml").read_text())
+    data.update(layers=[2], n_epochs=1, batch_size=2, model_name_or_path=str(checkpoint), **keys)
+    path = tmp_path / "generate_spilt_vector.yaml"
+    path.write_text(yaml.safe_dump(data))
+    apply = tmp_path / "apply_spilt.yaml"
+    apply.write_text(yaml.safe_dump({"alg_name": "spilt", "layers": [2], "multipliers": [3.0], "concept_id": 0,
+                                     "use_chat_template": True}))
+    return path, apply
+
+
+def test_easyedit_generate_and_apply_call_sites_run_split(fake_steer, tiny_checkpoint, tmp_path):
+    """EasyEdit's generator/applier call the registered functions; files land where EasyEdit's apply reads them."""
+    bridge.register_with_easyedit()
+    from steer.models import get_model as fake_get_model
+    from steer.vector_appliers.vector_applier import BaseVectorApplier
+    from steer.vector_generators.vector_generators import BaseVectorGenerator
+
+    from easyedit_split.models import load_model_and_tokenizer
+
+    train_file, apply_file = _method_file(tmp_path, tiny_checkpoint)
+    out = tmp_path / "vectors"
+    top = OmegaConf.create({"device": "cpu", "seed": 0, "steer_train_hparam_paths": [str(train_file)],
+                            "steer_vector_output_dirs": [str(out)], "steer_train_dataset": "tiny",
+                            "apply_steer_hparam_paths": [str(apply_file)],
+                            "steer_vector_load_dir": [str(out / "tiny" / "spilt_vector")]})
+    records = [{"question": f"How was day {i}?", "matching": f"Day {i} was wonderful.", "not_matching": f"Day {i} was awful."}
+               for i in range(4)]
+    generated = BaseVectorGenerator(top).generate_vectors({"tiny": records})
+    returned = generated["tiny"]["spilt"]["layer_2"]
+    saved = torch.load(out / "tiny" / "spilt_vector" / "layer_2.pt", weights_only=True)
+    assert saved.shape == (32,) and torch.equal(saved, returned)
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_checkpoint))
+    fake_get_model.LOADED = (model, tokenizer)
+    ids = tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = model(ids).logits.clone()
+    applier = BaseVectorApplier(top)
+    wrapper = applier.apply_steering(applier.hparams_dict)  # pipline=None -> EasyEdit's get_model
+    with torch.no_grad():
+        steered = wrapper.model(ids).logits
+    bridge.reset_split(wrapper)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain)  # reset restores the model exactly
+    # EasyEdit's apply math by hand: layer-2 output + 3.0 * v at every position
+    def add_vector(module, args, output):
+        return (output[0] + 3.0 * saved,) + tuple(output[1:]) if isinstance(output, tuple) else output + 3.0 * saved
+
+    handle = model.model.layers[2].register_forward_hook(add_vector)
+    with torch.no_grad():
+        by_hand = model(ids).logits
+    handle.remove()
+    torch.testing.assert_close(steered, by_hand, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steered, plain)
+    # applying the returned in-memory vector (EasyEdit's `vectors` argument) gives the same logits
+    wrapper = applier.apply_steering(applier.hparams_dict, wrapper, {"spilt": generated["tiny"]["spilt"]})
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper.model(ids).logits, steered, rtol=0, atol=0)
+    bridge.reset_split(wrapper)
+
+
+def test_multi_concept_data_returns_easyedits_stacked_shapes(fake_steer, tiny_checkpoint, tmp_path):
+    bridge.register_with_easyedit()
+    from steer.utils import alg_dict
+
+    train_file, _ = _method_file(tmp_path, tiny_checkpoint, max_concepts=10)
+    hparams = SplitHyperParams.from_hparams(train_file)
+    hparams = type(hparams)(**{**hparams.to_dict(), "steer_vector_output_dir": str(tmp_path / "out" / "axbench")})
+    grouped = [(cid, [{"question": f"q{i}", "matching": f"yes {cid} {i}", "not_matching": f"no {i}",
+                       "output_concept": f"c{cid}"} for i in range(2)]) for cid in (0, 1)]
+    result = alg_dict.METHODS_CLASS_DICT["split"]["train"](hparams, grouped, dataset_name="axbench")
+    assert set(result["layer_2"]) == {0, 1}
+    stacked = torch.load(tmp_path / "out" / "axbench" / "spilt_vector" / "layer_2.pt", weights_only=True)
+    assert stacked.shape == (2, 32)
+    torch.testing.assert_close(stacked[1], result["layer_2"][1], rtol=0, atol=0)
+
+
+def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_checkpoint, tmp_path):
+    bridge.register_with_easyedit()
+    from steer.evaluate.evaluate import Evaluator
+
+    from easyedit_split.interventions import DynamicWeightUpdate
+    from easyedit_split.storage import save_interventions
+
+    load_dir = tmp_path / "spilt_vector"
+    save_interventions(load_dir, {2: DynamicWeightUpdate.from_vector(torch.randn(32, generator=torch.Generator().manual_seed(0)))})
+    evaluator = Evaluator(eval_methods=["fluency", "preference_utility"], model_name_or_path=str(tiny_checkpoint),
+                          steer_vector_load_dir=str(load_dir), preference_data=str(DATA / "powerseeking_sample.csv"),
+                          multipliers=[-1.0, 0.0, 1.0])
+    results = evaluator.evaluate([{"pred": ["x"]}], "powerseeking")
+    assert results["fluency"] == 1.0  # EasyEdit's own branch still runs
+    summary = results["preference_utility"]
+    assert summary["multipliers"] == [-1.0, 0.0, 1.0] and len(summary["pref_odds"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])
+
+
+@pytest.mark.skipif(not os.environ.get("EASYEDIT_ROOT"), reason="set EASYEDIT_ROOT to an EasyEdit checkout to run")
+def test_real_easyedit_checkout(clean_steer):
+    """Against a real checkout. At zjunlp/EasyEdit@14cea82 steer.utils.alg_dict cannot be imported (empty
+    __init__s): the error must then name that cause; the test reports it as an expected failure."""
+    clean_steer.setenv("EASYEDIT_ROOT", os.environ["EASYEDIT_ROOT"])
+    try:
+        report = bridge.register_with_easyedit()
+    except IntegrationError as error:
+        assert "steer" in str(error)
+        pytest.xfail(f"the checkout cannot be registered: {error}")
+    from steer.utils import alg_dict
+
+    assert alg_dict.METHODS_CLASS_DICT["spilt"]["train"] is bridge.generate_split
+    assert report.methods == ["split", "spilt"]
