@@ -18,6 +18,7 @@ from easyedit_split.integrations import easyedit as bridge
 
 FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_easyedit"
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+REAL_EASYEDIT_ROOT = os.environ.get("EASYEDIT_ROOT")
 
 
 def _forget_steer():
@@ -198,11 +199,11 @@ def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_check
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])
 
 
-@pytest.mark.skipif(not os.environ.get("EASYEDIT_ROOT"), reason="set EASYEDIT_ROOT to an EasyEdit checkout to run")
+@pytest.mark.skipif(not REAL_EASYEDIT_ROOT, reason="set EASYEDIT_ROOT to an EasyEdit checkout to run")
 def test_real_easyedit_checkout(clean_steer):
     """Against a real checkout. At zjunlp/EasyEdit@14cea82 steer.utils.alg_dict cannot be imported (empty
     __init__s): the error must then name that cause; the test reports it as an expected failure."""
-    clean_steer.setenv("EASYEDIT_ROOT", os.environ["EASYEDIT_ROOT"])
+    clean_steer.setenv("EASYEDIT_ROOT", REAL_EASYEDIT_ROOT)
     try:
         report = bridge.register_with_easyedit()
     except IntegrationError as error:
