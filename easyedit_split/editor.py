@@ -65,6 +65,7 @@ class SteerEditor:
         if layers is not None:
             validate_layers(list(layers), len(get_decoder_layers(model)), source=getattr(hparams, "_source", None))
         self.updates: dict[int, DynamicWeightUpdate] = {}
+        self.concept_updates: dict[int, dict[int, DynamicWeightUpdate]] = {}
         set_seed(int(getattr(hparams, "seed", 42)))
 
     @classmethod
@@ -102,6 +103,9 @@ class SteerEditor:
     ) -> dict[int, DynamicWeightUpdate]:
         """Produce interventions with the method named by `alg_name`; they become the active ones.
 
+        Returns `{layer: update}`, or `{layer: {concept_id: update}}` for multi-concept data
+        (then `concept_updates` holds them all and the lowest concept id is active).
+
         Saved (when `save_vectors` is set or `save=True`) in EasyEdit's layout under
         `<steer_vector_output_dir>/<dataset>/<alg>_<method>/layer_<L>.pt`.
         """
@@ -116,12 +120,19 @@ class SteerEditor:
         should_save = save if save is not None else bool(getattr(hp, "save_vectors", False))
         directory = intervention_dir(out_root, name, spec.alg_name, method) if (should_save and out_root) else None
         kwargs: dict[str, Any] = {"output_dir": directory, "dataset_name": name} if spec.trained else {}
-        updates = spec.train_function()(hp, pairs, self.model, self.tokenizer, **kwargs)
+        trained = spec.train_function()(hp, pairs, self.model, self.tokenizer, **kwargs)
+        if directory is not None and not spec.trained:  # the shared trainer saves (and resumes) itself
+            save_interventions(directory, trained, self._metadata(hp, name))
         if directory is not None:
-            save_interventions(directory, updates, self._metadata(hp, name))
             logger.info("Saved %s interventions to %s", spec.alg_name, directory)
+        self.concept_updates = {}
+        updates = trained
+        if trained and all(isinstance(v, dict) for v in trained.values()):
+            # multi-concept data: {layer: {concept_id: update}}; the lowest concept becomes active
+            self.concept_updates = trained
+            updates = {layer: per_concept[min(per_concept)] for layer, per_concept in trained.items()}
         self.updates = updates
-        return updates
+        return trained
 
     generate_vectors = train  # EasyEdit's name for the generate step
 
