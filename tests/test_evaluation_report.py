@@ -1,0 +1,113 @@
+"""Evaluator end to end on a tiny model: report files written and parseable; the evaluate CLI."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from easyedit_split.evaluation import EVALUATORS, PreferenceUtilityEvaluator
+from easyedit_split.evaluation.scoring import EncodedPair
+from easyedit_split.interventions import DynamicWeightUpdate
+
+from conftest import build_tiny_model
+
+WORDS = ("how was the film book meal trip day it great awful lovely dull i loved hated good bad "
+         "wonderful boring fun terrible nice sad happy").split()
+
+
+def _pairs(n=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = lambda k: tuple(torch.randint(3, 97, (k,), generator=generator).tolist())  # noqa: E731
+    return [EncodedPair(ids(5), ids(3), ids(4)) for _ in range(n)]
+
+
+def _vector(scale=1.0, seed=1):
+    torch.manual_seed(seed)
+    return DynamicWeightUpdate.from_vector(torch.randn(32) * scale)
+
+
+def test_registry_exposes_the_evaluator():
+    assert EVALUATORS["preference_utility"] is PreferenceUtilityEvaluator
+
+
+def test_compare_writes_parseable_report(tmp_path):
+    model = build_tiny_model("qwen2")
+    evaluator = PreferenceUtilityEvaluator(model, None, multipliers=[-2, -1, 0, 1, 2], n_bootstrap=50,
+                                           progress=False)
+    report = evaluator.compare({"a": {1: _vector()}, "b": {2: _vector(0.5, seed=2)}}, _pairs(), tmp_path,
+                               dataset="synthetic")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["methods"]) == {"a", "b"}
+    scored = data["scored"]
+    assert scored["nll_mode"] == "sequence" and scored["n_examples"] == 8 and "join_rule" in scored
+    method = data["methods"]["a"]
+    assert len(method["metrics"]["preference"]["mean"]) == 5
+    assert {"preference", "utility", "summaries"} <= set(method["fits"])
+    assert method["manifold"]["layers"][0] == 1
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 10 and {r["method"] for r in rows} == {"a", "b"}
+    for name in ("preference_utility.png", "frontier.png", "manifold.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "report.md").read_text()
+    assert "| a |" in table and "| b |" in table
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.png"))
+    # m = 0 is the unsteered model for every method
+    zero = report.results[0].metrics.multipliers.tolist().index(0.0)
+    np.testing.assert_allclose(report.results[0].scores.matching_sum[zero], report.results[1].scores.matching_sum[zero],
+                               atol=1e-5)
+
+
+def _save_tiny_setup(tmp_path):
+    """A tiny Llama with a word-level tokenizer, a saved vector and a small dataset file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from easyedit_split.storage import save_interventions
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "[UNK]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="[UNK]")
+    model_dir = tmp_path / "model"
+    build_tiny_model("llama").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    save_interventions(tmp_path / "caa_vector", {1: _vector()}, {"alg_name": "caa"})
+    rows = [{"question": "how was the film", "matching": "it was great i loved it", "not_matching": "it was awful i hated it"},
+            {"question": "how was the trip", "matching": "lovely and fun", "not_matching": "dull and sad"},
+            {"question": "how was the meal", "matching": "good", "not_matching": "bad and boring"}]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return model_dir, data
+
+
+def test_cli_evaluates_saved_directories(tmp_path, capsys):
+    from easyedit_split.cli_evaluate import main
+
+    model_dir, data = _save_tiny_setup(tmp_path)
+    out = tmp_path / "report"
+    code = main([str(tmp_path / "caa_vector"), "--vectors", f"half={tmp_path / 'caa_vector'}", "--dataset", str(data),
+                 "--model", str(model_dir), "--multipliers=-2:2:1", "--out", str(out), "--bootstrap", "20",
+                 "--no-progress", "--max-examples", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| caa_vector |" in printed and "| half |" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert data["scored"]["n_examples"] == 2
+    assert data["scored"]["chat_template"] is False
+    assert data["methods"]["caa_vector"]["metrics"]["multipliers"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    from easyedit_split.cli_evaluate import main, parse_multipliers
+
+    assert parse_multipliers(["-1:1:0.5"]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert parse_multipliers(["4,0", "-4"]) == [-4.0, 0.0, 4.0]
+    with pytest.raises(ValueError, match="start:stop:step"):
+        parse_multipliers(["1:2"])
+    assert main(["--dataset", "sentiment"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""The batched, replayed, shared-prompt sweep equals plain full forwards, sequence by sequence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
+from easyedit_split.interventions import DynamicWeightUpdate
+from easyedit_split.prompts import EncodedCompletion, collate
+from easyedit_split.replay import full_forward_nll
+
+SHAPES = [(5, 3, 4), (3, 6, 2), (7, 2, 2), (4, 4, 5), (1, 2, 3)]  # prompt, matching, not-matching lengths
+
+
+def _pairs(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = lambda n: tuple(torch.randint(3, 97, (n,), generator=generator).tolist())  # noqa: E731
+    return [EncodedPair(ids(p), ids(a), ids(b)) for p, a, b in SHAPES]
+
+
+def _update(model, method="lora", component="mlp_mid"):
+    torch.manual_seed(4)
+    update = DynamicWeightUpdate.for_model(model, method, component=component, rank=2)
+    with torch.no_grad():
+        for parameter in update.parameters():
+            parameter.normal_(0, 0.3)
+    return update
+
+
+def _separate_full_forwards(model, pairs, updates, multiplier):
+    """Reference: each completion its own sequence, one full forward per multiplier."""
+    out = []
+    for field in ("matching_ids", "not_matching_ids"):
+        encoded = [EncodedCompletion(list(p.prompt_ids) + list(getattr(p, field)), len(p.prompt_ids)) for p in pairs]
+        with torch.no_grad():
+            out.append(full_forward_nll(model, collate(encoded, 0), updates, multiplier))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["packed", "rows"])
+def test_sweep_equals_separate_full_forwards(tiny_model, layout):
+    pairs = _pairs()
+    updates = {2: _update(tiny_model)}
+    multipliers = [-2.0, 0.0, 1.5]
+    scores = score_encoded_pairs(tiny_model, pairs, updates, multipliers, layout=layout, batch_size=4)
+    for k, m in enumerate(multipliers):
+        matching, not_matching = _separate_full_forwards(tiny_model, pairs, updates, m)
+        np.testing.assert_allclose(scores.matching_sum[k], matching.sum.double().numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(scores.not_matching_sum[k], not_matching.sum.double().numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(scores.matching_tokens, matching.count.numpy())
+
+
+def test_multiplier_zero_reproduces_unsteered_model(tiny_model):
+    """m = 0 equals a plain forward of the model with no hooks at all (log-softmax of its logits)."""
+    pairs = _pairs(seed=5)
+    scores = score_encoded_pairs(tiny_model, pairs, {1: _update(tiny_model, "vector", "block")}, [0.0, 3.0])
+    for i, pair in enumerate(pairs):
+        for field, result in (("matching_ids", scores.matching_sum), ("not_matching_ids", scores.not_matching_sum)):
+            ids = torch.tensor([list(pair.prompt_ids) + list(getattr(pair, field))])
+            with torch.no_grad():
+                log_probs = torch.log_softmax(tiny_model(input_ids=ids).logits[0, :-1].double(), -1)
+            start = len(pair.prompt_ids)
+            targets = ids[0, start:]
+            expected = -log_probs[start - 1:].gather(-1, targets.unsqueeze(-1)).sum().item()
+            assert result[0, i] == pytest.approx(expected, abs=1e-5)
+            assert abs(result[1, i] - expected) > 1e-4  # and steering changes it
+
+
+def test_chunking_does_not_change_results(tiny_model):
+    pairs = _pairs()
+    updates = {1: _update(tiny_model, "local_weight", "attn")}
+    big = score_encoded_pairs(tiny_model, pairs, updates, [-1.0, 1.0, 2.0], batch_size=64)
+    small = score_encoded_pairs(tiny_model, pairs, updates, [-1.0, 1.0, 2.0], batch_size=1)
+    np.testing.assert_allclose(big.matching_sum, small.matching_sum, atol=1e-5)
+    np.testing.assert_allclose(big.not_matching_sum, small.not_matching_sum, atol=1e-5)
+
+
+def test_token_mode_is_mean_over_completion_tokens(tiny_model):
+    pairs = _pairs()
+    scores = score_encoded_pairs(tiny_model, pairs, {}, [0.0], nll_mode="token")
+    lengths = np.array([len(p.matching_ids) for p in pairs])
+    np.testing.assert_allclose(scores.matching_nll[0], scores.matching_sum[0] / lengths)
+
+
+def test_invalid_arguments_are_named(tiny_model):
+    with pytest.raises(ValueError, match="nll_mode"):
+        score_encoded_pairs(tiny_model, _pairs(), {}, [0.0], nll_mode="mean")
+    with pytest.raises(ValueError, match="layout"):
+        score_encoded_pairs(tiny_model, _pairs(), {}, [0.0], layout="tree")
