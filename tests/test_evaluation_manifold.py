@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from easyedit_split.evaluation.manifold import ManifoldOptions, ManifoldProbe, correlations, default_probe_layers
@@ -47,10 +48,5 @@ def test_distance_is_zero_unsteered_and_grows_with_multiplier():
 
 def test_correlations_handle_constant_input():
     assert correlations([1, 1, 1], [1, 2, 3])["pearson"] is None
-    assert correlations([1, 2, 3, 4], [2, 4, 6, 8])["pearson"] == pytest_approx(1.0)
+    assert correlations([1, 2, 3, 4], [2, 4, 6, 8])["pearson"] == pytest.approx(1.0)
 
-
-def pytest_approx(value):
-    import pytest
-
-    return pytest.approx(value)

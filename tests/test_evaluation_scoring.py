@@ -88,3 +88,20 @@ def test_invalid_arguments_are_named(tiny_model):
         score_encoded_pairs(tiny_model, _pairs(), {}, [0.0], nll_mode="mean")
     with pytest.raises(ValueError, match="layout"):
         score_encoded_pairs(tiny_model, _pairs(), {}, [0.0], layout="tree")
+
+
+def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
+    """Real chat template: the pair encoding (JOIN_RULE, suffix) equals prompts.encode_batch's rows."""
+    from easyedit_split.data import load_dataset
+    from easyedit_split.evaluation.scoring import score_pairs
+    from easyedit_split.prompts import PromptFormat, encode_batch
+
+    pairs = load_dataset("sentiment", "test")[:3]
+    fmt = PromptFormat(use_chat_template=True)
+    update = {1: _update(tiny_chat_model, "vector", "block")}
+    scores = score_pairs(tiny_chat_model, default_tokenizer, pairs, update, [0.0, 2.0], fmt)
+    for field, result in (("matching", scores.matching_sum), ("not_matching", scores.not_matching_sum)):
+        batch = encode_batch(default_tokenizer, fmt, [p.question for p in pairs], [getattr(p, field) for p in pairs])
+        with torch.no_grad():
+            plain = full_forward_nll(tiny_chat_model, batch, update, 2.0)
+        np.testing.assert_allclose(result[1], plain.sum.double().numpy(), atol=1e-4, rtol=1e-5)
