@@ -1,0 +1,158 @@
+"""Training speed: the fast replay path vs the plain full forward, in one run; and held-out accuracy.
+
+    python benchmarks/bench_training.py                 # speed table (~2-3 min on 2 CPU cores)
+    python benchmarks/bench_training.py --accuracy      # also train a SPLIT vector and score held-out pairs
+
+Both paths run the same SPLIT loss on the same rows (default model, `sentiment` train data,
+vector at layer 15, batch 4 x [orig_add, orig_sub] = 16 sequences per step) and the same
+optimizer step. Measured per optimizer step:
+  fast            capture layer inputs once, replay layers 15..29, LM head at completion tokens
+  plain           full forward of all 30 layers and the LM head at every position
+  plain + refs    plain, plus the unsteered reference forward EasyEdit runs every step
+                  (even with ref_loss_weight: 0)
+The fast path's one-off cost (tokenize, capture 258 sequences) is reported separately.
+Results go to benchmarks/results_training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from easyedit_split.data import load_dataset
+from easyedit_split.hparams import load_hparams
+from easyedit_split.methods.split import split_loss
+from easyedit_split.models import load_model_and_tokenizer
+from easyedit_split.prompts import PromptFormat, encode_batch
+from easyedit_split.replay import full_forward_nll
+from easyedit_split.training import plan_step, prepare_pairs, step_loss, train_layer
+
+ROOT = Path(__file__).resolve().parents[1]
+HPARAMS = ROOT / "hparams/sentiment/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml"
+RESULTS = Path(__file__).resolve().parent / "results_training.md"
+
+
+def time_steps(model, prepared, hp, layer, steps, fast, needs_reference, seed=0):
+    """Seconds per optimizer step (loss, backward, clip, AdamW) over `steps` steps."""
+    torch.manual_seed(seed)
+    from easyedit_split.training import new_update
+
+    update = new_update(model, hp)
+    update.train()
+    optimizer = torch.optim.AdamW(update.parameters(), lr=hp.lr)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(prepared.n_examples, generator=generator)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    losses = []
+    started = time.perf_counter()
+    for step in range(steps):
+        examples = order[step * hp.batch_size : (step + 1) * hp.batch_size].tolist()
+        plan = plan_step(examples, hp, generator)
+        loss = step_loss(model, prepared, layer, update, plan, split_loss, hp, needs_reference=needs_reference, fast=fast)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(update.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return (time.perf_counter() - started) / steps, losses
+
+
+def speed(model, tokenizer, hp, steps):
+    layer = hp.layers[0]
+    pairs = load_dataset("sentiment", split="train")
+    started = time.perf_counter()
+    prepared = prepare_pairs(tokenizer, pairs, hp)
+    prepared.capture(model, layer)
+    one_off = time.perf_counter() - started
+    fast, fast_losses = time_steps(model, prepared, hp, layer, steps, fast=True, needs_reference=False)
+    plain, plain_losses = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=False)
+    plain_ref, _ = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=True)
+    same = max(abs(a - b) for a, b in zip(fast_losses, plain_losses))
+    rows = [
+        "| path | s / optimizer step | steps / s | speed-up of fast |",
+        "|---|---|---|---|",
+        f"| fast (replay layers {layer}..{model.config.num_hidden_layers - 1}) | {fast:.2f} | {1 / fast:.3f} | 1.00x |",
+        f"| plain full forward | {plain:.2f} | {1 / plain:.3f} | {plain / fast:.2f}x |",
+        f"| plain + references every step (EasyEdit) | {plain_ref:.2f} | {1 / plain_ref:.3f} | {plain_ref / fast:.2f}x |",
+    ]
+    notes = [
+        f"{steps} optimizer steps per path, batch {hp.batch_size} x {len(hp.preference_pairs)} pairs "
+        f"({2 * hp.batch_size * len(hp.preference_pairs)} sequences/step), SPLIT vector at layer {layer}, "
+        f"{len(pairs)} training pairs ({prepared.batch.input_ids.shape[1]} tokens padded).",
+        f"Fast path one-off cost (tokenize + capture all {len(prepared.batch)} sequences): {one_off:.1f} s.",
+        f"Largest |loss fast - loss plain| over the same {steps} steps: {same:.2e}.",
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; other processes shared the CPU, so absolute times are noisy, "
+        "the ratio (same run, interleaved paths) less so.",
+    ]
+    return "\n".join(rows), notes
+
+
+def sequence_nll(model, tokenizer, fmt, pairs, updates, multiplier):
+    """Sequence NLL (sum over completion tokens) of matching and not-matching completions."""
+    questions = [p.question for p in pairs]
+    with torch.no_grad():
+        matching = full_forward_nll(model, encode_batch(tokenizer, fmt, questions, [p.matching for p in pairs]), updates, multiplier).sum
+        not_matching = full_forward_nll(model, encode_batch(tokenizer, fmt, questions, [p.not_matching for p in pairs]), updates, multiplier).sum
+    return matching, not_matching
+
+
+def accuracy(model, tokenizer, hp, multipliers):
+    """Train on `sentiment` train with the hparams file; score held-out `sentiment` test pairs."""
+    layer = hp.layers[0]
+    train_pairs, test_pairs = load_dataset("sentiment", split="train"), load_dataset("sentiment", split="test")
+    started = time.perf_counter()
+    update, log = train_layer(model, prepare_pairs(tokenizer, train_pairs, hp), hp, layer, split_loss, progress=True)
+    seconds = time.perf_counter() - started
+    fmt = PromptFormat.from_hparams(hp)
+    rows = ["| multiplier | held-out accuracy | mean PrefOdds (nats) |", "|---|---|---|"]
+    for m in multipliers:
+        updates = {} if m == 0 else {layer: update}
+        matching, not_matching = sequence_nll(model, tokenizer, fmt, test_pairs, updates, m)
+        pref = not_matching - matching
+        label = "0 (no steering)" if m == 0 else f"{m:g}"
+        rows.append(f"| {label} | {(pref > 0).float().mean().item():.3f} | {pref.mean().item():+.2f} |")
+    notes = [
+        f"SPLIT vector trained with `{HPARAMS.relative_to(ROOT)}` (layer {layer}, lr {hp.lr}, {hp.n_epochs} epochs, "
+        f"batch {hp.batch_size}, factors {hp.steering_factors[0]:g}..{hp.steering_factors[-1]:g}, pairs {hp.preference_pairs}, "
+        f"seed {hp.seed}) on {len(train_pairs)} `sentiment` train pairs: {log.optimizer_steps} optimizer steps in {seconds:.0f} s "
+        f"(fast path), loss {log.losses[0]:.3f} -> {sum(log.losses[-5:]) / 5:.3f} (mean of last 5 batches).",
+        f"Scored on the {len(test_pairs)} held-out `sentiment` test pairs: accuracy = share of pairs whose matching "
+        "(positive) completion has a lower sequence NLL than the not-matching one; PrefOdds = NLL(not matching) - NLL(matching). "
+        "Multiplier 0 = no intervention.",
+    ]
+    return "\n".join(rows), notes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps timed per path")
+    parser.add_argument("--accuracy", action="store_true", help="also train a SPLIT vector and score held-out pairs")
+    parser.add_argument("--multipliers", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args(argv)
+    hp = load_hparams(HPARAMS, kind="train")
+    model, tokenizer = load_model_and_tokenizer(hp.model_name_or_path, hp.dtype, hp.device)
+    sections = ["# Training benchmark (`benchmarks/bench_training.py`)", ""]
+    if not args.skip_speed:
+        table, notes = speed(model, tokenizer, hp, args.steps)
+        print(table)
+        print("\n".join(notes))
+        sections += ["## Speed: fast replay path vs plain full forward (one run)", "", table, ""] + [f"- {n}" for n in notes] + [""]
+    if args.accuracy:
+        table, notes = accuracy(model, tokenizer, hp, args.multipliers)
+        print(table)
+        print("\n".join(notes))
+        sections += ["## Held-out accuracy of a trained SPLIT vector", "", table, ""] + [f"- {n}" for n in notes] + [""]
+    out = RESULTS if not args.skip_speed else RESULTS.with_name("results_training_accuracy.md")
+    out.write_text("\n".join(sections) + "\n", encoding="utf-8")
+    print(f"written {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
