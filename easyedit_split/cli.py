@@ -39,11 +39,22 @@ def _print_demo(result) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_steering_demo
+    from .demo import run_main_job, run_steering_demo
 
-    result = run_steering_demo(model_name_or_path=args.model, layer=args.layer, multipliers=args.multipliers,
-                               max_new_tokens=args.max_new_tokens)
-    _print_demo(result)
+    if args.quick:
+        result = run_steering_demo(model_name_or_path=args.model, layer=args.layer, multipliers=args.multipliers,
+                                   max_new_tokens=args.max_new_tokens)
+        _print_demo(result)
+        return 0
+    print("Main job: CAA, SFT and SPLIT steering vectors on the default model (SmolLM2-135M-Instruct, CPU)\n", flush=True)
+    job = run_main_job(out_dir=args.out, model_name_or_path=args.model, multipliers=args.sweep,
+                       manifold=not args.no_manifold)
+    _print_demo(job.demo)
+    print(job.report.markdown_table())
+    print("Written:")
+    for kind, path in job.written.items():
+        print(f"  {kind}: {path}")
+    print("Time: " + ", ".join(f"{step} {secs:.0f} s" for step, secs in job.seconds.items()))
     return 0
 
 
@@ -84,11 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="steer the default model with a CAA vector and show the texts side by side")
+    demo = sub.add_parser("demo", help="the main job: CAA/SFT/SPLIT on the default model, generations and evaluation report")
     demo.add_argument("--model", default=DEFAULT_MODEL_NAME)
     demo.add_argument("--layer", type=int, default=15)
     demo.add_argument("--multipliers", type=parse_multipliers, default=[-2.0, 0.0, 2.0])
     demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument("--quick", action="store_true", help="only the CAA generations, no training or evaluation")
+    demo.add_argument("--out", default="outputs/demo", help="where the evaluation report and plots go")
+    demo.add_argument("--sweep", type=parse_multipliers, default=[-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0],
+                      help="multipliers of the evaluation sweep")
+    demo.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train/generate interventions from an EasyEdit hparams file")

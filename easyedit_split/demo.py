@@ -1,12 +1,14 @@
-"""The main job: steer the offline default model with CAA and show the text move.
+"""The main job: steer the offline default model, then compare CAA, SFT and SPLIT.
 
 Library code: returns data and logs; the CLI prints.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from .data import load_dataset
 from .editor import SteerEditor
@@ -53,3 +55,70 @@ def run_steering_demo(
     texts = editor.generate(list(prompts), multipliers=list(multipliers), max_new_tokens=max_new_tokens)
     return DemoResult(list(prompts), [float(m) for m in multipliers], texts, layer, len(pairs),
                       float(updates[layer].bias.detach().norm()))
+
+
+DEMO_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "demo"
+SWEEP_MULTIPLIERS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class MainJobResult:
+    """The main job's outputs: the CAA generations, the comparison report and where it was written."""
+
+    demo: DemoResult
+    report: Any
+    out_dir: Path
+    written: dict
+    seconds: dict
+
+
+def run_main_job(
+    out_dir: str | Path = "outputs/demo",
+    model_name_or_path: str = DEFAULT_MODEL_NAME,
+    dataset: str = "sentiment",
+    multipliers: Sequence[float] = SWEEP_MULTIPLIERS,
+    max_test_pairs: Optional[int] = None,
+    trained_methods: Sequence[str] = ("sft", "spilt"),
+    manifold: bool = True,
+) -> MainJobResult:
+    """CAA, SFT and SPLIT vectors on `dataset` with the default model, compared by the evaluator.
+
+    1. a CAA vector and greedy generations side by side (`run_steering_demo`);
+    2. SFT and SPLIT vectors trained with the package's demo hparams (`configs/demo/`: the
+       `hparams/sentiment/smollm2-135m-instruct` values, 1 epoch on 48 pairs);
+    3. the preference-utility evaluation of all three on the held-out split over `multipliers`:
+       `results.json`, CSV, markdown table and PNG plots in `out_dir`.
+    """
+    from .evaluation import PreferenceUtilityEvaluator
+    from .hparams import load_hparams
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    editor = SteerEditor(CAAHyperParams(layers=[DEMO_LAYER], model_name_or_path=model_name_or_path, use_chat_template=True))
+    seconds["load model"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    demo = run_steering_demo(editor=editor, dataset=dataset)
+    methods = {"caa": dict(editor.updates)}
+    seconds["caa + generation"] = time.perf_counter() - mark
+
+    train_pairs = load_dataset(dataset, split="train")
+    for name in trained_methods:
+        mark = time.perf_counter()
+        hparams = load_hparams(DEMO_CONFIG_DIR / f"generate_{name}_vector.yaml")
+        updates = editor.train(train_pairs, hparams=hparams, save=False, dataset_name=dataset)
+        methods["split" if name == "spilt" else name] = updates
+        seconds[f"train {name}"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    test_pairs = load_dataset(dataset, split="test")
+    test_pairs = test_pairs[:max_test_pairs] if max_test_pairs else test_pairs
+    evaluator = PreferenceUtilityEvaluator(
+        editor.model, editor.tokenizer, prompt_format=editor.prompt_format, multipliers=list(multipliers), manifold=manifold,
+    )
+    out_path = Path(out_dir)
+    report = evaluator.compare(methods, test_pairs, out_dir=None, dataset=f"{dataset} (test)")
+    written = report.write(out_path)
+    seconds["evaluate"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+    return MainJobResult(demo, report, out_path, written, seconds)

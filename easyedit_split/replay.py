@@ -42,10 +42,17 @@ class CapturedInputs:
 
 
 def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) -> CapturedInputs:
-    """One unsteered forward that records what layers `start_layer..N-1` receive."""
+    """One unsteered forward that records what layers `start_layer..N-1` receive.
+
+    Only layers `0..start_layer` compute: every later layer is swapped, for this one call, for a
+    pass-through that returns its input in the start layer's output structure (tensor or tuple),
+    since what those layers receive besides the hidden states (masks, rotary embeddings) does
+    not depend on the hidden states. The forward stops at the last layer, before the LM head.
+    """
     layers = get_decoder_layers(model)
     records: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
     last = len(layers) - 1
+    output_structure: dict[str, Any] = {}
 
     def recorder(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -58,7 +65,20 @@ def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) 
 
         return hook
 
+    def remember_structure(module: nn.Module, args: tuple, output: Any) -> None:
+        output_structure["output"] = output
+
+    def pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        reference = output_structure["output"]
+        if isinstance(reference, tuple):
+            return (hidden_states,) + tuple(reference[1:])
+        return hidden_states
+
     hooks = [layers[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in range(start_layer, len(layers))]
+    hooks.append(layers[start_layer].register_forward_hook(remember_structure))
+    skipped = list(range(start_layer + 1, len(layers)))
+    for i in skipped:
+        layers[i].forward = pass_through  # instance attribute shadows the class's forward
     try:
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -67,6 +87,8 @@ def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) 
     finally:
         for hook in hooks:
             hook.remove()
+        for i in skipped:
+            del layers[i].forward
     return CapturedInputs(
         start_layer=start_layer,
         hidden_states=records[start_layer][0],

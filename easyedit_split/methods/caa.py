@@ -20,15 +20,22 @@ from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_batch
 logger = logging.getLogger(__name__)
 
 
+class _Enough(Exception):
+    """Stops a forward once the deepest requested layer has run."""
+
+
 def mean_completion_activations(
     model: nn.Module, batch: TokenBatch, layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """Per row, the mean decoder-layer output over the completion tokens: {layer: [batch, hidden]}."""
     outputs: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
 
     def keep(layer: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             outputs[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _Enough  # the layers above and the LM head are not needed
 
         return hook
 
@@ -36,6 +43,8 @@ def mean_completion_activations(
     try:
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _Enough:
+        pass
     finally:
         for hook in hooks:
             hook.remove()
