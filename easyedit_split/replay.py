@@ -7,6 +7,12 @@ global masks, so each layer's own are kept). `replay_hidden` then runs layers `l
 selection of captured rows, e.g. K copies of each example for a K-multiplier sweep, and
 `completion_nll` turns the result into per-row completion NLLs, applying the LM head only at
 completion positions.
+
+A prefix shared by every row (the chat template's system turn and user header) is unsteered
+and causal, so its keys and values at layers `l..N` are the same in every row and every step.
+`capture_prefix` computes them once (one row); `replay_hidden_after_prefix` then replays only
+the positions after it, up to the longest selected row, attending to the stored prefix keys
+and values.
 """
 from __future__ import annotations
 
@@ -136,6 +142,141 @@ class CompletionNLL:
     @property
     def mean(self) -> torch.Tensor:
         return self.sum / self.count.clamp_min(1)
+
+
+@dataclass
+class PrefixKeyValues:
+    """Keys and values of the first `length` positions at layers `start_layer..N-1`, one row.
+
+    Valid for every row of the captured batch whose first `length` tokens are the same and not
+    steered: nothing before them differs, and attention is causal.
+    """
+
+    start_layer: int
+    length: int
+    keys: list[torch.Tensor]  # per layer from start_layer: [1, kv_heads, length, head_dim] (RoPE applied)
+    values: list[torch.Tensor]
+
+
+class _PrefixedKeyValues:
+    """The `cache` a replayed layer's attention calls `update` on: it puts the stored prefix
+    keys/values (expanded to the batch) before the new ones, or, with `record`, stores the
+    new ones (computing the prefix)."""
+
+    def __init__(self, prefix: Optional[PrefixKeyValues], record: bool = False):
+        self.prefix, self.record = prefix, record
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        index = layer_idx - self.prefix.start_layer
+        if self.record:
+            self.prefix.keys.append(keys.detach())
+            self.prefix.values.append(values.detach())
+            return keys, values
+        batch = keys.shape[0]
+        cached_keys = self.prefix.keys[index].expand(batch, -1, -1, -1)
+        cached_values = self.prefix.values[index].expand(batch, -1, -1, -1)
+        return torch.cat([cached_keys, keys], dim=2), torch.cat([cached_values, values], dim=2)
+
+
+def shared_prefix_length(batch: TokenBatch) -> int:
+    """Leading positions with the same token in every row, none padded and none labelled (a
+    label at position `t` is predicted from position `t - 1`, so that one must be replayed)."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    same = (ids == ids[:1]).all(dim=0) & (mask == 1).all(dim=0)
+    labelled = (batch.labels != IGNORE_INDEX).any(dim=0)
+    same[:-1] &= ~labelled[1:]  # label t is predicted from position t - 1, which must be replayed
+    differing = (~same).nonzero()
+    return int(differing[0]) if differing.numel() else ids.shape[1]
+
+
+def _slice_positions(
+    layer: nn.Module, kwargs: Mapping[str, Any], rows: torch.Tensor, batch_size: int, start: int, end: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """A layer's captured kwargs for `rows` and query positions `start..end-1` (keys `0..end-1`)."""
+    sliced: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _BATCH_FIRST_KWARGS:
+            value = _select_rows(value, rows, batch_size)
+        if key == "attention_mask":
+            if value is not None:
+                value = value[..., start:end, :end]
+            elif start > 0:  # only SDPA leaves the mask out (no padding): is_causal would align top-left
+                window = getattr(getattr(layer, "self_attn", None), "sliding_window", None)
+                value = _causal_mask(start, end, window, device)
+        elif key == "position_ids":
+            value = value[:, start:end]
+        elif key == "cache_position":
+            value = value[start:end]
+        elif key == "position_embeddings" and value is not None:
+            value = tuple(v[:, start:end] for v in value)
+        sliced[key] = value
+    return sliced
+
+
+def _causal_mask(start: int, end: int, sliding_window: Optional[int], device: torch.device) -> torch.Tensor:
+    """Boolean [1, 1, end - start, end] mask (True = attend) for queries `start..end-1`."""
+    query = torch.arange(start, end, device=device).unsqueeze(1)
+    key = torch.arange(end, device=device).unsqueeze(0)
+    allowed = key <= query
+    if sliding_window:
+        allowed &= key > query - sliding_window
+    return allowed[None, None]
+
+
+def _run_layers(
+    model: nn.Module, captured: CapturedInputs, hidden: torch.Tensor, rows: torch.Tensor,
+    start: int, end: int, cache: Optional[_PrefixedKeyValues],
+) -> torch.Tensor:
+    layers = get_decoder_layers(model)
+    cache_key = "cache" if "cache" in captured.layer_kwargs[0] else "past_key_values"
+    for offset, layer in enumerate(layers[captured.start_layer :]):
+        kwargs = _slice_positions(layer, captured.layer_kwargs[offset], rows, len(captured), start, end, hidden.device)
+        if cache is not None:
+            kwargs[cache_key] = cache
+        output = layer(hidden, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+    return hidden
+
+
+def capture_prefix(model: nn.Module, captured: CapturedInputs, length: int) -> PrefixKeyValues:
+    """Keys/values of the first `length` positions at layers `start..N-1`, from captured row 0.
+
+    `length` must not exceed `shared_prefix_length(captured.batch)`, and the prefix must stay
+    unsteered in every replay that uses it.
+    """
+    prefix = PrefixKeyValues(captured.start_layer, length, [], [])
+    if length == 0:
+        return prefix
+    row = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        hidden = captured.hidden_states[:1, :length]
+        _run_layers(model, captured, hidden, row, 0, length, _PrefixedKeyValues(prefix, record=True))
+    if len(prefix.keys) != len(captured.layer_kwargs):
+        raise RuntimeError("capture_prefix: the layers' attention did not call cache.update; unsupported model")
+    return prefix
+
+
+def replay_hidden_after_prefix(
+    model: nn.Module, captured: CapturedInputs, prefix: Optional[PrefixKeyValues], rows: Optional[torch.Tensor] = None,
+    end: Optional[int] = None,
+) -> torch.Tensor:
+    """Last-layer hidden states of `rows` at positions `prefix.length..end-1` (`end`: by default
+    the longest selected row), running layers `start..N-1` on those positions only.
+
+    Equals `replay_hidden(...)[:, prefix.length:end]` as long as the prefix is not steered.
+    Labels for the result are `labels[:, prefix.length:end]`.
+    """
+    rows = torch.arange(len(captured)) if rows is None else rows
+    device = captured.hidden_states.device
+    if end is None:
+        end = int(captured.batch.attention_mask.index_select(0, rows.to(captured.batch.attention_mask.device)).sum(dim=1).max())
+    start = 0 if prefix is None else prefix.length
+    if prefix is not None and prefix.start_layer != captured.start_layer:
+        raise ValueError(f"prefix keys/values start at layer {prefix.start_layer}, the capture at {captured.start_layer}")
+    hidden = captured.hidden_states.index_select(0, rows.to(device))[:, start:end]
+    cache = _PrefixedKeyValues(prefix) if start > 0 else None
+    return _run_layers(model, captured, hidden, rows, start, end, cache)
 
 
 def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> CompletionNLL:

@@ -28,9 +28,11 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   we do the same.
 
 The fast path (DESIGN 5): all sequences are tokenized once; the inputs of the trained layer
-are captured once per layer by `replay.capture_layer_inputs`; each step replays only layers
-`l..N` for every row (winning and losing completions of all pairs in ONE batch, one
-multiplier per row) and applies the LM head at completion positions only. Reference NLLs
+are captured once per layer by `replay.capture_layer_inputs`, and the keys/values there of the
+chat-template prefix (identical in every row, never steered) once by `replay.capture_prefix`;
+each step replays only layers `l..N`, only at the positions after that prefix and up to the
+longest row of the step, for every row (winning and losing completions of all pairs in ONE
+batch, one multiplier per row) and applies the LM head at completion positions only. Reference NLLs
 (no intervention) are computed once, only when the loss needs them. `fast=False` runs the
 plain full forward instead (same rows, same loss; references recomputed every step as
 EasyEdit does) for tests and the benchmark.
@@ -62,7 +64,16 @@ from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, attach
 from .models import check_layer, get_layer, hidden_size, model_device, num_layers
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, encode_prompt
-from .replay import CapturedInputs, CompletionNLL, capture_layer_inputs, nll_from_hidden, replay_hidden
+from .replay import (
+    CapturedInputs,
+    CompletionNLL,
+    PrefixKeyValues,
+    capture_layer_inputs,
+    capture_prefix,
+    nll_from_hidden,
+    replay_hidden_after_prefix,
+    shared_prefix_length,
+)
 from .storage import (
     METADATA_FILE,
     atomic_write_json,
@@ -170,14 +181,17 @@ class PreparedPairs:
     """Every example's two sequences, tokenized once: row `2i` matching, row `2i + 1` not matching.
 
     `prefix_length` leading positions are not steered (EasyEdit's chat-template prefix).
-    `captured` holds the inputs of the trained layer and above (fast path), `reference_nll`
-    the unsteered completion NLL sums of every row (computed once, when needed).
+    `captured` holds the inputs of the trained layer and above (fast path), `prefix_cache` the
+    keys/values of the unsteered prefix every row shares at those layers (so a step replays
+    only the positions after it), `reference_nll` the unsteered completion NLL sums of every
+    row (computed once, when needed).
     """
 
     batch: TokenBatch
     prefix_length: int = 0
     captured: Optional[CapturedInputs] = None
     reference_nll: Optional[torch.Tensor] = None
+    prefix_cache: Optional[PrefixKeyValues] = None
 
     @property
     def n_examples(self) -> int:
@@ -191,10 +205,25 @@ class PreparedPairs:
         return PreparedPairs(self.batch.to(device), self.prefix_length)
 
     def capture(self, model: nn.Module, layer: int) -> CapturedInputs:
-        """Capture (once) the inputs of layers `layer..N-1` for every sequence."""
+        """Capture (once) the inputs of layers `layer..N-1` for every sequence, and the keys/values
+        there of the leading positions that are the same in every row and never steered."""
         if self.captured is None or self.captured.start_layer != layer:
             self.captured = capture_layer_inputs(model, self.batch, layer)
+            length = min(self.prefix_length, shared_prefix_length(self.batch))
+            self.prefix_cache = capture_prefix(model, self.captured, length)
         return self.captured
+
+    def release(self) -> None:
+        """Drop the captured inputs (they take memory in proportion to the data)."""
+        self.captured = self.prefix_cache = None
+
+    def replay_nll(self, model: nn.Module, rows: torch.Tensor) -> CompletionNLL:
+        """Completion NLL of `rows` from the captured inputs, replaying only the positions after
+        the cached prefix up to the longest of `rows` (hooks attached to the model fire)."""
+        start = self.prefix_cache.length if self.prefix_cache is not None else 0
+        end = int(self.lengths.index_select(0, rows.to(self.lengths.device)).max())
+        hidden = replay_hidden_after_prefix(model, self.captured, self.prefix_cache, rows, end)
+        return nll_from_hidden(model, hidden, self._labels(rows)[:, start:end])
 
     def compute_reference(self, model: nn.Module, fast: bool = True) -> torch.Tensor:
         """Unsteered completion NLL sum of every row (no intervention, no dropout)."""
@@ -205,7 +234,7 @@ class PreparedPairs:
             for start in range(0, len(self.batch), _REFERENCE_CHUNK):
                 rows = torch.arange(start, min(start + _REFERENCE_CHUNK, len(self.batch)))
                 if fast and self.captured is not None:
-                    sums.append(nll_from_hidden(model, replay_hidden(model, self.captured, rows), self._labels(rows)).sum)
+                    sums.append(self.replay_nll(model, rows).sum)
                 else:
                     sums.append(_plain_nll(model, self.batch, rows).sum)
         self.reference_nll = torch.cat(sums)
@@ -354,13 +383,15 @@ def _steered_nll(
     """Completion NLL of `rows` with `update` at `layer` (one multiplier per row)."""
     batch = prepared.batch
     device = batch.input_ids.device
-    width = batch.input_ids.shape[1] if fast else int(batch.attention_mask.index_select(0, rows.to(device)).sum(dim=1).max())
+    end = int(prepared.lengths.index_select(0, rows.to(device)).max())  # both paths run up to the longest row
+    start = prepared.prefix_cache.length if fast and prepared.prefix_cache is not None else 0  # fast: after the cached prefix
     positions: Optional[torch.Tensor] = None
     if prepared.prefix_length > 0 or positions_dropout > 0:
-        positions = (torch.arange(width, device=device) >= prepared.prefix_length).float().expand(len(rows), width)
+        positions = (torch.arange(end, device=device) >= prepared.prefix_length).float().expand(len(rows), end)
         if positions_dropout > 0:
-            keep = torch.rand(len(rows), width, generator=generator) >= positions_dropout
+            keep = torch.rand(len(rows), end, generator=generator) >= positions_dropout
             positions = positions * keep.to(device)
+        positions = positions[:, start:]
     handle = attach(model, {layer: update}, multipliers.to(device), positions=positions)
     hooks = []
     try:
@@ -370,8 +401,7 @@ def _steered_nll(
             captured = prepared.captured
             if captured is None or captured.start_layer != layer:
                 raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
-            hidden = replay_hidden(model, captured, rows)
-            return nll_from_hidden(model, hidden, prepared._labels(rows))
+            return prepared.replay_nll(model, rows)
         return _plain_nll(model, batch, rows)
     finally:
         for hook in hooks:
@@ -578,7 +608,8 @@ def train_layer(
                         bar.set_postfix(loss=f"{log.losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         finally:
             bar.close()
-            prepared.captured = None if fast else prepared.captured
+            if fast:
+                prepared.release()
     update.eval()
     update.zero_grad(set_to_none=True)
     log.seconds = time.perf_counter() - started

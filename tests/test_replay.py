@@ -4,9 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyedit_split.interventions import DynamicWeightUpdate
+from conftest import build_tiny_model
+from easyedit_split.interventions import DynamicWeightUpdate, attach
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
-from easyedit_split.replay import capture_layer_inputs, completion_nll, full_forward_nll
+from easyedit_split.replay import (
+    capture_layer_inputs, capture_prefix, completion_nll, full_forward_nll, nll_from_hidden,
+    replay_hidden_after_prefix, shared_prefix_length,
+)
 
 
 def _batch(lengths=(9, 6, 8), prompt=3, vocab=97, seed=2):
@@ -90,3 +94,77 @@ def test_update_below_start_layer_is_rejected(tiny_model):
     captured = capture_layer_inputs(tiny_model, _batch(), 2)
     with pytest.raises(ValueError, match="below the captured start layer"):
         completion_nll(tiny_model, captured, {1: _update(tiny_model, "vector", "block")})
+
+
+# ----------------------------------------------------------------------------- prefix cache
+
+
+def _prefixed_batch(lengths=(11, 8, 10), shared=4, prompt=6):
+    """`_batch` whose first `shared` tokens are the same in every row."""
+    batch = _batch(lengths, prompt)
+    batch.input_ids[:, :shared] = batch.input_ids[0, :shared]
+    return batch
+
+
+def test_shared_prefix_length_stops_at_differences_padding_and_labels():
+    batch = _prefixed_batch(shared=4, prompt=6)
+    assert shared_prefix_length(batch) == 4
+    batch.input_ids[:, :6] = batch.input_ids[0, :6]
+    assert shared_prefix_length(batch) == 5  # label 6 is predicted from position 5, which must be replayed
+    single = TokenBatch(batch.input_ids[1:2], batch.attention_mask[1:2], batch.labels[1:2])
+    assert shared_prefix_length(single) == 5
+
+
+def _steered_from(start, rows, width):
+    """Positions mask: steer from `start` on (the prefix must stay unsteered to be cached)."""
+    return (torch.arange(width) >= start).float().expand(len(rows), width)
+
+
+def _prefix_cached_nll(model, batch, update, multipliers, rows, start_layer=2):
+    captured = capture_layer_inputs(model, batch, start_layer)
+    prefix = capture_prefix(model, captured, shared_prefix_length(batch))
+    assert prefix.length == 4
+    end = int(batch.attention_mask[rows].sum(dim=1).max())
+    positions = _steered_from(prefix.length, rows, end)[:, prefix.length :]
+    with attach(model, {start_layer: update}, multipliers, positions=positions):
+        hidden = replay_hidden_after_prefix(model, captured, prefix, rows)
+    assert hidden.shape[1] == end - prefix.length
+    return nll_from_hidden(model, hidden, batch.labels[rows][:, prefix.length : end])
+
+
+@pytest.mark.parametrize("method,component", [("vector", "block"), ("lora", "mlp_mid")])
+def test_prefix_cached_replay_equals_full_forward_with_gradients(tiny_model, method, component):
+    """Padded rows, a 4-token shared prefix, rows replayed up to the longest selected one (10 of 11)."""
+    batch = _prefixed_batch()
+    rows = torch.tensor([2, 1, 2])
+    multipliers = torch.tensor([1.5, -0.5, 2.0])
+    results = []
+    for path in ("prefix", "plain"):
+        update = _update(tiny_model, method, component)
+        if path == "prefix":
+            nll = _prefix_cached_nll(tiny_model, batch, update, multipliers, rows)
+        else:
+            picked = TokenBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows])
+            with attach(tiny_model, {2: update}, multipliers, positions=_steered_from(4, rows, batch.input_ids.shape[1])):
+                nll = full_forward_nll(tiny_model, picked, {})
+        nll.mean.sum().backward()
+        results.append((nll.sum.detach(), nll.count, [p.grad.clone() for p in update.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(results[0][1], results[1][1])
+    for fast_grad, plain_grad in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_prefix_cached_replay_builds_the_causal_mask_sdpa_leaves_out(family):
+    """SDPA without padding captures no mask (is_causal); the suffix's queries need a bottom-right one."""
+    model = build_tiny_model(family)
+    model.config._attn_implementation = "sdpa"
+    batch = _prefixed_batch(lengths=(10, 10, 10))
+    captured = capture_layer_inputs(model, batch, 1)
+    assert captured.layer_kwargs[0]["attention_mask"] is None
+    update = _update(model, "vector", "block")
+    got = _prefix_cached_nll(model, batch, update, 2.0, torch.arange(3), start_layer=1)
+    with attach(model, {1: update}, 2.0, positions=_steered_from(4, torch.arange(3), 10)):
+        expected = full_forward_nll(model, batch, {})
+    torch.testing.assert_close(got.sum, expected.sum, rtol=1e-5, atol=1e-5)

@@ -38,12 +38,16 @@ def make_hparams(**overrides) -> SplitHyperParams:
     return SplitHyperParams(**values)
 
 
-def synthetic_pairs(n_examples=6, prompt=4, vocab=97, seed=3) -> PreparedPairs:
-    """Rows 2i / 2i+1 share a random prompt; completions of different lengths (3..5 tokens)."""
+def synthetic_pairs(n_examples=6, prompt=4, vocab=97, seed=3, shared=0) -> PreparedPairs:
+    """Rows 2i / 2i+1 share a random prompt; completions of different lengths (3..5 tokens).
+
+    The first `shared` prompt tokens are the same in every row (a chat template's common prefix).
+    """
     generator = torch.Generator().manual_seed(seed)
+    common = torch.randint(3, vocab, (shared,), generator=generator).tolist()
     rows, prompts = [], []
     for i in range(n_examples):
-        head = torch.randint(3, vocab, (prompt,), generator=generator).tolist()
+        head = common + torch.randint(3, vocab, (prompt - shared,), generator=generator).tolist()
         for completion_length in (3 + i % 2, 5 - i % 3):
             rows.append(head + torch.randint(3, vocab, (completion_length,), generator=generator).tolist())
             prompts.append(prompt)
@@ -157,6 +161,31 @@ def test_fast_path_loss_and_gradients_equal_plain_full_forward(tiny_model, metho
         if fast:
             prepared.capture(tiny_model, LAYER)
         loss = step_loss(tiny_model, prepared, LAYER, update, plan, split_loss, hp, needs_reference=True, fast=fast)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in update.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], rtol=1e-5, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in results[0][1].values())
+
+
+@pytest.mark.parametrize("method", ["vector", "lora"])
+def test_prefix_cached_fast_path_equals_plain_full_forward(tiny_model, method):
+    """A 5-token prefix shared by every row is computed once; steps replay only what follows it."""
+    prepared = synthetic_pairs(prompt=7, shared=5)
+    prepared.prefix_length = 6  # steered from 6 on; only the 5 shared tokens can be cached
+    hp = make_hparams(intervention_method=method, ref_loss_weight=0.7, substraction_type="null_it_out",
+                      intervention_positions_dropout=0.3)
+    plan = StepPlan(torch.tensor([0, 3, 8]), torch.tensor([1, 2, 9]), torch.tensor([2.0, 0.0, -1.5]),
+                    torch.tensor([False, True, False]), 2)
+    results = []
+    for fast in (True, False):
+        update = random_update(tiny_model, method)
+        if fast:
+            prepared.capture(tiny_model, LAYER)
+            assert prepared.prefix_cache.length == 5
+        loss = step_loss(tiny_model, prepared, LAYER, update, plan, split_loss, hp, needs_reference=True, fast=fast,
+                         generator=torch.Generator().manual_seed(0))  # same positions dropout on both paths
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in update.named_parameters()}))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
