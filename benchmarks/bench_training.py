@@ -1,21 +1,25 @@
 """Training speed: the fast replay path vs the plain full forward, in one run; and held-out accuracy.
 
-    python benchmarks/bench_training.py                 # speed table (6.5 min measured with other jobs on 2 cores; --steps 2 shortens it)
+    python benchmarks/bench_training.py                 # speed table (3.3 min measured with other jobs on 2 cores; --steps 2 shortens it)
     python benchmarks/bench_training.py --accuracy      # also train a SPLIT vector (99 steps, ~22 min here) and score held-out pairs
 
 Both paths run the same SPLIT loss on the same rows (default model, `sentiment` train data,
 vector at layer 15, batch 4 x [orig_add, orig_sub] = 16 sequences per step) and the same
 optimizer step. Measured per optimizer step:
-  fast            capture layer inputs once, replay layers 15..29, LM head at completion tokens
+  fast            capture layer inputs and the chat-template prefix's keys/values once; replay
+                  layers 15..29 at the positions after that prefix (up to the step's longest
+                  row), LM head at completion tokens
   plain           full forward of all 30 layers and the LM head at every position
   plain + refs    plain, plus the unsteered reference forward EasyEdit runs every step
                   (even with ref_loss_weight: 0)
 The fast path's one-off cost (tokenize, capture 258 sequences) is reported separately.
-Results go to benchmarks/results_training.md.
+Results go to benchmarks/results_training.md: a run replaces the sections it measured and keeps
+the others (the speed table and the accuracy section come from separate runs).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -62,8 +66,14 @@ def time_steps(model, prepared, hp, layer, steps, fast, needs_reference, seed=0)
     return (time.perf_counter() - started) / steps, losses
 
 
+def load_note(label):
+    one, five, _ = os.getloadavg()
+    return f"load average {label}: {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def speed(model, tokenizer, hp, steps):
     layer = hp.layers[0]
+    load_before = load_note("before")
     pairs = load_dataset("sentiment", split="train")
     started = time.perf_counter()
     prepared = prepare_pairs(tokenizer, pairs, hp)
@@ -73,10 +83,13 @@ def speed(model, tokenizer, hp, steps):
     plain, plain_losses = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=False)
     plain_ref, _ = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=True)
     same = max(abs(a - b) for a, b in zip(fast_losses, plain_losses))
+    load_after = load_note("after")
+    prefix = prepared.prefix_cache.length
     rows = [
         "| path | s / optimizer step | steps / s | speed-up of fast |",
         "|---|---|---|---|",
-        f"| fast (replay layers {layer}..{model.config.num_hidden_layers - 1}) | {fast:.2f} | {1 / fast:.3f} | 1.00x |",
+        f"| fast (replay layers {layer}..{model.config.num_hidden_layers - 1} after the cached {prefix}-token prefix) "
+        f"| {fast:.2f} | {1 / fast:.3f} | 1.00x |",
         f"| plain full forward | {plain:.2f} | {1 / plain:.3f} | {plain / fast:.2f}x |",
         f"| plain + references every step (EasyEdit) | {plain_ref:.2f} | {1 / plain_ref:.3f} | {plain_ref / fast:.2f}x |",
     ]
@@ -84,11 +97,15 @@ def speed(model, tokenizer, hp, steps):
         f"{steps} optimizer steps per path, batch {hp.batch_size} x {len(hp.preference_pairs)} pairs "
         f"({2 * hp.batch_size * len(hp.preference_pairs)} sequences/step), SPLIT vector at layer {layer}, "
         f"{len(pairs)} training pairs ({prepared.batch.input_ids.shape[1]} tokens padded).",
-        f"Fast path one-off cost (tokenize + capture all {len(prepared.batch)} sequences): {one_off:.1f} s.",
+        f"Fast path one-off cost (tokenize + capture all {len(prepared.batch)} sequences + prefix keys/values): {one_off:.1f} s.",
+        f"Fast path replays positions {prefix}..(longest row of the step - 1): each row's own "
+        f"{(prepared.lengths.float().mean() - prefix).item():.1f} of {prepared.lengths.float().mean().item():.1f} tokens on average, "
+        f"padded to the step's longest row; the plain path runs every position up to that row in all {model.config.num_hidden_layers} layers.",
         f"Largest |loss fast - loss plain| over the same {steps} steps: {same:.2e}.",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; other processes shared the CPU, so absolute times are noisy, "
-        "the ratio (same run, interleaved paths) less so.",
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; {load_before}, {load_after} "
+        "(this run's own 2 threads count ~2); other processes may share the CPU, so absolute times are noisy, "
+        "the ratio (same run, paths back to back) less so.",
     ]
     return "\n".join(rows), notes
 
@@ -138,20 +155,43 @@ def main(argv=None):
     args = parser.parse_args(argv)
     hp = load_hparams(HPARAMS, kind="train")
     model, tokenizer = load_model_and_tokenizer(hp.model_name_or_path, hp.dtype, hp.device)
-    sections = ["# Training benchmark (`benchmarks/bench_training.py`)", ""]
+    sections = {}
     if not args.skip_speed:
         table, notes = speed(model, tokenizer, hp, args.steps)
         print(table)
         print("\n".join(notes))
-        sections += ["## Speed: fast replay path vs plain full forward (one run)", "", table, ""] + [f"- {n}" for n in notes] + [""]
+        sections[SPEED_TITLE] = [table, ""] + [f"- {n}" for n in notes]
     if args.accuracy:
         table, notes = accuracy(model, tokenizer, hp, args.multipliers)
         print(table)
         print("\n".join(notes))
-        sections += ["## Held-out accuracy of a trained SPLIT vector", "", table, ""] + [f"- {n}" for n in notes] + [""]
-    out = RESULTS if not args.skip_speed else RESULTS.with_name("results_training_accuracy.md")
-    out.write_text("\n".join(sections) + "\n", encoding="utf-8")
-    print(f"written {out}", file=sys.stderr)
+        sections[ACCURACY_TITLE] = [table, ""] + [f"- {n}" for n in notes]
+    write_sections(RESULTS, sections)
+    print(f"written {RESULTS}", file=sys.stderr)
+
+
+SPEED_TITLE = "## Speed: fast replay path vs plain full forward (one run)"
+ACCURACY_TITLE = "## Held-out accuracy of a trained SPLIT vector"
+
+
+def write_sections(path, sections):
+    """Replace the measured `## ` sections of `path` (in order; new ones at the end), keep the rest."""
+    kept: dict[str, list[str]] = {}
+    header = ["# Training benchmark (`benchmarks/bench_training.py`)", ""]
+    current = None
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("## "):
+                current = line
+                kept[current] = []
+            elif current is not None:
+                kept[current].append(line)
+    for title, body in sections.items():
+        kept[title] = [""] + body + [""]
+    lines = list(header)
+    for title, body in kept.items():
+        lines += [title] + body
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
