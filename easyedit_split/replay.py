@@ -163,16 +163,15 @@ class _PrefixedKeyValues:
     keys/values (expanded to the batch) before the new ones, or, with `record`, stores the
     new ones (computing the prefix)."""
 
-    def __init__(self, prefix: Optional[PrefixKeyValues], record: bool = False):
+    def __init__(self, prefix: PrefixKeyValues, record: bool = False):
         self.prefix, self.record = prefix, record
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        index = layer_idx - self.prefix.start_layer
         if self.record:
             self.prefix.keys.append(keys.detach())
             self.prefix.values.append(values.detach())
             return keys, values
-        batch = keys.shape[0]
+        index, batch = layer_idx - self.prefix.start_layer, keys.shape[0]
         cached_keys = self.prefix.keys[index].expand(batch, -1, -1, -1)
         cached_values = self.prefix.values[index].expand(batch, -1, -1, -1)
         return torch.cat([cached_keys, keys], dim=2), torch.cat([cached_values, values], dim=2)
