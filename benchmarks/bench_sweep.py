@@ -32,20 +32,21 @@ from easyedit_split.evaluation.scoring import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.models import load_model_and_tokenizer
 from easyedit_split.prompts import PromptFormat, encode_batch
-from easyedit_split.replay import full_forward_nll
+from easyedit_split.replay import capture_layer_inputs, full_forward_nll
 
 LAYER = 15
 MULTIPLIERS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def caa_vector(model, tokenizer, fmt, pairs, layer):
-    """Mean difference of layer-`layer` outputs over completion tokens (matching - not matching)."""
+    """Mean difference of layer-`layer` outputs over completion tokens (matching - not matching).
+
+    The output of layer `layer` is the captured input of layer `layer + 1` (no LM head is run).
+    """
     means = []
     for field in ("matching", "not_matching"):
         batch = encode_batch(tokenizer, fmt, [p.question for p in pairs], [getattr(p, field) for p in pairs])
-        with torch.no_grad():
-            hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           output_hidden_states=True).hidden_states[layer + 1]
+        hidden = capture_layer_inputs(model, batch, layer + 1).hidden_states
         mask = (batch.labels != -100).unsqueeze(-1).float()
         means.append(((hidden * mask).sum(1) / mask.sum(1)).mean(0))
     return means[0] - means[1]
@@ -94,7 +95,7 @@ def main() -> None:
         "",
         f"SmolLM2-135M-Instruct fp32 on CPU ({torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}), "
         f"CAA mean-difference vector at layer {LAYER} (129 sentiment train pairs, |v| = "
-        f"{float(updates[LAYER].bias.norm()):.2f}), {len(test)} sentiment test pairs, K = {len(MULTIPLIERS)} "
+        f"{float(updates[LAYER].bias.detach().norm()):.2f}), {len(test)} sentiment test pairs, K = {len(MULTIPLIERS)} "
         f"multipliers {MULTIPLIERS}, sequence NLL, chat template on.",
         "",
         "| path | forwards | seconds | speed-up |",

@@ -33,6 +33,7 @@ from torch import nn
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import get_decoder_layers, hidden_to_logits, model_device, num_layers
 from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt
+from ..replay import CapturedInputs, capture_layer_inputs, replay_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +211,7 @@ def _inject_forward_kwargs(model: nn.Module, **overrides: Any) -> Iterator[None]
 # ============================================================================ scoring
 
 
-def _capture(model: nn.Module, lay: _Layout, start_layer: int) -> Any:
-    from ..replay import capture_layer_inputs
-
+def _capture(model: nn.Module, lay: _Layout, start_layer: int) -> CapturedInputs:
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     batch = TokenBatch(lay.input_ids.to(device), lay.valid.long().to(device),
@@ -311,8 +310,6 @@ def score_encoded_pairs(
                                     activation_hook(layer, hidden, pair_idx, row_m, valid)
                                 hooks.append(layers[layer].register_forward_hook(fire))
                         try:
-                            from ..replay import replay_hidden
-
                             hidden = replay_hidden(model, captured, rows.to(device))
                         finally:
                             for hook in hooks:
