@@ -77,6 +77,7 @@ def main() -> None:
     test = load_dataset("sentiment", "test")[:40]
     updates = {LAYER: DynamicWeightUpdate.from_vector(caa_vector(model, tokenizer, fmt, train, LAYER))}
 
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     naive = naive_sweep(model, tokenizer, fmt, test, updates, MULTIPLIERS)
     naive_seconds = time.perf_counter() - started
@@ -105,6 +106,9 @@ def main() -> None:
         f"| {int(np.ceil(len(test) / args.batch_size))} capture(s) + {int(np.ceil(len(test) * len(MULTIPLIERS) / args.batch_size))} replays | {fast_seconds:.1f} | {ratio:.2f}x |",
         "",
         f"Max abs difference of the {fast.size} NLLs between the two paths: {max_diff:.2e} nats.",
+        "",
+        f"1-minute load average at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f} (other processes share the "
+        "CPU: the ratio is only meaningful when the load stays constant through the run).",
         "",
         "Mean PrefOdds per multiplier (sanity: the vector moves the preference): "
         + ", ".join(f"m={m:g}: {p:.2f}" for m, p in zip(MULTIPLIERS, pref)),
