@@ -70,6 +70,27 @@ class PromptFormat:
         return text if self.uses_template(tokenizer) else " " + text
 
 
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def steering_prefix_length(tokenizer: Any, fmt: PromptFormat, exclude_bos: bool = True) -> int:
+    """Leading positions EasyEdit leaves unsteered: the chat template's common prefix
+    (system turn and user header), or the BOS token without a template; 0 with `exclude_bos: false`."""
+    if not exclude_bos:
+        return 0
+    if fmt.uses_template(tokenizer):
+        return _common_prefix_length(encode_prompt(tokenizer, fmt, "1"), encode_prompt(tokenizer, fmt, "2"))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = encode_prompt(tokenizer, fmt, "1")
+    return 1 if bos is not None and ids and ids[0] == bos else 0
+
+
 @dataclass
 class EncodedCompletion:
     """Token ids of one prompt + completion, and how many of them are prompt."""

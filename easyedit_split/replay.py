@@ -310,10 +310,14 @@ def completion_nll(
 
 
 def full_forward_nll(
-    model: nn.Module, batch: TokenBatch, updates: Mapping[int, DynamicWeightUpdate], multipliers: Any = 1.0
+    model: nn.Module, batch: TokenBatch, updates: Mapping[int, DynamicWeightUpdate], multipliers: Any = 1.0,
+    positions: Optional[torch.Tensor] = None,
 ) -> CompletionNLL:
-    """The plain path: a full forward of the whole model (the reference the fast path must equal)."""
-    with attach(model, updates, multipliers):
+    """The plain path: a full forward of the whole model (the reference the fast path must equal).
+
+    `positions` ([batch, seq]) limits where the updates act, as `attach` does.
+    """
+    with attach(model, updates, multipliers, positions=positions):
         output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
                        output_hidden_states=False)
     logits = output.logits.float()

@@ -63,7 +63,7 @@ from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, attach
 from .models import check_layer, get_layer, hidden_size, model_device, num_layers
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, encode_prompt
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, encode_prompt, steering_prefix_length
 from .replay import (
     CapturedInputs,
     CompletionNLL,
@@ -242,27 +242,6 @@ class PreparedPairs:
 
     def _labels(self, rows: torch.Tensor) -> torch.Tensor:
         return self.batch.labels.index_select(0, rows.to(self.batch.labels.device))
-
-
-def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
-
-
-def steering_prefix_length(tokenizer: Any, fmt: PromptFormat, exclude_bos: bool = True) -> int:
-    """Leading positions EasyEdit leaves unsteered: the chat template's common prefix
-    (system turn and user header), or the BOS token without a template; 0 with `exclude_bos: false`."""
-    if not exclude_bos:
-        return 0
-    if fmt.uses_template(tokenizer):
-        return _common_prefix_length(encode_prompt(tokenizer, fmt, "1"), encode_prompt(tokenizer, fmt, "2"))
-    bos = getattr(tokenizer, "bos_token_id", None)
-    ids = encode_prompt(tokenizer, fmt, "1")
-    return 1 if bos is not None and ids and ids[0] == bos else 0
 
 
 def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -> PreparedPairs:

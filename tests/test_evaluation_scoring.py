@@ -94,7 +94,7 @@ def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
     """Real chat template: the pair encoding (JOIN_RULE, suffix) equals prompts.encode_batch's rows."""
     from easyedit_split.data import load_dataset
     from easyedit_split.evaluation.scoring import score_pairs
-    from easyedit_split.prompts import PromptFormat, encode_batch
+    from easyedit_split.prompts import PromptFormat, encode_batch, steering_prefix_length
 
     pairs = load_dataset("sentiment", "test")[:3]
     fmt = PromptFormat(use_chat_template=True)
@@ -102,6 +102,9 @@ def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
     scores = score_pairs(tiny_chat_model, default_tokenizer, pairs, update, [0.0, 2.0], fmt)
     for field, result in (("matching", scores.matching_sum), ("not_matching", scores.not_matching_sum)):
         batch = encode_batch(default_tokenizer, fmt, [p.question for p in pairs], [getattr(p, field) for p in pairs])
+        prefix = steering_prefix_length(default_tokenizer, fmt)
+        assert prefix > 0  # SmolLM2's system turn and user header stay unsteered, as in training
+        steered = torch.arange(batch.input_ids.shape[1]).unsqueeze(0).expand_as(batch.input_ids) >= prefix
         with torch.no_grad():
-            plain = full_forward_nll(tiny_chat_model, batch, update, 2.0)
+            plain = full_forward_nll(tiny_chat_model, batch, update, 2.0, positions=steered)
         np.testing.assert_allclose(result[1], plain.sum.double().numpy(), atol=1e-4, rtol=1e-5)

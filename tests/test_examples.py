@@ -80,13 +80,16 @@ def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained,
     # independent check: full forward of example 0's matching sequence with the vector at +1.5
     from easyedit_split.data import load_dataset
     from easyedit_split.interventions import DynamicWeightUpdate, steer
-    from easyedit_split.prompts import PromptFormat, encode_completion
+    from easyedit_split.prompts import PromptFormat, encode_completion, steering_prefix_length
 
     pair = load_dataset("sentiment")[0]
     encoded = encode_completion(default_tokenizer, PromptFormat(), pair.question, pair.matching)
     ids = torch.tensor([encoded.input_ids])
     vector = torch.load(trained / "vectors/smollm2-135m-instruct/spilt/sentiment/spilt_vector/layer_2.pt", weights_only=True)
-    with torch.no_grad(), steer(tiny_chat_model, {2: DynamicWeightUpdate.from_vector(vector)}, 1.5):
+    # steered from the first token after the chat template's common prefix, as in training
+    steered = torch.arange(ids.shape[1]).unsqueeze(0) >= steering_prefix_length(default_tokenizer, PromptFormat())
+    with torch.no_grad(), steer(tiny_chat_model, {2: DynamicWeightUpdate.from_vector(vector)}, 1.5) as handle:
+        handle.positions = steered
         logits = tiny_chat_model(ids).logits[0, :-1].float()
     token_nll = -torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
     by_hand = token_nll[encoded.prompt_length - 1 :].mean().item()

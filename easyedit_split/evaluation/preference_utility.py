@@ -22,7 +22,7 @@ from torch import nn
 
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
-from ..prompts import JOIN_RULE, PromptFormat
+from ..prompts import JOIN_RULE, PromptFormat, steering_prefix_length
 from .fits import FitReport, fit_and_summarize
 from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult, default_probe_layers
 from .metrics import SweepMetrics, compute_metrics
@@ -90,6 +90,8 @@ class PreferenceUtilityEvaluator:
         layout: `packed` (shared prompt pass) or `rows` (each completion its own row).
         utility_loss, frontier_max_loss: the summaries' utility-loss budgets (nats).
         progress: tqdm progress bars.
+        steer_from: first steered position; None = `prompts.steering_prefix_length` (the chat
+            template's system turn and user header stay unsteered, as in training and EasyEdit).
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class PreferenceUtilityEvaluator:
         utility_loss: float = 1.0,
         frontier_max_loss: float = 3.0,
         progress: bool = True,
+        steer_from: Optional[int] = None,
     ) -> None:
         if nll_mode not in NLL_MODES:
             raise ValueError(f"nll_mode: '{nll_mode}' is not one of {NLL_MODES}")
@@ -129,6 +132,9 @@ class PreferenceUtilityEvaluator:
         self.utility_loss = float(utility_loss)
         self.frontier_max_loss = float(frontier_max_loss)
         self.progress = progress
+        if steer_from is None:  # as training steers: from the first token after the template's common prefix
+            steer_from = steering_prefix_length(tokenizer, self.prompt_format) if tokenizer is not None else 0
+        self.steer_from = int(steer_from)
 
     # ------------------------------------------------------------------ inputs
     def _encode(self, pairs: Sequence[Any]) -> list[EncodedPair]:
@@ -162,6 +168,7 @@ class PreferenceUtilityEvaluator:
             "n_examples": len(pairs),
             "multipliers": list(self.multipliers),
             "layout": self.layout,
+            "steered_positions": f"from token {self.steer_from} (after the chat template's common prefix) to the end",
             "multiplier_zero": "unsteered model (EasyEdit's loss mode uses factor 0 as null-it-out)",
             "model": getattr(getattr(self.model, "config", None), "_name_or_path", None)
             or type(self.model).__name__,
@@ -181,7 +188,7 @@ class PreferenceUtilityEvaluator:
         info.update(_describe_updates(updates))
         encoded = self._encode(pairs)
         common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
-                      pad_token_id=self._pad_id(), progress=self.progress)
+                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=self.steer_from)
         started = time.perf_counter()
         probe = None
         if self.manifold is not None:

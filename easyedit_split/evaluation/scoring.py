@@ -32,7 +32,7 @@ from torch import nn
 
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import get_decoder_layers, hidden_to_logits, model_device, num_layers
-from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt
+from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, steering_prefix_length
 from ..replay import CapturedInputs, capture_layer_inputs, replay_hidden
 
 logger = logging.getLogger(__name__)
@@ -245,12 +245,15 @@ def score_encoded_pairs(
     activation_layers: Sequence[int] = (),
     activation_hook: Optional[ActivationHook] = None,
     desc: str = "scoring",
+    steer_from: int = 0,
 ) -> PairScores:
     """Score `pairs` under `updates` at every multiplier (see the module docstring).
 
     `batch_size` is the most rows one replayed forward holds (rows = pairs x multipliers, two
     rows per pair with `layout="rows"`). With `activation_hook`, the (steered) outputs of
-    `activation_layers` are passed to it for every row chunk.
+    `activation_layers` are passed to it for every row chunk. The interventions act on logical
+    positions `>= steer_from` (`prompts.steering_prefix_length`: the chat template's common
+    prefix stays unsteered, as in training and in EasyEdit).
     """
     _check_mode(nll_mode)
     if layout not in LAYOUTS:
@@ -300,7 +303,8 @@ def score_encoded_pairs(
                     rows = torch.tensor([r for _, r in part])
                     row_m = torch.tensor([multipliers[k] for k in ks.tolist()], dtype=torch.float32)
                     hooks = []
-                    with attach(model, updates, row_m.to(device)):
+                    steered = (lay.position_ids.index_select(0, rows) >= steer_from).to(device)
+                    with attach(model, updates, row_m.to(device), positions=steered):
                         if activation_hook is not None:
                             valid = lay.valid.index_select(0, rows).to(device)
                             pair_idx = torch.tensor(chunk)[lay.row_pair.index_select(0, rows)]
@@ -336,7 +340,7 @@ def score_encoded_pairs(
             bar.close()
     return PairScores(
         np.asarray(multipliers), sums[..., 0], sums[..., 1], counts[:, 0], counts[:, 1], nll_mode,
-        info={"layout": layout, "start_layer": start_layer, "batch_size": batch_size},
+        info={"layout": layout, "start_layer": start_layer, "batch_size": batch_size, "steer_from": steer_from},
     )
 
 
@@ -351,5 +355,6 @@ def score_pairs(
 ) -> PairScores:
     """Tokenize `PolarityPair`s (JOIN_RULE, chat template per `fmt`) and score them; see `score_encoded_pairs`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs.setdefault("steer_from", steering_prefix_length(tokenizer, fmt))
     return score_encoded_pairs(model, encode_pairs(tokenizer, fmt, pairs), updates, multipliers,
                                pad_token_id=pad, **kwargs)

@@ -128,7 +128,7 @@ def check_prefix_helper(tokenizer: Any) -> Optional[str]:
     except Exception as error:
         return f"EasyEdit's get_prefix_length could not be imported ({type(error).__name__}: {error})"
     from ..prompts import PromptFormat
-    from ..training import steering_prefix_length
+    from ..prompts import steering_prefix_length
 
     theirs = int(helper(tokenizer))
     ours = int(steering_prefix_length(tokenizer, PromptFormat(), exclude_bos=True))
