@@ -113,6 +113,8 @@ class EvaluationReport:
         written = []
         # preference and utility vs m
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, name in zip(axes, ("preference", "utility")):
+            ax.set_ylim(*_data_limits([getattr(r.metrics, name) for r in self.results]))  # a wild fit cannot hide the data
         for r in self.results:
             m = r.metrics
             grid = np.linspace(m.multipliers.min(), m.multipliers.max(), 300)
@@ -146,11 +148,14 @@ class EvaluationReport:
         with_manifold = [r for r in self.results if r.manifold is not None]
         if with_manifold:
             fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-            for r in with_manifold:
+            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            markers = "osD^v<>P*X"
+            for index, r in enumerate(with_manifold):  # colour = method, marker = layer
                 for ax, values, label in ((axes[0], r.manifold.pca_distance, "PCA residual"),
                                           (axes[1], r.manifold.knn_distance, "kNN distance")):
-                    for layer in r.manifold.layers:
-                        ax.plot(values[layer], r.metrics.utility.mean, "o-", ms=3, label=f"{r.name} L{layer}")
+                    for depth, layer in enumerate(r.manifold.layers):
+                        ax.plot(values[layer], r.metrics.utility.mean, "-", marker=markers[depth % len(markers)], ms=4,
+                                color=colors[index % len(colors)], alpha=0.8, label=f"{r.name} L{layer}")
                     ax.set(xlabel=f"{label}: excess over unsteered", ylabel="UtilOdds", title=f"Utility vs {label}")
             for ax in axes:
                 ax.legend(fontsize=6)
@@ -172,6 +177,14 @@ class EvaluationReport:
             for path in self.plot(out_dir):
                 paths[path.stem] = path
         return paths
+
+
+def _data_limits(stats: Sequence[Any], margin: float = 0.08) -> tuple[float, float]:
+    """y-limits spanning the plotted intervals (not the fitted curves), with a small margin."""
+    low = min(float(np.nanmin(s.ci_low)) for s in stats)
+    high = max(float(np.nanmax(s.ci_high)) for s in stats)
+    pad = (high - low) * margin or 1.0
+    return low - pad, high + pad
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
