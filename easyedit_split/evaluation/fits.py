@@ -100,7 +100,7 @@ def _decay_bounds(multipliers: np.ndarray, span: float) -> tuple[list[float], li
     return ([low_m, 1e-4, 1e-3, low_m, 1e-4, 1e-3], [high_m, big, 50.0, high_m, big, 50.0])
 
 
-def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], max_evaluations: int = 400) -> CurveFit:
+def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], max_evaluations: int = 2000) -> CurveFit:
     from scipy.optimize import curve_fit
 
     m = np.asarray(multipliers, dtype=np.float64)
