@@ -72,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor
     from .hparams import CAAHyperParams
 
-    editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[]))
+    editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[], use_chat_template=not args.no_chat_template))
     editor.load(args.vectors, concept_id=args.concept_id)
     texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
     for m, outputs in texts.items():
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--concept-id", type=int, default=0)
     generate.add_argument("--max-new-tokens", type=int, default=40)
     generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
     generate.set_defaults(func=cmd_generate)
 
     cache = sub.add_parser("cache-model", help="convert the offline default model once and print its cache path")
