@@ -63,7 +63,7 @@ from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, attach
 from .models import check_layer, get_layer, hidden_size, model_device, num_layers
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, encode_prompt, steering_prefix_length
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, steering_prefix_length
 from .replay import (
     CapturedInputs,
     CompletionNLL,
@@ -99,6 +99,7 @@ __all__ = [
     "new_update",
     "train_layer",
     "train_method",
+    "method_trainer",
     "STATE_FILE_PATTERN",
 ]
 
@@ -727,3 +728,32 @@ def train_method(
                     _metadata(alg_name, hparams, model, dataset_name, prefix, {"layers": sorted(done_layers)}),
                 )
     return result
+
+
+def method_trainer(
+    alg_name: str,
+    loss: PreferenceLoss,
+    needs_reference: Callable[[Any], bool] = lambda hparams: False,
+    check: Optional[Callable[[Any], None]] = None,
+) -> Callable[..., Trained]:
+    """The `train(hparams, pairs, model, tokenizer, output_dir=None, dataset_name=None, progress=True)`
+    entry point of a method that differs from the others only by its loss (see `train_method`)."""
+
+    def train(
+        hparams: Any,
+        pairs: Sequence[PolarityPair],
+        model: nn.Module,
+        tokenizer: Any,
+        output_dir: Optional[Union[str, Path]] = None,
+        dataset_name: Optional[str] = None,
+        progress: bool = True,
+    ) -> Trained:
+        if check is not None:
+            check(hparams)
+        return train_method(
+            alg_name, hparams, pairs, model, tokenizer, loss, needs_reference=needs_reference(hparams),
+            output_dir=output_dir, dataset_name=dataset_name, progress=progress,
+        )
+
+    train.__doc__ = f"Train {alg_name} interventions with the shared trainer (see `training.train_method`)."
+    return train

@@ -12,7 +12,7 @@ NaN in the per-example array, left out of the statistics, and counted in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

@@ -17,15 +17,12 @@ null_it_out` (RePS's default) the subtraction rows null the direction out (see `
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..data import PolarityPair
-from ..training import LossTerms, Trained, train_method
+from ..training import LossTerms, method_trainer
 
 ALG_NAME = "reps"
 
@@ -66,17 +63,4 @@ def reps_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
     return losses.mean()
 
 
-def train(
-    hparams: Any,
-    pairs: Sequence[PolarityPair],
-    model: nn.Module,
-    tokenizer: Any,
-    output_dir: Optional[Union[str, Path]] = None,
-    dataset_name: Optional[str] = None,
-    progress: bool = True,
-) -> Trained:
-    """Train RePS interventions (see `training.train_method` for layout and return value)."""
-    return train_method(
-        ALG_NAME, hparams, pairs, model, tokenizer, reps_loss, needs_reference=needs_reference(hparams),
-        output_dir=output_dir, dataset_name=dataset_name, progress=progress,
-    )
+train = method_trainer(ALG_NAME, reps_loss, needs_reference)

@@ -10,14 +10,11 @@ the SPLIT trainer with the other weights at 0; here non-zero `neg_loss_weight`,
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import torch
-from torch import nn
 
-from ..data import PolarityPair
-from ..training import LossTerms, Trained, pooled_nll, train_method
+from ..training import LossTerms, method_trainer, pooled_nll
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +27,10 @@ def sft_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
     return getattr(hparams, "pos_loss_weight", 1.0) * pooled_nll(terms.target_nll_sum, terms.target_count)
 
 
-def train(
-    hparams: Any,
-    pairs: Sequence[PolarityPair],
-    model: nn.Module,
-    tokenizer: Any,
-    output_dir: Optional[Union[str, Path]] = None,
-    dataset_name: Optional[str] = None,
-    progress: bool = True,
-) -> Trained:
-    """Train SFT interventions (see `training.train_method` for layout and return value)."""
+def _warn_ignored(hparams: Any) -> None:
     ignored = {key: getattr(hparams, key) for key in _IGNORED if getattr(hparams, key, 0)}
     if ignored:
         logger.warning("sft trains only the positive term; %s ignored (use alg_name: split for them)", ignored)
-    return train_method(
-        ALG_NAME, hparams, pairs, model, tokenizer, sft_loss,
-        output_dir=output_dir, dataset_name=dataset_name, progress=progress,
-    )
+
+
+train = method_trainer(ALG_NAME, sft_loss, check=_warn_ignored)

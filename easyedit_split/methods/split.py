@@ -13,15 +13,12 @@ Everything else (rows, factors, optimiser, saving) is the shared trainer's.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..data import PolarityPair
-from ..training import LossTerms, Trained, pooled_nll, train_method
+from ..training import LossTerms, method_trainer, pooled_nll
 
 ALG_NAME = "split"
 
@@ -48,17 +45,4 @@ def needs_reference(hparams: Any) -> bool:
     return bool(hparams.ref_loss_weight)
 
 
-def train(
-    hparams: Any,
-    pairs: Sequence[PolarityPair],
-    model: nn.Module,
-    tokenizer: Any,
-    output_dir: Optional[Union[str, Path]] = None,
-    dataset_name: Optional[str] = None,
-    progress: bool = True,
-) -> Trained:
-    """Train SPLIT interventions (see `training.train_method` for layout and return value)."""
-    return train_method(
-        ALG_NAME, hparams, pairs, model, tokenizer, split_loss, needs_reference=needs_reference(hparams),
-        output_dir=output_dir, dataset_name=dataset_name, progress=progress,
-    )
+train = method_trainer(ALG_NAME, split_loss, needs_reference)
