@@ -31,7 +31,7 @@ from easyedit_split.data import load_dataset
 from easyedit_split.evaluation.scoring import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.models import load_model_and_tokenizer
-from easyedit_split.prompts import PromptFormat, encode_batch
+from easyedit_split.prompts import PromptFormat, encode_batch, steering_prefix_length
 from easyedit_split.replay import capture_layer_inputs, full_forward_nll
 
 LAYER = 15
@@ -53,13 +53,17 @@ def caa_vector(model, tokenizer, fmt, pairs, layer):
 
 
 def naive_sweep(model, tokenizer, fmt, pairs, updates, multipliers):
+    """EasyEdit's way: one full forward per sequence per multiplier, batch 1, steering the same
+    positions as the batched path (from the first token after the chat template's common prefix)."""
+    steer_from = steering_prefix_length(tokenizer, fmt)
     out = np.zeros((len(multipliers), len(pairs), 2))
     for k, m in enumerate(multipliers):
         for i, pair in enumerate(pairs):
             for j, completion in enumerate((pair.matching, pair.not_matching)):
                 batch = encode_batch(tokenizer, fmt, [pair.question], [completion])
+                steered = torch.arange(batch.input_ids.shape[1]).unsqueeze(0) >= steer_from
                 with torch.no_grad():
-                    out[k, i, j] = float(full_forward_nll(model, batch, updates, m).sum[0])
+                    out[k, i, j] = float(full_forward_nll(model, batch, updates, m, positions=steered).sum[0])
     return out
 
 

@@ -288,6 +288,16 @@ def _check_unit_interval(key: str, value: float) -> None:
 # --------------------------------------------------------------------------- reading files
 
 
+def _check_alg_name_and_layers(params: Any) -> None:
+    """What every method's train and apply file shares: a known `alg_name` and non-negative layers."""
+    if not params.alg_name and params.ALG_NAMES:
+        params.alg_name = params.ALG_NAMES[0]
+    if params.ALG_NAMES:
+        _check_choice("alg_name", params.alg_name, params.ALG_NAMES)
+    for layer in params.layers:
+        _check_min("layers", layer, 0)
+
+
 def _to_plain(obj: Any) -> Any:
     """OmegaConf containers -> plain dicts/lists; anything else unchanged."""
     try:
@@ -609,12 +619,7 @@ class TrainHyperParams(HyperParams):
 
     def _validate(self) -> None:
         super()._validate()
-        if not self.alg_name and self.ALG_NAMES:
-            self.alg_name = self.ALG_NAMES[0]
-        if self.ALG_NAMES:
-            _check_choice("alg_name", self.alg_name, self.ALG_NAMES)
-        for layer in self.layers:
-            _check_min("layers", layer, 0)
+        _check_alg_name_and_layers(self)
         aliased = _apply_value_aliases(
             {"intervention_method": self.intervention_method, "substraction_type": self.substraction_type}, None
         )
@@ -849,12 +854,7 @@ class ApplyHyperParams(HyperParams):
 
     def _validate(self) -> None:
         super()._validate()
-        if not self.alg_name and self.ALG_NAMES:
-            self.alg_name = self.ALG_NAMES[0]
-        if self.ALG_NAMES:
-            _check_choice("alg_name", self.alg_name, self.ALG_NAMES)
-        for layer in self.layers:
-            _check_min("layers", layer, 0)
+        _check_alg_name_and_layers(self)
         self.intervention_method = _apply_value_aliases({"intervention_method": self.intervention_method}, None)[
             "intervention_method"
         ]
