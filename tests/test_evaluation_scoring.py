@@ -108,3 +108,22 @@ def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
         with torch.no_grad():
             plain = full_forward_nll(tiny_chat_model, batch, update, 2.0, positions=steered)
         np.testing.assert_allclose(result[1], plain.sum.double().numpy(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["packed", "rows"])
+def test_shared_unsteered_prefix_is_run_once_and_changes_nothing(tiny_model, layout):
+    """Pairs sharing a 4-token prefix, steered from position 4: the prefix's keys/values are computed
+    once and reused; results equal separate full forwards that steer positions >= 4 only."""
+    shared = (5, 6, 7, 8)
+    pairs = [EncodedPair(shared + p.prompt_ids, p.matching_ids, p.not_matching_ids) for p in _pairs(seed=3)]
+    updates = {1: _update(tiny_model, "local_weight", "attn")}
+    multipliers = [-1.0, 2.0]
+    scores = score_encoded_pairs(tiny_model, pairs, updates, multipliers, layout=layout, batch_size=6, steer_from=4)
+    for k, m in enumerate(multipliers):
+        for field, result in (("matching_ids", scores.matching_sum), ("not_matching_ids", scores.not_matching_sum)):
+            encoded = [EncodedCompletion(list(p.prompt_ids) + list(getattr(p, field)), len(p.prompt_ids)) for p in pairs]
+            batch = collate(encoded, 0)
+            steered = torch.arange(batch.input_ids.shape[1]).unsqueeze(0).expand_as(batch.input_ids) >= 4
+            with torch.no_grad():
+                plain = full_forward_nll(tiny_model, batch, updates, m, positions=steered)
+            np.testing.assert_allclose(result[k], plain.sum.double().numpy(), atol=1e-5, rtol=1e-5)

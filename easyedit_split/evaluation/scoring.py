@@ -33,7 +33,7 @@ from torch import nn
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import get_decoder_layers, hidden_to_logits, model_device, num_layers
 from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, steering_prefix_length
-from ..replay import CapturedInputs, capture_layer_inputs, replay_hidden
+from ..replay import CapturedInputs, capture_layer_inputs, capture_prefix, replay_hidden_after_prefix, shared_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +292,10 @@ def score_encoded_pairs(
             for chunk in chunks:
                 lay = _build_layout([pairs[i] for i in chunk], layout, pad_token_id)
                 captured = _capture(model, lay, start_layer)
+                # The shared, never-steered leading tokens (the chat template's prefix) are run once:
+                # their keys/values at layers start..N feed every replayed row (replay.capture_prefix).
+                skip = min(steer_from, shared_prefix_length(captured.batch), int(lay.target_pos.min()))
+                prefix = capture_prefix(model, captured, skip) if skip > 0 else None
                 n_rows = lay.input_ids.shape[0]
                 chunk_counts = torch.zeros(len(chunk) * 2).index_add_(0, lay.target_slot, torch.ones(len(lay.target_slot)))
                 counts[chunk] = chunk_counts.view(-1, 2).numpy()
@@ -303,10 +307,11 @@ def score_encoded_pairs(
                     rows = torch.tensor([r for _, r in part])
                     row_m = torch.tensor([multipliers[k] for k in ks.tolist()], dtype=torch.float32)
                     hooks = []
-                    steered = (lay.position_ids.index_select(0, rows) >= steer_from).to(device)
+                    end = int(lay.valid.index_select(0, rows).sum(dim=1).max())
+                    steered = (lay.position_ids.index_select(0, rows)[:, skip:end] >= steer_from).to(device)
                     with attach(model, updates, row_m.to(device), positions=steered):
                         if activation_hook is not None:
-                            valid = lay.valid.index_select(0, rows).to(device)
+                            valid = lay.valid.index_select(0, rows)[:, skip:end].to(device)
                             pair_idx = torch.tensor(chunk)[lay.row_pair.index_select(0, rows)]
                             for layer in activation_layers:
                                 def fire(module, args, output, layer=layer):
@@ -314,7 +319,7 @@ def score_encoded_pairs(
                                     activation_hook(layer, hidden, pair_idx, row_m, valid)
                                 hooks.append(layers[layer].register_forward_hook(fire))
                         try:
-                            hidden = replay_hidden(model, captured, rows.to(device))
+                            hidden = replay_hidden_after_prefix(model, captured, prefix, rows.to(device), end=end)
                         finally:
                             for hook in hooks:
                                 hook.remove()
@@ -322,7 +327,7 @@ def score_encoded_pairs(
                     t_rows, t_pos, t_tok, t_slot, t_k = [], [], [], [], []
                     for out_row, (k, r) in enumerate(part):
                         sel = lay.target_row == r
-                        t_pos.append(lay.target_pos[sel])
+                        t_pos.append(lay.target_pos[sel] - skip)
                         t_tok.append(lay.target_token[sel])
                         t_slot.append(lay.target_slot[sel])
                         t_rows.append(torch.full((int(sel.sum()),), out_row, dtype=torch.long))
