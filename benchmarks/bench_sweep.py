@@ -8,8 +8,8 @@ sentiment *test* pairs, K = 9 multipliers, sequence NLL, chat template on.
 - naive: one full forward per sequence per multiplier, batch 1, matching and not-matching
   scored separately (2 x 40 x 9 = 720 forwards), as EasyEdit's loss mode does;
 - batched cached: `score_pairs` (layers 0..14 once per pair, layers 15..29 for the 9
-  multipliers as rows of one batch, both completions on one shared prompt pass, LM head at
-  completion positions only).
+  multipliers as rows of one batch, the chat template's never-steered prefix run once per
+  chunk, both completions on one shared prompt pass, LM head at completion positions only).
 
 Both paths must give the same NLLs (max abs difference printed and asserted). Prints a markdown
 table and writes it to benchmarks/results_sweep.md.
@@ -106,7 +106,7 @@ def main() -> None:
         "| path | forwards | seconds | speed-up |",
         "|---|---|---|---|",
         f"| naive: full forward per sequence per multiplier, batch 1 | {2 * len(test) * len(MULTIPLIERS)} | {naive_seconds:.1f} | 1.00x |",
-        f"| batched cached: replay layers {LAYER}..29, K rows per batch, shared prompt pass, LM head at completion positions "
+        f"| batched cached: replay layers {LAYER}..29, K rows per batch, chat-template prefix run once, shared prompt pass, LM head at completion positions "
         f"| {int(np.ceil(len(test) / args.batch_size))} capture(s) + {int(np.ceil(len(test) * len(MULTIPLIERS) / args.batch_size))} replays | {fast_seconds:.1f} | {ratio:.2f}x |",
         "",
         f"Max abs difference of the {fast.size} NLLs between the two paths: {max_diff:.2e} nats.",
