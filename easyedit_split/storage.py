@@ -47,7 +47,8 @@ def layer_file(directory: PathLike, layer: int) -> Path:
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def _atomic_write(path: PathLike, write: Any) -> Path:
+def atomic_write(path: PathLike, write: Any) -> Path:
+    """Run `write(tmp_path)` on a temporary file beside `path`, then rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -63,7 +64,7 @@ def _atomic_write(path: PathLike, write: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """`torch.save` to a temporary file in the same directory, then rename: never half-written."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -71,7 +72,7 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def atomic_write_json(path: PathLike, data: Any) -> Path:

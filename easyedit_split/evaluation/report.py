@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -16,7 +14,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .. import __version__
-from ..storage import atomic_write_json, atomic_write_text
+from ..storage import atomic_write, atomic_write_json, atomic_write_text
 
 CSV_COLUMNS = (
     "method", "multiplier", "pref_odds_mean", "pref_odds_se", "pref_odds_ci_low", "pref_odds_ci_high",
@@ -188,13 +186,5 @@ def _data_limits(stats: Sequence[Any], margin: float = 0.08) -> tuple[float, flo
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """PNG written atomically, like every other report file."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
