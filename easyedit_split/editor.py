@@ -21,10 +21,11 @@ from .data import PolarityPair, load_dataset
 from .errors import HparamsError
 from .hparams import HyperParams, load_hparams, validate_layers
 from .interventions import DynamicWeightUpdate, attach, steer
-from .models import get_decoder_layers, hidden_size, load_model_and_tokenizer, model_device
+from .models import get_decoder_layers, load_model_and_tokenizer, model_device
 from .prompts import PromptFormat, steering_prefix_length
 from .registry import get_evaluator, get_method
-from .storage import intervention_dir, load_interventions, save_interventions
+from .producing import train_to_dir
+from .storage import load_interventions
 
 logger = logging.getLogger(__name__)
 
@@ -110,21 +111,16 @@ class SteerEditor:
         `<steer_vector_output_dir>/<dataset>/<alg>_<method>/layer_<L>.pt`.
         """
         hp = load_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or self.hparams)
-        spec = get_method(hp.alg_name)
         pairs = self._pairs(dataset, split)
         name = dataset_name or (Path(str(dataset)).stem if isinstance(dataset, (str, Path)) else "custom")
         validate_layers(list(hp.layers), len(get_decoder_layers(self.model)), source=getattr(hp, "_source", None))
         set_seed(int(getattr(hp, "seed", 42)))
-        method = getattr(hp, "intervention_method", "vector") if spec.trained else "vector"
+        if save is not None:
+            hp = dataclasses.replace(hp, save_vectors=bool(save))
         out_root = output_dir or getattr(hp, "steer_vector_output_dir", None)
-        should_save = save if save is not None else bool(getattr(hp, "save_vectors", False))
-        directory = intervention_dir(out_root, name, spec.alg_name, method) if (should_save and out_root) else None
-        kwargs: dict[str, Any] = {"output_dir": directory, "dataset_name": name} if spec.trained else {}
-        trained = spec.train_function()(hp, pairs, self.model, self.tokenizer, **kwargs)
-        if directory is not None and not spec.trained:  # the shared trainer saves (and resumes) itself
-            save_interventions(directory, trained, self._metadata(hp, name))
+        directory, trained = train_to_dir(hp, pairs, self.model, self.tokenizer, out_root if getattr(hp, "save_vectors", False) else None, name)
         if directory is not None:
-            logger.info("Saved %s interventions to %s", spec.alg_name, directory)
+            logger.info("Saved %s interventions to %s", get_method(hp.alg_name).alg_name, directory)
         self.concept_updates = {}
         updates = trained
         if trained and all(isinstance(v, dict) for v in trained.values()):
@@ -135,18 +131,6 @@ class SteerEditor:
         return trained
 
     generate_vectors = train  # EasyEdit's name for the generate step
-
-    def _metadata(self, hparams: Any, dataset_name: str) -> dict:
-        config = self.model.config
-        return {
-            "alg_name": hparams.alg_name,
-            "dataset": dataset_name,
-            "model": str(getattr(self.hparams, "model_name_or_path", getattr(config, "_name_or_path", ""))),
-            "model_type": getattr(config, "model_type", None),
-            "hidden_size": hidden_size(self.model),
-            "num_layers": len(get_decoder_layers(self.model)),
-            "hparams": hparams_to_dict(hparams),
-        }
 
     def load(self, directory: Union[str, Path], layers: Optional[Sequence[int]] = None, concept_id: int = 0) -> dict[int, DynamicWeightUpdate]:
         """Load saved interventions (this package's or EasyEdit's files); they become the active ones."""

@@ -44,6 +44,7 @@ from easyedit_split.integrations import pipeline  # noqa: E402
 from easyedit_split.models import is_default_model_name  # noqa: E402
 from easyedit_split.prompts import PromptFormat  # noqa: E402
 from easyedit_split.storage import load_interventions  # noqa: E402
+from easyedit_split.producing import train_to_dir  # noqa: E402
 
 logger = logging.getLogger("run_split")
 
@@ -186,7 +187,7 @@ class Runner:
         hparams = pipeline.with_overrides(hparams, {**self._common(), "steer_vector_output_dir": str(self.vectors_root(method))})
         model, tokenizer = self.pool.get(hparams)
         pairs = self._pairs("train")
-        directory, _ = pipeline.train_to_dir(hparams, pairs, model, tokenizer, hparams.steer_vector_output_dir, args.dataset)
+        directory, _ = train_to_dir(hparams, pairs, model, tokenizer, hparams.steer_vector_output_dir, args.dataset)
         logger.info("[SUCCESS] %s %s: %d pairs -> %s", method, intervention, len(pairs), directory)
         return True
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from easyedit_split.hparams import TopLevelConfig
 from easyedit_split.integrations import pipeline
+from easyedit_split.producing import train_to_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("vectors_generate")
@@ -44,7 +45,7 @@ def generate(top_cfg: Any, model: Any = None, tokenizer: Any = None) -> dict:
         generated[dataset] = {}
         for hparams in top.load_train_hparams(base):
             hf_model, hf_tokenizer = pool.get(hparams)
-            directory, updates = pipeline.train_to_dir(hparams, pairs, hf_model, hf_tokenizer,
+            directory, updates = train_to_dir(hparams, pairs, hf_model, hf_tokenizer,
                                                        hparams.steer_vector_output_dir if top.save_vectors else None, dataset)
             logger.info("%s on %s (%d pairs) -> %s", hparams.alg_name, dataset, len(pairs), directory or "(not saved)")
             generated[dataset][hparams.alg_name] = updates
