@@ -22,7 +22,7 @@ from .errors import HparamsError
 from .hparams import HyperParams, load_hparams, validate_layers
 from .interventions import DynamicWeightUpdate, attach, steer
 from .models import get_decoder_layers, load_model_and_tokenizer, model_device
-from .prompts import PromptFormat, steering_prefix_length
+from .prompts import PromptFormat, steered_prompt_positions
 from .registry import get_evaluator, get_method
 from .producing import train_to_dir
 from .storage import load_interventions
@@ -184,7 +184,7 @@ class SteerEditor:
                         add_special_tokens=not self.prompt_format.uses_template(self.tokenizer),
                     ).to(device)
                     handle.multiplier = torch.tensor([m for m, _ in chunk])
-                    handle.positions = self._steered_positions(encoded["attention_mask"])
+                    handle.positions = steered_prompt_positions(self.tokenizer, self.prompt_format, encoded["attention_mask"])
                     with torch.no_grad():
                         output = self.model.generate(
                             **encoded, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
@@ -196,14 +196,6 @@ class SteerEditor:
         finally:
             self.tokenizer.padding_side = padding_side
         return texts
-
-    def _steered_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] mask of the prompt positions to steer (left padding): everything after the
-        chat template's common prefix, as in training; generated tokens are always steered."""
-        prefix = steering_prefix_length(self.tokenizer, self.prompt_format)
-        first_real = attention_mask.shape[1] - attention_mask.sum(dim=1, keepdim=True)
-        position = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-        return position >= first_real + prefix
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(

@@ -91,6 +91,16 @@ def steering_prefix_length(tokenizer: Any, fmt: PromptFormat, exclude_bos: bool 
     return 1 if bos is not None and ids and ids[0] == bos else 0
 
 
+def steered_prompt_positions(tokenizer: Any, fmt: PromptFormat, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] mask of the positions to steer in a LEFT-padded prompt batch (generation):
+    everything after the chat template's common prefix, as in training and evaluation. Used as
+    `InterventionHandle.positions`; the tokens generated afterwards are always steered."""
+    prefix = steering_prefix_length(tokenizer, fmt)
+    first_real = attention_mask.shape[1] - attention_mask.sum(dim=1, keepdim=True)
+    position = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return position >= first_real + prefix
+
+
 @dataclass
 class EncodedCompletion:
     """Token ids of one prompt + completion, and how many of them are prompt."""

@@ -61,3 +61,42 @@ def test_layer_out_of_range_is_an_error(tiny_chat_model, default_tokenizer):
 def test_generate_without_interventions_says_what_to_do(editor):
     with pytest.raises(HparamsError, match="train"):
         editor.generate(["Hi"])
+
+
+def test_pipeline_generation_steers_like_the_editor(editor, tiny_chat_model, default_tokenizer):
+    """EasyEdit-style generation (integrations.pipeline) steers the same positions as SteerEditor.generate:
+    the prompt pass leaves the chat template's common prefix untouched and changes everything after it."""
+    from easyedit_split.data import GenerationExample
+    from easyedit_split.integrations.pipeline import generate_results
+    from easyedit_split.prompts import steering_prefix_length
+
+    editor.train(PAIRS, save=False)
+    steered_layer = {2: editor.updates[2]}
+    prompts = ["Hi", "Tell me about your favourite holiday in the mountains, please."]
+    seen = {}
+    layers = tiny_chat_model.model.layers
+
+    def keep_unsteered(module, args, output):  # registered before the intervention's hook: sees layer 2 unsteered
+        seen.setdefault("unsteered", output[0] if isinstance(output, tuple) else output)
+
+    def keep_steered(module, args):  # layer 3's input: layer 2's steered output
+        seen.setdefault("steered", args[0])
+
+    before = layers[2].register_forward_hook(keep_unsteered)
+    after = layers[3].register_forward_pre_hook(keep_steered)
+    try:
+        generate_results(tiny_chat_model, default_tokenizer, editor.prompt_format, [GenerationExample(p) for p in prompts],
+                         [steered_layer], {"max_new_tokens": 2, "do_sample": False})
+    finally:
+        before.remove(), after.remove()
+    changed = (seen["steered"] - seen["unsteered"]).abs().amax(-1) > 0  # [batch, seq] of the prompt pass
+    prefix = steering_prefix_length(default_tokenizer, editor.prompt_format)
+    for row, prompt in enumerate(prompts):
+        length = len(default_tokenizer(editor.prompt_format.prompt_text(default_tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        first = changed.shape[1] - length  # left padding
+        assert not changed[row, : first + prefix].any()
+        assert changed[row, first + prefix :].all()
+    texts = editor.generate(prompts, multipliers=[1.0], max_new_tokens=4, updates=steered_layer)[1.0]
+    records = generate_results(tiny_chat_model, default_tokenizer, editor.prompt_format, [GenerationExample(p) for p in prompts],
+                               [steered_layer], {"max_new_tokens": 4, "do_sample": False})
+    assert [r["pred"][0].strip() for r in records] == texts

@@ -30,7 +30,7 @@ from ..data import GenerationExample, PolarityPair, group_by_concept, list_datas
 from ..errors import DatasetError, HparamsError
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import load_model_and_tokenizer, model_device
-from ..prompts import PromptFormat
+from ..prompts import PromptFormat, steered_prompt_positions
 from ..storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -216,9 +216,13 @@ def load_apply_updates(model: nn.Module, apply_hparams: Any, load_dir: Optional[
     return load_for_apply(model, apply_hparams, load_dir)
 
 
-def _generate_batch(model: nn.Module, tokenizer: Any, texts: list[str], add_special_tokens: bool,
-                    generation_params: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def _generate_batch(model: nn.Module, tokenizer: Any, texts: list[str], prompt_format: PromptFormat,
+                    generation_params: Mapping[str, Any], handles: Sequence[Any] = ()) -> tuple[list[str], list[str]]:
+    add_special_tokens = not prompt_format.uses_template(tokenizer)
     encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(model_device(model))
+    steered = steered_prompt_positions(tokenizer, prompt_format, encoded["attention_mask"])
+    for handle in handles:  # same steered positions as training, evaluation and SteerEditor.generate
+        handle.positions = steered
     params = dict(generation_params)
     params.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     if not params.get("do_sample", False):
@@ -258,7 +262,6 @@ def generate_results(
     handles = [attach(model, dict(updates), 0.0) for updates in update_sets if updates]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    add_special = not prompt_format.uses_template(tokenizer)
     rendered = [prompt_format.prompt_text(tokenizer, e.input) for e in examples]
     preds: list[list[str]] = [[] for _ in examples]
     complete: list[list[str]] = [[] for _ in examples]
@@ -272,7 +275,7 @@ def generate_results(
                     handle.multiplier = multiplier
                 torch.manual_seed(seed + response if num_responses > 1 else seed)
                 for start in range(0, len(examples), batch_size):
-                    texts, full = _generate_batch(model, tokenizer, rendered[start : start + batch_size], add_special, params)
+                    texts, full = _generate_batch(model, tokenizer, rendered[start : start + batch_size], prompt_format, params, handles)
                     for offset, (text, whole) in enumerate(zip(texts, full)):
                         target_preds[start + offset].append(text)
                         if target_complete is not None:
