@@ -8,8 +8,6 @@ from omegaconf import OmegaConf
 
 from easyedit_split.errors import HparamsError
 from easyedit_split.hparams import (
-    APPLY_HPARAMS,
-    TRAIN_HPARAMS,
     ApplyCAAHyperParams,
     ApplyRePSHyperParams,
     ApplySFTHyperParams,
@@ -21,9 +19,9 @@ from easyedit_split.hparams import (
     SplitHyperParams,
     TopLevelConfig,
     load_hparams,
-    resolve_dtype,
-    validate_layers,
 )
+from easyedit_split.models import resolve_dtype, validate_layers
+from easyedit_split.registry import hparams_class
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "easyedit_hparams"
@@ -247,9 +245,8 @@ def test_apply_multipliers_must_match_layers():
 
 
 def test_tables_map_both_spellings_of_split():
-    assert TRAIN_HPARAMS["split"] is TRAIN_HPARAMS["spilt"] is SplitHyperParams
-    assert APPLY_HPARAMS["split"] is APPLY_HPARAMS["spilt"] is ApplySplitHyperParams
-    assert set(TRAIN_HPARAMS) == set(APPLY_HPARAMS) == {"caa", "sft", "reps", "split", "spilt"}
+    assert hparams_class("split", "train") is hparams_class("spilt", "train") is SplitHyperParams
+    assert hparams_class("split", "apply") is hparams_class("spilt", "apply") is ApplySplitHyperParams
 
 
 def test_flat_file_with_multipliers_is_an_apply_file(tmp_path):
