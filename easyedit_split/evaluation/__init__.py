@@ -1,8 +1,9 @@
-"""The unified preference-utility evaluator (DESIGN 1.3, 1.4) and its registry.
+"""The unified preference-utility evaluator (arXiv 2602.02343): scoring, statistics, fits, manifold probe, report.
 
     from easyedit_split.evaluation import PreferenceUtilityEvaluator
     report = PreferenceUtilityEvaluator(model, tokenizer).compare({"caa": "out/caa_vector"}, pairs, "report/")
 """
+from .config import EvaluatorConfig
 from .fits import CurveFit, fit_and_summarize, fit_preference, fit_utility, preference_curve, utility_curve, validity_decay
 from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult
 from .metrics import SweepMetrics, compute_metrics, log1mexp, preference_odds, utility_odds
@@ -14,7 +15,7 @@ EVALUATORS = {"preference_utility": PreferenceUtilityEvaluator}
 """Evaluator name -> class (the package registry imports this)."""
 
 __all__ = [
-    "EVALUATORS", "PreferenceUtilityEvaluator", "MethodResult", "EvaluationReport", "DEFAULT_MULTIPLIERS",
+    "EVALUATORS", "EvaluatorConfig", "PreferenceUtilityEvaluator", "MethodResult", "EvaluationReport", "DEFAULT_MULTIPLIERS",
     "ManifoldOptions", "ManifoldProbe", "ManifoldResult", "SweepMetrics", "compute_metrics", "log1mexp",
     "preference_odds", "utility_odds", "CurveFit", "fit_and_summarize", "fit_preference", "fit_utility",
     "preference_curve", "utility_curve", "validity_decay", "EncodedPair", "PairScores", "encode_pairs",
