@@ -87,7 +87,7 @@ METHODS: dict[str, MethodSpec] = {
 assert tuple(METHODS) == METHOD_NAMES, "the registry lists every method of constants.METHOD_NAMES, in order"
 
 EVALUATORS: dict[str, str] = {
-    "preference_utility": "easyedit_split.evaluation:PreferenceUtilityEvaluator",
+    "preference_utility": "easyedit_split.evaluation.preference_utility:PreferenceUtilityEvaluator",
 }
 
 

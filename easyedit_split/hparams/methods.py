@@ -243,7 +243,8 @@ class TrainHyperParams(HyperParams):
         layers: decoder layer indices to steer (one intervention per layer).
         save_vectors: write the intervention files.
         steer_vector_output_dir: root directory; files go to
-            ``<dir>/<dataset>/<alg>_<intervention_method>/layer_<L>.pt``.
+            ``<dir>/<dataset>/<alg>_<intervention_method>/layer_<L>.pt``. Default: the current
+            directory (EasyEdit's ``../`` wrote outside it; its top-level configs name the directory).
         steer_train_dataset: dataset name(s) to train on (set by the top-level config).
     Intervention (the dynamic weight update ``delta(x; m) = m * (x @ dW + db)``):
         intervention_method: ``vector`` (db only), ``lora`` (dW = A @ B) or ``local_weight`` (full dW).
@@ -268,7 +269,7 @@ class TrainHyperParams(HyperParams):
     alg_name: str = ""
     layers: List[int] = field(default_factory=lambda: list(range(32)))
     save_vectors: bool = True
-    steer_vector_output_dir: str = "../"
+    steer_vector_output_dir: str = "."
     steer_train_dataset: Union[str, List[str]] = "safeedit"
 
     intervention_method: str = "vector"
