@@ -401,3 +401,37 @@ def test_hparams_dtype_object_is_stored_as_its_name():
     assert SplitHyperParams(dtype=torch.bfloat16).dtype == "bfloat16"
     with pytest.raises(HparamsError, match="dtype"):
         SplitHyperParams(dtype="int3")
+
+
+def test_out_of_range_layer_is_both_a_config_and_a_model_error():
+    from easyedit_split.errors import ModelError
+
+    with pytest.raises(HparamsError) as info:
+        validate_layers([5], 4)
+    assert isinstance(info.value, ModelError)
+
+
+def test_check_layer_uses_the_same_check():
+    from easyedit_split.models import check_layer
+
+    class Tiny(torch.nn.Module):  # a Llama-shaped stack of 3 layers
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {"model_type": "llama"})()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList(torch.nn.Identity() for _ in range(3))
+
+    assert check_layer(Tiny(), 2) == 2
+    with pytest.raises(HparamsError, match=r"key 'layers': layer 3 is outside the model, which has 3 decoder layers \(valid: 0..2\)"):
+        check_layer(Tiny(), 3)
+
+
+# ----------------------------------------------------------------- outputs stay where the user says
+
+
+def test_default_output_dir_is_the_current_directory():
+    assert SplitHyperParams().steer_vector_output_dir == "."
+    for path in OUR_HPARAMS.rglob("generate_*.yaml"):
+        hparams = load_hparams(path, kind="train")
+        resolved = (Path.cwd() / hparams.steer_vector_output_dir).resolve()
+        assert resolved == Path.cwd().resolve() or Path.cwd().resolve() in resolved.parents, path
