@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from . import cli_evaluate
 from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
 from .errors import EasyEditSplitError
+from .hparams import CAAHyperParams
 from .multipliers import MultiplierError, parse_multipliers
 
 
@@ -73,7 +74,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
-    from .hparams import CAAHyperParams
 
     editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[], use_chat_template=not args.no_chat_template))
     editor.load(args.vectors, concept_id=args.concept_id)

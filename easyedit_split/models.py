@@ -213,7 +213,7 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     directory is written under a temporary name and renamed, so an interrupted run leaves nothing
     half-written.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
     target = Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
     if _is_clean_checkpoint(target):
@@ -294,7 +294,7 @@ def load_model_and_tokenizer(
     `device` is `cpu`, `cuda`, `cuda:N` or `auto` (accelerate placement via `device_map`).
     The tokenizer gets a pad token (EOS when it has none) so that batches can be padded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
     path = resolve_model_path(model_name_or_path)
     torch_dtype = resolve_dtype(dtype)
