@@ -8,13 +8,14 @@ the closest valid key, and values are type-checked when a dataclass is built.
 A method file is either flat, or has shared keys at the top plus a ``generate:`` and an ``apply:``
 section (EasyEdit's merged format). ``TopLevelConfig`` reads EasyEdit's hydra configs.
 
-Modules: ``reading`` (YAML, sections, type coercion, aliases, key checks), ``methods`` (the
-dataclasses), ``loading`` (``load_hparams``: alg_name -> class via the registry), ``top_level``
+Modules: ``reading`` (YAML, sections, type coercion, aliases, key checks), ``base``
+(``HyperParams``: shared keys, file -> instance), ``methods`` (the method dataclasses), ``loading`` (``load_hparams``: alg_name -> class via the registry), ``top_level``
 (``TopLevelConfig``).
 """
 from __future__ import annotations
 
 from ..constants import canonical_alg_name  # re-exported: producing.py imports it from here
+from .base import HyperParams
 from .loading import load_hparams
 from .methods import (
     PREFERENCE_PAIRS,
@@ -26,7 +27,6 @@ from .methods import (
     ApplySplitHyperParams,
     CAAHyperParams,
     GradientTrainHyperParams,
-    HyperParams,
     RePSHyperParams,
     SFTHyperParams,
     SplitHyperParams,

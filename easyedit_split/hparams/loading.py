@@ -5,7 +5,7 @@ from typing import Any, Mapping, Optional
 
 from .. import registry
 from ..errors import HparamsError
-from .methods import HyperParams
+from .base import HyperParams
 from .reading import SECTION_NAMES, is_sectioned, read_source, section_of
 
 

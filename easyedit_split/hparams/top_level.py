@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Union
 from .. import registry
 from ..errors import HparamsError
 from .loading import load_hparams
-from .methods import ApplyHyperParams, HyperParams, TrainHyperParams
+from .base import HyperParams
+from .methods import ApplyHyperParams, TrainHyperParams
 from .reading import apply_key_aliases, check_min, field_types, keep_known_keys, suggest, yaml_path
 
 
