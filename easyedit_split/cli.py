@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {"model_name_or_path": args.model} if args.model else {}
     editor = SteerEditor.from_hparams(args.hparams, **overrides)
-    updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir or ".")
+    updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0
 
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="sentiment")
     train.add_argument("--split", default="train")
     train.add_argument("--output-dir", default=None,
-                       help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt (default: current directory)")
+                       help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
+                            "(default: the file's steer_vector_output_dir, else the current directory)")
     train.add_argument("--model", default=None)
     train.set_defaults(func=cmd_train)
 

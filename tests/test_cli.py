@@ -71,3 +71,17 @@ def test_bad_hparams_file_exits_2_with_the_key(tmp_path, capsys):
     assert main(["train", "--hparams", str(path)]) == 2
     err = capsys.readouterr().err
     assert "layerz" in err and "layers" in err and "bad.yaml" in err
+
+
+def test_train_writes_under_the_current_directory_by_default(tmp_path, monkeypatch, tiny_chat_model, default_tokenizer):
+    model_dir = tmp_path / "tiny"
+    tiny_chat_model.save_pretrained(model_dir)
+    default_tokenizer.save_pretrained(model_dir)
+    work = tmp_path / "work"
+    work.mkdir()
+    hparams = work / "generate_caa.yaml"
+    hparams.write_text("alg_name: caa\nlayers: [1]\nuse_chat_template: true\n", encoding="utf-8")
+    monkeypatch.chdir(work)
+    assert main(["train", "--hparams", str(hparams), "--model", str(model_dir)]) == 0
+    assert (work / "sentiment" / "caa_vector" / "layer_1.pt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "work"]  # nothing written beside the working dir
