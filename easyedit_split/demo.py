@@ -8,12 +8,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
+from .constants import DEFAULT_MODEL_NAME, easyedit_alg_dir_name
 from .data import load_dataset
 from .editor import SteerEditor
-from .hparams import CAAHyperParams
-from .models import DEFAULT_MODEL_NAME
+from .evaluation import EvaluationReport, EvaluatorConfig, PreferenceUtilityEvaluator
+from .hparams import CAAHyperParams, load_hparams
+from .registry import canonical_name
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +41,14 @@ def run_steering_demo(
     model_name_or_path: str = DEFAULT_MODEL_NAME,
     dataset: str = "sentiment",
     layer: int = DEMO_LAYER,
-    multipliers: Sequence[float] = DEMO_MULTIPLIERS,
+    multipliers: Optional[Sequence[float]] = None,
     prompts: Sequence[str] = DEMO_PROMPTS,
     max_pairs: Optional[int] = 64,
     max_new_tokens: int = 32,
     editor: Optional[SteerEditor] = None,
 ) -> DemoResult:
-    """CAA vector from `dataset` at `layer`, then greedy generation at each multiplier."""
+    """CAA vector from `dataset` at `layer`, then greedy generation at each multiplier (default `DEMO_MULTIPLIERS`)."""
+    multipliers = DEMO_MULTIPLIERS if multipliers is None else multipliers
     hparams = CAAHyperParams(layers=[layer], model_name_or_path=model_name_or_path, use_chat_template=True)
     editor = editor or SteerEditor(hparams)
     pairs = load_dataset(dataset, split="train")
@@ -58,7 +61,6 @@ def run_steering_demo(
 
 
 DEMO_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "demo"
-SWEEP_MULTIPLIERS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -66,7 +68,7 @@ class MainJobResult:
     """The main job's outputs: the CAA generations, the comparison report and where it was written."""
 
     demo: DemoResult
-    report: Any
+    report: EvaluationReport
     out_dir: Path
     written: dict
     seconds: dict
@@ -76,9 +78,9 @@ def run_main_job(
     out_dir: str | Path = "outputs/demo",
     model_name_or_path: str = DEFAULT_MODEL_NAME,
     dataset: str = "sentiment",
-    multipliers: Sequence[float] = SWEEP_MULTIPLIERS,
+    multipliers: Optional[Sequence[float]] = None,
     max_test_pairs: Optional[int] = None,
-    trained_methods: Sequence[str] = ("sft", "spilt"),
+    trained_methods: Sequence[str] = ("sft", "split"),
     manifold: bool = True,
 ) -> MainJobResult:
     """CAA, SFT and SPLIT vectors on `dataset` with the default model, compared by the evaluator.
@@ -86,12 +88,12 @@ def run_main_job(
     1. a CAA vector and greedy generations side by side (`run_steering_demo`);
     2. SFT and SPLIT vectors trained with the package's demo hparams (`configs/demo/`: the
        `hparams/sentiment/smollm2-135m-instruct` values, 1 epoch on 48 pairs);
-    3. the preference-utility evaluation of all three on the held-out split over `multipliers`:
-       `results.json`, CSV, markdown table and PNG plots in `out_dir`.
+    3. the preference-utility evaluation of all three on the held-out split over `multipliers`
+       (default: `EvaluatorConfig`'s sweep): `results.json`, CSV, markdown table and PNG plots in `out_dir`.
     """
-    from .evaluation import PreferenceUtilityEvaluator
-    from .hparams import load_hparams
-
+    config = EvaluatorConfig(manifold=manifold)
+    if multipliers is not None:
+        config = config.replace(multipliers=multipliers)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     editor = SteerEditor(CAAHyperParams(layers=[DEMO_LAYER], model_name_or_path=model_name_or_path, use_chat_template=True))
@@ -103,19 +105,16 @@ def run_main_job(
     seconds["caa + generation"] = time.perf_counter() - mark
 
     train_pairs = load_dataset(dataset, split="train")
-    for name in trained_methods:
+    for name in map(canonical_name, trained_methods):
         mark = time.perf_counter()
-        hparams = load_hparams(DEMO_CONFIG_DIR / f"generate_{name}_vector.yaml")
-        updates = editor.train(train_pairs, hparams=hparams, save=False, dataset_name=dataset)
-        methods["split" if name == "spilt" else name] = updates
+        hparams = load_hparams(DEMO_CONFIG_DIR / f"generate_{easyedit_alg_dir_name(name)}_vector.yaml")
+        methods[name] = editor.train(train_pairs, hparams=hparams, save=False, dataset_name=dataset)
         seconds[f"train {name}"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     test_pairs = load_dataset(dataset, split="test")
     test_pairs = test_pairs[:max_test_pairs] if max_test_pairs else test_pairs
-    evaluator = PreferenceUtilityEvaluator(
-        editor.model, editor.tokenizer, prompt_format=editor.prompt_format, multipliers=list(multipliers), manifold=manifold,
-    )
+    evaluator = PreferenceUtilityEvaluator(editor.model, editor.tokenizer, prompt_format=editor.prompt_format, config=config)
     out_path = Path(out_dir)
     report = evaluator.compare(methods, test_pairs, out_dir=None, dataset=f"{dataset} (test)")
     written = report.write(out_path)

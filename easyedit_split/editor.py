@@ -19,9 +19,9 @@ from torch import nn
 
 from .data import PolarityPair, load_dataset
 from .errors import HparamsError
-from .hparams import HyperParams, load_hparams, validate_layers
+from .hparams import HyperParams, load_hparams
 from .interventions import DynamicWeightUpdate, attach, steer
-from .models import get_decoder_layers, load_model_and_tokenizer, model_device
+from .models import get_decoder_layers, load_model_and_tokenizer, model_device, validate_layers
 from .prompts import PromptFormat, steered_prompt_positions
 from .registry import get_evaluator, get_method
 from .producing import train_to_dir

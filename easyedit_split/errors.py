@@ -27,3 +27,7 @@ class TrainingError(EasyEditSplitError, RuntimeError):
 
 class IntegrationError(EasyEditSplitError, ImportError):
     """An EasyEdit checkout is missing or incomplete; says what to install or set."""
+
+
+class LayerError(HparamsError, ModelError):
+    """A layer index outside the model: a mistake in the hparams and a mismatch with the model."""

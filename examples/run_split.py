@@ -39,7 +39,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from easyedit_split.errors import EasyEditSplitError, HparamsError  # noqa: E402
-from easyedit_split.hparams import APPLY_HPARAMS, TRAIN_HPARAMS, TopLevelConfig, load_hparams  # noqa: E402
+from easyedit_split.hparams import TopLevelConfig, load_hparams  # noqa: E402
+from easyedit_split.registry import hparams_classes  # noqa: E402
 from easyedit_split.integrations import pipeline  # noqa: E402
 from easyedit_split.models import is_default_model_name  # noqa: E402
 from easyedit_split.prompts import PromptFormat  # noqa: E402
@@ -109,7 +110,7 @@ class Runner:
         self.output_root = Path(args.output_dir) if args.output_dir else self.base_dir
         self.pool = pipeline.ModelPool(model, tokenizer)
         self.overrides = dict(args.overrides)
-        known = set().union(*(cls.__dataclass_fields__ for cls in (*TRAIN_HPARAMS.values(), *APPLY_HPARAMS.values())))
+        known = set().union(*(cls.__dataclass_fields__ for cls in hparams_classes()))
         for key in self.overrides:
             if key not in known:
                 raise HparamsError(f"--set {key}: no method file has this key")

@@ -8,8 +8,6 @@ from omegaconf import OmegaConf
 
 from easyedit_split.errors import HparamsError
 from easyedit_split.hparams import (
-    APPLY_HPARAMS,
-    TRAIN_HPARAMS,
     ApplyCAAHyperParams,
     ApplyRePSHyperParams,
     ApplySFTHyperParams,
@@ -21,9 +19,9 @@ from easyedit_split.hparams import (
     SplitHyperParams,
     TopLevelConfig,
     load_hparams,
-    resolve_dtype,
-    validate_layers,
 )
+from easyedit_split.models import resolve_dtype, validate_layers
+from easyedit_split.registry import hparams_class
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "easyedit_hparams"
@@ -247,9 +245,8 @@ def test_apply_multipliers_must_match_layers():
 
 
 def test_tables_map_both_spellings_of_split():
-    assert TRAIN_HPARAMS["split"] is TRAIN_HPARAMS["spilt"] is SplitHyperParams
-    assert APPLY_HPARAMS["split"] is APPLY_HPARAMS["spilt"] is ApplySplitHyperParams
-    assert set(TRAIN_HPARAMS) == set(APPLY_HPARAMS) == {"caa", "sft", "reps", "split", "spilt"}
+    assert hparams_class("split", "train") is hparams_class("spilt", "train") is SplitHyperParams
+    assert hparams_class("split", "apply") is hparams_class("spilt", "apply") is ApplySplitHyperParams
 
 
 def test_flat_file_with_multipliers_is_an_apply_file(tmp_path):
@@ -404,3 +401,37 @@ def test_hparams_dtype_object_is_stored_as_its_name():
     assert SplitHyperParams(dtype=torch.bfloat16).dtype == "bfloat16"
     with pytest.raises(HparamsError, match="dtype"):
         SplitHyperParams(dtype="int3")
+
+
+def test_out_of_range_layer_is_both_a_config_and_a_model_error():
+    from easyedit_split.errors import ModelError
+
+    with pytest.raises(HparamsError) as info:
+        validate_layers([5], 4)
+    assert isinstance(info.value, ModelError)
+
+
+def test_check_layer_uses_the_same_check():
+    from easyedit_split.models import check_layer
+
+    class Tiny(torch.nn.Module):  # a Llama-shaped stack of 3 layers
+        def __init__(self):
+            super().__init__()
+            self.config = type("Config", (), {"model_type": "llama"})()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList(torch.nn.Identity() for _ in range(3))
+
+    assert check_layer(Tiny(), 2) == 2
+    with pytest.raises(HparamsError, match=r"key 'layers': layer 3 is outside the model, which has 3 decoder layers \(valid: 0..2\)"):
+        check_layer(Tiny(), 3)
+
+
+# ----------------------------------------------------------------- outputs stay where the user says
+
+
+def test_default_output_dir_is_the_current_directory():
+    assert SplitHyperParams().steer_vector_output_dir == "."
+    for path in OUR_HPARAMS.rglob("generate_*.yaml"):
+        hparams = load_hparams(path, kind="train")
+        resolved = (Path.cwd() / hparams.steer_vector_output_dir).resolve()
+        assert resolved == Path.cwd().resolve() or Path.cwd().resolve() in resolved.parents, path

@@ -1,4 +1,4 @@
-"""`PreferenceUtilityEvaluator`: the unified preference-utility evaluation of steering (DESIGN 1.3, 1.4).
+"""`PreferenceUtilityEvaluator`: the unified preference-utility evaluation of steering (arXiv 2602.02343).
 
     evaluator = PreferenceUtilityEvaluator(model, tokenizer, multipliers=[-8, -4, 0, 4, 8])
     result = evaluator.evaluate(updates_or_dir, pairs, name="caa")        # one method
@@ -20,17 +20,21 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
+from ..constants import DEFAULT_SWEEP
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
 from ..prompts import JOIN_RULE, PromptFormat, steering_prefix_length
+from ..storage import load_interventions, read_metadata
+from .config import EvaluatorConfig
 from .fits import FitReport, fit_and_summarize
-from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult, default_probe_layers
-from .metrics import SweepMetrics, compute_metrics
-from .scoring import NLL_MODES, EncodedPair, PairScores, encode_pairs, score_encoded_pairs
+from .manifold import ManifoldProbe, ManifoldResult, default_probe_layers
+from .metrics import SweepMetrics, _jsonable, compute_metrics
+from .report import EvaluationReport
+from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MULTIPLIERS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_MULTIPLIERS = DEFAULT_SWEEP  # re-exported: examples/run_split.py imports it from evaluation
 UpdatesOrDir = Union[Mapping[int, DynamicWeightUpdate], str, Path]
 
 
@@ -50,8 +54,6 @@ class MethodResult:
         return self.metrics.multipliers
 
     def to_dict(self) -> dict:
-        from .metrics import _jsonable
-
         return {
             "name": self.name,
             "info": self.info,
@@ -82,16 +84,10 @@ class PreferenceUtilityEvaluator:
         model, tokenizer: a Hugging Face causal LM and its tokenizer (the tokenizer may be None
             when pairs are given as `EncodedPair`s).
         prompt_format: chat template / system prompt (default: chat template on, no system prompt).
-        multipliers: the sweep; 0 should be included (the unsteered reference of the summaries).
-        nll_mode: `sequence` (sum over completion tokens; default) or `token` (per-token mean).
-        batch_size: most rows per replayed forward (rows = pairs x multipliers).
-        n_bootstrap, confidence, seed: the bootstrap interval over examples.
-        manifold: `ManifoldOptions`, True (defaults) or False/None (off).
-        layout: `packed` (shared prompt pass) or `rows` (each completion its own row).
-        utility_loss, frontier_max_loss: the summaries' utility-loss budgets (nats).
-        progress: tqdm progress bars.
-        steer_from: first steered position; None = `prompts.steering_prefix_length` (the chat
-            template's system turn and user header stay unsteered, as in training and EasyEdit).
+        config: an `EvaluatorConfig` (default: its defaults, e.g. the sweep `constants.DEFAULT_SWEEP`).
+        **options: `EvaluatorConfig` fields that override `config` (`multipliers=`, `nll_mode=`,
+            `n_bootstrap=`, `manifold=`, ...); the steered positions start after the chat
+            template's common prefix unless `steer_from=` says otherwise.
     """
 
     def __init__(
@@ -99,39 +95,26 @@ class PreferenceUtilityEvaluator:
         model: nn.Module,
         tokenizer: Any = None,
         prompt_format: Optional[PromptFormat] = None,
-        multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
-        nll_mode: str = "sequence",
-        batch_size: int = 64,
-        n_bootstrap: int = 1000,
-        confidence: float = 0.95,
-        seed: int = 0,
-        manifold: Union[ManifoldOptions, bool, None] = True,
-        layout: str = "packed",
-        utility_loss: float = 1.0,
-        frontier_max_loss: float = 3.0,
-        progress: bool = True,
-        steer_from: Optional[int] = None,
+        config: Optional[EvaluatorConfig] = None,
+        **options: Any,
     ) -> None:
-        if nll_mode not in NLL_MODES:
-            raise ValueError(f"nll_mode: '{nll_mode}' is not one of {NLL_MODES}")
-        if not multipliers:
-            raise ValueError("multipliers: give at least one value")
+        config = (config or EvaluatorConfig()).replace(**options)
+        self.config = config
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format or PromptFormat()
-        self.multipliers = sorted(float(m) for m in multipliers)
-        self.nll_mode = nll_mode
-        self.batch_size = int(batch_size)
-        self.n_bootstrap = int(n_bootstrap)
-        self.confidence = float(confidence)
-        self.seed = int(seed)
-        if manifold is True:
-            manifold = ManifoldOptions(seed=seed)
-        self.manifold = manifold if isinstance(manifold, ManifoldOptions) and manifold.enabled else None
-        self.layout = layout
-        self.utility_loss = float(utility_loss)
-        self.frontier_max_loss = float(frontier_max_loss)
-        self.progress = progress
+        self.multipliers = list(config.multipliers)
+        self.nll_mode = config.nll_mode
+        self.batch_size = int(config.batch_size)
+        self.n_bootstrap = int(config.n_bootstrap)
+        self.confidence = float(config.confidence)
+        self.seed = int(config.seed)
+        self.manifold = config.manifold_options()
+        self.layout = config.layout
+        self.utility_loss = float(config.utility_loss)
+        self.frontier_max_loss = float(config.frontier_max_loss)
+        self.progress = config.progress
+        steer_from = config.steer_from
         if steer_from is None:  # as training steers: from the first token after the template's common prefix
             steer_from = steering_prefix_length(tokenizer, self.prompt_format) if tokenizer is not None else 0
         self.steer_from = int(steer_from)
@@ -146,8 +129,6 @@ class PreferenceUtilityEvaluator:
 
     def _load(self, updates_or_dir: UpdatesOrDir, concept_id: int) -> tuple[dict, dict]:
         if isinstance(updates_or_dir, (str, Path)):
-            from ..storage import load_interventions, read_metadata
-
             updates = load_interventions(updates_or_dir, concept_id=concept_id, model=self.model)
             meta = read_metadata(updates_or_dir)
             return updates, {"source": str(updates_or_dir), "alg_name": meta.get("alg_name") or meta.get("method")}
@@ -216,10 +197,8 @@ class PreferenceUtilityEvaluator:
     # ------------------------------------------------------------------ several methods
     def compare(self, methods: Mapping[str, UpdatesOrDir], pairs: Sequence[Any],
                 out_dir: Optional[Union[str, Path]] = None, dataset: Optional[str] = None,
-                concept_id: int = 0) -> "EvaluationReport":
+                concept_id: int = 0) -> EvaluationReport:
         """Evaluate every method on the same pairs; write the report to `out_dir` when given."""
-        from .report import EvaluationReport
-
         results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id) for name, updates in methods.items()]
         report = EvaluationReport(results, self.scored_context(pairs, dataset))
         if out_dir is not None:

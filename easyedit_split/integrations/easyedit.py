@@ -205,14 +205,14 @@ def _hf_model_and_tokenizer(model: Any, hparams: Any) -> tuple[nn.Module, Any]:
 
 
 def _our_hparams(hparams: Any, kind: str) -> Any:
-    from ..hparams import APPLY_HPARAMS, TRAIN_HPARAMS, HyperParams
+    from ..hparams import HyperParams, keep_known_keys
+    from ..registry import hparams_class
 
     if isinstance(hparams, HyperParams):
         return hparams
-    table = TRAIN_HPARAMS if kind == "train" else APPLY_HPARAMS
-    cls = table["split"]
+    cls = hparams_class("split", kind)
     data = hparams.to_dict() if hasattr(hparams, "to_dict") else dict(vars(hparams))
-    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    return cls(**keep_known_keys(cls, data))
 
 
 def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: Optional[str] = None) -> dict:

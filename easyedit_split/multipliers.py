@@ -1,0 +1,56 @@
+"""Parse multiplier sweeps written on a command line: `-2,0,2`, `-8:8:2`, or several of those.
+
+One syntax for every command: comma (or space) separated values and `start:stop:step` ranges
+(stop included when the steps land on it; a negative step counts down), in any mix. Pure Python, no torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Union
+
+__all__ = ["MultiplierError", "parse_multipliers"]
+
+
+class MultiplierError(ValueError):
+    """A multiplier list that cannot be read; the message names the offending part."""
+
+
+def _number(text: str, whole: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise MultiplierError(f"multipliers '{whole}': '{text}' is not a number or start:stop:step") from None
+    if not math.isfinite(value):
+        raise MultiplierError(f"multipliers '{whole}': '{text}' is not finite; use numbers such as -2 or 0.5")
+    return value
+
+
+def _range(part: str, whole: str) -> list[float]:
+    pieces = part.split(":")
+    if len(pieces) != 3:
+        raise MultiplierError(f"multipliers '{whole}': '{part}' is not start:stop:step (e.g. -8:8:2)")
+    start, stop, step = (_number(piece.strip(), whole) for piece in pieces)
+    if step == 0 or (stop - start) * step < 0:
+        raise MultiplierError(f"multipliers '{whole}': step {step:g} in '{part}' never gets from {start:g} to {stop:g}")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + index * step, 10) for index in range(count)]
+
+
+def parse_multipliers(values: Union[str, Iterable[str]]) -> list[float]:
+    """The sorted, distinct multipliers written in `values` (one string or several).
+
+    `"-2,0,2"` -> [-2, 0, 2]; `"-1:1:0.5"` -> [-1, -0.5, 0, 0.5, 1]; `["-4", "0:4:4"]` -> [-4, 0, 4].
+    Raises `MultiplierError` for an empty list, a non-number, nan/inf, or a range that never ends.
+    """
+    texts = [values] if isinstance(values, str) else [str(value) for value in values]
+    whole = " ".join(texts)
+    found: list[float] = []
+    for text in texts:
+        for part in text.replace(" ", ",").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            found.extend(_range(part, whole) if ":" in part else [_number(part, whole)])
+    if not found:
+        raise MultiplierError(f"multipliers '{whole}': no values; give e.g. -2,0,2 or -8:8:2")
+    return sorted(set(found))
