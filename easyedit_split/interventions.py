@@ -20,10 +20,9 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .constants import INTERVENTION_COMPONENTS, INTERVENTION_METHODS
 from .errors import StorageError
-from .models import COMPONENTS, component_input_size, get_component_module, get_layer, hidden_size
-
-INTERVENTION_METHODS = ("vector", "lora", "local_weight")
+from .models import component_input_size, get_component_module, get_layer, hidden_size
 
 Multiplier = Union[float, int, torch.Tensor]
 
@@ -50,8 +49,8 @@ class DynamicWeightUpdate(nn.Module):
         super().__init__()
         if method not in INTERVENTION_METHODS:
             raise ValueError(f"intervention_method: '{method}' is not one of {INTERVENTION_METHODS}")
-        if component not in COMPONENTS:
-            raise ValueError(f"intervention_components: '{component}' is not one of {COMPONENTS}")
+        if component not in INTERVENTION_COMPONENTS:
+            raise ValueError(f"intervention_components: '{component}' is not one of {INTERVENTION_COMPONENTS}")
         if method != "vector" and not input_size:
             raise ValueError(f"intervention_method '{method}' needs input_size (width of the {component} input)")
         self.method = method

@@ -52,7 +52,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -74,16 +73,6 @@ from .replay import (
     replay_hidden_after_prefix,
     shared_prefix_length,
 )
-from .storage import (
-    METADATA_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    layer_file,
-    payload_to_update,
-    safe_torch_load,
-    save_concept_update,
-    save_interventions,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +89,9 @@ __all__ = [
     "train_layer",
     "train_method",
     "method_trainer",
-    "STATE_FILE_PATTERN",
+    "concept_groups",
 ]
 
-STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
 SUPPORTED_PAIRS = ("orig_add", "orig_sub")
 _REFERENCE_CHUNK = 64  # rows per unsteered scoring pass
 
@@ -613,39 +601,18 @@ def _nonfinite(message: str, update: DynamicWeightUpdate, last_good: Mapping[str
 
 Trained = dict[int, Union[DynamicWeightUpdate, dict[int, DynamicWeightUpdate]]]
 
-
-def _state_path(directory: Path, layer: int) -> Path:
-    return directory / STATE_FILE_PATTERN.format(layer=layer)
-
-
-def _finished_concepts(directory: Optional[Path], layer: int) -> list[int]:
-    if directory is None:
-        return []
-    path = _state_path(directory, layer)
-    if not path.exists():
-        return []
-    import json
-
-    try:
-        return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
-    except (ValueError, AttributeError) as error:
-        raise TrainingError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
+OnTrained = Callable[[int, int, DynamicWeightUpdate, TrainingLog], None]
+"""`(layer, concept_id, update, log)`, called after each (layer, concept) is trained (e.g. to save it)."""
 
 
-def _metadata(alg_name: str, hparams: Any, model: nn.Module, dataset_name: Optional[str], prepared_prefix: int, extra: dict) -> dict:
-    config = getattr(model, "config", None)
-    to_dict = getattr(hparams, "to_dict", None)
-    return {
-        "alg_name": alg_name,
-        "model": getattr(hparams, "model_name_or_path", None) or getattr(config, "_name_or_path", None),
-        "hidden_size": hidden_size(model),
-        "num_layers": num_layers(model),
-        "dataset": dataset_name,
-        "steering_prefix_length": prepared_prefix,
-        "trainer": "easyedit_split.training (fast replay path)",
-        "hparams": to_dict() if callable(to_dict) else None,
-        **extra,
-    }
+def concept_groups(pairs: Sequence[PolarityPair], hparams: Any) -> dict[int, list[PolarityPair]]:
+    """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
+    (as EasyEdit), each capped at `max_num_of_examples` pairs."""
+    groups = group_by_concept(pairs)
+    if len(groups) > 1 and hparams.max_concepts:
+        groups = dict(list(groups.items())[: int(hparams.max_concepts)])
+    cap = hparams.max_num_of_examples
+    return {cid: list(group[:cap] if cap else group) for cid, group in groups.items()}
 
 
 def train_method(
@@ -656,46 +623,33 @@ def train_method(
     tokenizer: Any,
     loss: PreferenceLoss,
     needs_reference: bool = False,
-    output_dir: Optional[Union[str, Path]] = None,
-    dataset_name: Optional[str] = None,
     progress: bool = True,
     fast: bool = True,
+    finished: Optional[Mapping[int, Mapping[int, DynamicWeightUpdate]]] = None,
+    on_trained: Optional[OnTrained] = None,
 ) -> Trained:
     """Train one intervention per layer in `hparams.layers` (and per concept for multi-concept data).
 
-    `output_dir` is the method's directory in EasyEdit's layout (`storage.intervention_dir(...)`,
-    e.g. `<out>/<dataset>/spilt_vector`); None (or `save_vectors: false`) keeps everything in
-    memory. Single-concept data returns `{layer: update}` and writes `layer_<L>.pt`;
-    multi-concept data (more than one `concept_id`) returns `{layer: {concept_id: update}}`
-    and stacks concepts in `layer_<L>.pt` as EasyEdit does. After each concept, its update
-    and then `train_state_layer_<L>.json` are written atomically; a restarted run skips the
-    concepts listed there.
+    Single-concept data returns `{layer: update}`; multi-concept data (more than one
+    `concept_id`) returns `{layer: {concept_id: update}}`. Nothing is written here: `finished`
+    (`{layer: {concept_id: update}}`, from an earlier run) is reused instead of trained, and
+    `on_trained` is called after every newly trained (layer, concept), in order; `producing`
+    uses both to save and resume.
     """
     _check_supported(hparams)
-    groups = group_by_concept(pairs)
+    groups = concept_groups(pairs, hparams)
     multi_concept = len(groups) > 1
-    max_concepts = getattr(hparams, "max_concepts", None)
-    if multi_concept and max_concepts:
-        groups = dict(list(groups.items())[: int(max_concepts)])
-    cap = getattr(hparams, "max_num_of_examples", None)
-    directory = Path(output_dir) if (output_dir is not None and getattr(hparams, "save_vectors", True)) else None
     for layer in hparams.layers:
         check_layer(model, layer)
-    prepared_by_concept = {cid: prepare_pairs(tokenizer, group[: cap] if cap else group, hparams) for cid, group in groups.items()}
-    prefix = next(iter(prepared_by_concept.values())).prefix_length
-    concept_names = {cid: group[0].concept for cid, group in groups.items()}
-    loss_dir = getattr(hparams, "loss_output_dir", None)
+    prepared_by_concept = {cid: prepare_pairs(tokenizer, group, hparams) for cid, group in groups.items()}
+    finished = finished or {}
     result: Trained = {}
-    done_layers: list[int] = []
     for layer in hparams.layers:
-        finished = _finished_concepts(directory, layer) if multi_concept else []
         per_concept: dict[int, DynamicWeightUpdate] = {}
         for concept_id, prepared in prepared_by_concept.items():
-            if concept_id in finished and directory is not None and layer_file(directory, layer).exists():
-                logger.info("layer %d: concept %d already trained (%s); skipped", layer, concept_id, _state_path(directory, layer))
-                per_concept[concept_id] = payload_to_update(
-                    safe_torch_load(layer_file(directory, layer)), concept_id=concept_id, source=str(layer_file(directory, layer))
-                )
+            if concept_id in finished.get(layer, {}):
+                logger.info("layer %d: concept %d already trained; skipped", layer, concept_id)
+                per_concept[concept_id] = finished[layer][concept_id]
                 continue
             label = f"{alg_name} layer {layer}" + (f" concept {concept_id}" if multi_concept else "")
             update, log = train_layer(
@@ -705,28 +659,9 @@ def train_method(
             logger.info("%s: %d optimizer steps in %.1f s, last loss %.4f", label, log.optimizer_steps, log.seconds,
                         log.losses[-1] if log.losses else float("nan"))
             per_concept[concept_id] = update
-            if loss_dir:
-                atomic_write_text(Path(loss_dir) / f"train_losses_{alg_name}_layer_{layer}_concept_{concept_id}.csv", log.to_csv())
-            if directory is not None and multi_concept:
-                save_concept_update(directory, layer, concept_id, update)
-                finished = sorted(set(finished) | {concept_id})
-                atomic_write_json(directory / METADATA_FILE, _metadata(
-                    alg_name, hparams, model, dataset_name, prefix,
-                    {"layers": sorted(set(done_layers) | {layer}), "intervention_method": update.method,
-                     "intervention_components": update.component,
-                     "concepts": {str(c): concept_names[c] for c in finished}},
-                ))
-                atomic_write_json(_state_path(directory, layer), {"alg_name": alg_name, "layer": layer, "finished_concepts": finished})
-        done_layers.append(layer)
-        if multi_concept:
-            result[layer] = per_concept
-        else:
-            result[layer] = next(iter(per_concept.values()))
-            if directory is not None:
-                save_interventions(
-                    directory, {layer: result[layer]},
-                    _metadata(alg_name, hparams, model, dataset_name, prefix, {"layers": sorted(done_layers)}),
-                )
+            if on_trained is not None:
+                on_trained(layer, concept_id, update, log)
+        result[layer] = per_concept if multi_concept else next(iter(per_concept.values()))
     return result
 
 
@@ -736,23 +671,23 @@ def method_trainer(
     needs_reference: Callable[[Any], bool] = lambda hparams: False,
     check: Optional[Callable[[Any], None]] = None,
 ) -> Callable[..., Trained]:
-    """The `train(hparams, pairs, model, tokenizer, output_dir=None, dataset_name=None, progress=True)`
-    entry point of a method that differs from the others only by its loss (see `train_method`)."""
+    """The `train(hparams, pairs, model, tokenizer, progress=True, **resume)` entry point of a method that
+    differs from the others only by its loss (see `train_method`; `resume`: `finished`, `on_trained`)."""
 
     def train(
         hparams: Any,
         pairs: Sequence[PolarityPair],
         model: nn.Module,
         tokenizer: Any,
-        output_dir: Optional[Union[str, Path]] = None,
-        dataset_name: Optional[str] = None,
         progress: bool = True,
+        finished: Optional[Mapping[int, Mapping[int, DynamicWeightUpdate]]] = None,
+        on_trained: Optional[OnTrained] = None,
     ) -> Trained:
         if check is not None:
             check(hparams)
         return train_method(
             alg_name, hparams, pairs, model, tokenizer, loss, needs_reference=needs_reference(hparams),
-            output_dir=output_dir, dataset_name=dataset_name, progress=progress,
+            progress=progress, finished=finished, on_trained=on_trained,
         )
 
     train.__doc__ = f"Train {alg_name} interventions with the shared trainer (see `training.train_method`)."

@@ -15,6 +15,7 @@ from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.replay import full_forward_nll
+from easyedit_split.producing import ConceptSaver
 from easyedit_split.storage import safe_torch_load
 from easyedit_split.training import (
     PreparedPairs, StepPlan, plan_step, prepare_pairs, step_loss, train_layer, train_method,
@@ -321,11 +322,28 @@ def test_training_moves_held_out_preference_towards_matching():
 # ----------------------------------------------------------------------------- NaN, saving, resume
 
 
+def _train_saving(hp, pairs, model, loss, out):
+    """The trainer with `producing`'s saver attached, as `producing.train_and_save` runs it."""
+    saver = ConceptSaver(out, hp, pairs, model, None, {})
+    return train_method("split", hp, pairs, model, WordTokenizer(), loss, progress=False,
+                        finished=saver.finished(), on_trained=saver)
+
+
+def test_trainer_writes_nothing(tmp_path, monkeypatch):
+    """The trainer only trains: no file appears, even with loss_output_dir set, without the saver."""
+    monkeypatch.chdir(tmp_path)
+    model = build_tiny_model("llama")
+    hp = make_hparams(n_epochs=1, loss_output_dir=str(tmp_path / "losses"))
+    result = train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, progress=False)
+    assert sorted(result) == [LAYER]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nan_loss_names_the_step_and_keeps_last_good_file(tmp_path):
     model = build_tiny_model("llama")
     hp = make_hparams(n_epochs=1)
     out = tmp_path / "spilt_vector"
-    train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    _train_saving(hp, word_pairs(), model, split_loss, out)
     saved = (out / f"layer_{LAYER}.pt").read_bytes()
     calls = []
 
@@ -335,8 +353,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_file(tmp_path):
         return value * float("nan") if len(calls) > 4 else value  # 2 chunks per batch: batch 2 fails
 
     with pytest.raises(TrainingError, match=r"batch 2 \(step 2\)") as error:
-        train_method("split", dataclasses.replace(hp, seed=9), word_pairs(), model, WordTokenizer(), poisoned,
-                     output_dir=out, progress=False)
+        _train_saving(dataclasses.replace(hp, seed=9), word_pairs(), model, poisoned, out)
     assert "optimizer step 2" in str(error.value)
     good = error.value.last_good_update
     assert torch.isfinite(good.bias).all()
@@ -348,7 +365,7 @@ def test_single_concept_is_saved_in_easyedit_layout(tmp_path):
     model = build_tiny_model("qwen2")
     out = tmp_path / "sentiment" / "spilt_lora"
     hp = make_hparams(intervention_method="lora", layers=[1, LAYER], n_epochs=1)
-    result = train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    result = _train_saving(hp, word_pairs(), model, split_loss, out)
     assert sorted(result) == [1, LAYER]
     payload = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert set(payload) >= {"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}
@@ -357,6 +374,7 @@ def test_single_concept_is_saved_in_easyedit_layout(tmp_path):
 
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["layers"] == [1, LAYER] and meta["alg_name"] == "split"
+    assert (meta["hidden_size"], meta["num_layers"], meta["intervention_method"]) == (32, model.config.num_hidden_layers, "lora")
 
 
 def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, monkeypatch):
@@ -375,7 +393,7 @@ def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, mo
 
     monkeypatch.setattr(training, "train_layer", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+        _train_saving(hp, pairs, model, split_loss, out)
     assert trained == [0]
     first = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert first.shape == (1, 32)
@@ -385,7 +403,7 @@ def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, mo
         return real_train_layer(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_layer", counting)
-    result = train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    result = _train_saving(hp, pairs, model, split_loss, out)
     assert trained == [0, 1, 2]  # concept 0 was not trained again
     stacked = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert stacked.shape == (3, 32)
