@@ -22,8 +22,8 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   the chat template's common prefix (EasyEdit's `prefix_length`; with `exclude_bos: false`,
   from position 0) to the end. `intervention_positions_dropout` drops positions at random.
 * null_it_out. For a vector `v`, a row with factor 0 has the positive part of its
-  component along `v` removed: `h <- h - relu(h.v)/|v|^2 * v` at every steered position,
-  as EasyEdit's vector intervention does (gradients reach `v`). For `lora` and
+  component along `v` removed at every steered position, as EasyEdit's vector intervention
+  does (the null-it-out operator of `interventions.DynamicWeightUpdate.apply`; gradients reach `v`). For `lora` and
   `local_weight`, EasyEdit multiplies the update by the factor, so factor 0 is no steering;
   we do the same.
 
@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
-from .interventions import DynamicWeightUpdate, attach
+from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, get_layer, hidden_size, model_device, num_layers
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, steering_prefix_length
 from .replay import (
@@ -310,24 +310,6 @@ def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generat
     )
 
 
-class _NullItOut:
-    """Forward hook: `h <- h - relu(h.v)/|v|^2 * v` on the rows marked null (vectors only)."""
-
-    def __init__(self, update: DynamicWeightUpdate, null_rows: torch.Tensor, positions: Optional[torch.Tensor]):
-        self.update, self.null_rows, self.positions = update, null_rows, positions
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
-        vector = self.update.bias
-        coefficient = torch.relu(hidden.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
-        coefficient = coefficient * self.null_rows.to(coefficient.device, coefficient.dtype).unsqueeze(1)
-        if self.positions is not None:
-            coefficient = coefficient * self.positions.to(coefficient.dtype)
-        direction = self.update.dropout(vector.expand(hidden.shape[0], -1)).unsqueeze(1)  # [rows, 1, hidden]
-        projected = hidden - (coefficient.unsqueeze(-1) * direction).to(hidden.dtype)
-        return (projected,) + tuple(output[1:]) if isinstance(output, tuple) else projected
-
-
 def _plain_nll(model: nn.Module, batch: TokenBatch, rows: torch.Tensor) -> CompletionNLL:
     """Full forward of `rows` (trimmed to their longest sequence), NLL of their completions."""
     rows = rows.to(batch.input_ids.device)
@@ -360,21 +342,15 @@ def _steered_nll(
             keep = torch.rand(len(rows), end, generator=generator) >= positions_dropout
             positions = positions * keep.to(device)
         positions = positions[:, start:]
-    handle = attach(model, {layer: update}, multipliers.to(device), positions=positions)
-    hooks = []
-    try:
-        if update.method == "vector" and bool(null_rows.any()):
-            hooks.append(get_layer(model, layer).register_forward_hook(_NullItOut(update, null_rows, positions)))
+    # null_it_out rows (factor 0) of a vector: the projection operator; lora/local_weight: factor 0 is no steering
+    null_out = null_rows.to(device) if update.method == "vector" and bool(null_rows.any()) else None
+    with InterventionHandle(model, {layer: update}, multipliers.to(device), positions=positions, null_out=null_out):
         if fast:
             captured = prepared.captured
             if captured is None or captured.start_layer != layer:
                 raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
             return prepared.replay_nll(model, rows)
         return _plain_nll(model, batch, rows)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        handle.remove()
 
 
 def step_loss(
