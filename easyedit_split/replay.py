@@ -311,12 +311,17 @@ def completion_nll(
 
 def full_forward_nll(
     model: nn.Module, batch: TokenBatch, updates: Mapping[int, DynamicWeightUpdate], multipliers: Any = 1.0,
-    positions: Optional[torch.Tensor] = None,
+    positions: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None,
 ) -> CompletionNLL:
     """The plain path: a full forward of the whole model (the reference the fast path must equal).
 
-    `positions` ([batch, seq]) limits where the updates act, as `attach` does.
+    `rows` selects rows of `batch`, trimmed to the longest of them; `positions` ([rows, seq] of
+    that selection) limits where the updates act, as `attach` does.
     """
+    if rows is not None:
+        rows = rows.to(batch.input_ids.device)
+        width = int(batch.attention_mask.index_select(0, rows).sum(dim=1).max())
+        batch = TokenBatch(*(t.index_select(0, rows)[:, :width] for t in (batch.input_ids, batch.attention_mask, batch.labels)))
     with attach(model, updates, multipliers, positions=positions):
         output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
                        output_hidden_states=False)

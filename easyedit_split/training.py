@@ -69,6 +69,7 @@ from .replay import (
     PrefixKeyValues,
     capture_layer_inputs,
     capture_prefix,
+    full_forward_nll,
     nll_from_hidden,
     replay_hidden_after_prefix,
     shared_prefix_length,
@@ -225,7 +226,7 @@ class PreparedPairs:
                 if fast and self.captured is not None:
                     sums.append(self.replay_nll(model, rows).sum)
                 else:
-                    sums.append(_plain_nll(model, self.batch, rows).sum)
+                    sums.append(full_forward_nll(model, self.batch, {}, rows=rows).sum)
         self.reference_nll = torch.cat(sums)
         return self.reference_nll
 
@@ -310,21 +311,6 @@ def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generat
     )
 
 
-def _plain_nll(model: nn.Module, batch: TokenBatch, rows: torch.Tensor) -> CompletionNLL:
-    """Full forward of `rows` (trimmed to their longest sequence), NLL of their completions."""
-    rows = rows.to(batch.input_ids.device)
-    width = int(batch.attention_mask.index_select(0, rows).sum(dim=1).max())
-    input_ids = batch.input_ids.index_select(0, rows)[:, :width]
-    attention_mask = batch.attention_mask.index_select(0, rows)[:, :width]
-    labels = batch.labels.index_select(0, rows)[:, :width]
-    output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    logits = output.logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
-    return CompletionNLL(token_nll.sum(dim=1), mask.sum(dim=1))
-
-
 def _steered_nll(
     model: nn.Module, prepared: PreparedPairs, layer: int, update: DynamicWeightUpdate,
     rows: torch.Tensor, multipliers: torch.Tensor, null_rows: torch.Tensor,
@@ -350,7 +336,7 @@ def _steered_nll(
             if captured is None or captured.start_layer != layer:
                 raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
             return prepared.replay_nll(model, rows)
-        return _plain_nll(model, batch, rows)
+        return full_forward_nll(model, batch, {}, rows=rows)
 
 
 def step_loss(
@@ -386,7 +372,7 @@ def step_loss(
             target_ref, opposite_ref = reference[plan.target_rows], reference[plan.opposite_rows]
         else:
             with torch.no_grad():
-                reference = _plain_nll(model, prepared.batch, rows).sum
+                reference = full_forward_nll(model, prepared.batch, {}, rows=rows).sum
             target_ref, opposite_ref = reference[:n], reference[n:]
     terms = LossTerms(
         target_nll_sum=nll.sum[:n], target_count=nll.count[:n],
