@@ -57,6 +57,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
@@ -425,9 +426,9 @@ def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
     return update
 
 
-def _lr_lambda(total_steps: int) -> Callable[[int], float]:
-    """Linear decay from 1 to 0 over `total_steps`, no warm-up (`get_linear_schedule_with_warmup(opt, 0, total)`)."""
-    return lambda step: max(0.0, float(total_steps - step) / float(max(1, total_steps)))
+def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear decay of the learning rate from `lr` to 0 over `total_steps`, no warm-up (EasyEdit's schedule)."""
+    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total_steps)
 
 
 def _snapshot(update: nn.Module) -> dict[str, torch.Tensor]:
@@ -506,7 +507,7 @@ def train_layer(
             prepared.compute_reference(model, fast=True)
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(update.parameters(), lr=float(hparams.lr), weight_decay=float(hparams.weight_decay))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps))
+        scheduler = linear_decay(optimizer, total_steps)
         last_good = _snapshot(update)
         bar = tqdm(total=total_steps, desc=description or f"layer {layer}", disable=not progress, leave=False)
         batch_index = 0

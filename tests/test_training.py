@@ -262,8 +262,17 @@ def test_base_model_is_frozen_during_training_and_restored_after():
 
 
 def test_schedule_is_linear_decay_without_warmup():
-    schedule = training._lr_lambda(4)
-    assert [schedule(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = training.linear_decay(optimizer, 4)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0], abs=1e-12)
+    stalled = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    training.linear_decay(stalled, 0)
+    assert stalled.param_groups[0]["lr"] == 0.0  # 0 scheduled steps: learning rate 0, as in EasyEdit
 
 
 def test_gradient_accumulation_counts_optimizer_steps_as_easyedit():
