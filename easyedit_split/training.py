@@ -27,7 +27,7 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   `local_weight`, EasyEdit multiplies the update by the factor, so factor 0 is no steering;
   we do the same.
 
-The fast path (DESIGN 5): all sequences are tokenized once; the inputs of the trained layer
+The fast path: all sequences are tokenized once; the inputs of the trained layer
 are captured once per layer by `replay.capture_layer_inputs`, and the keys/values there of the
 chat-template prefix (identical in every row, never steered) once by `replay.capture_prefix`;
 each step replays only layers `l..N`, only at the positions after that prefix and up to the
