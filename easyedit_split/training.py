@@ -52,7 +52,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -75,6 +75,9 @@ from .replay import (
     replay_hidden_after_prefix,
     shared_prefix_length,
 )
+
+if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
+    from .hparams import GradientTrainHyperParams
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +158,7 @@ class LossTerms:
         return LossTerms(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
-PreferenceLoss = Callable[[LossTerms, Any], torch.Tensor]
+PreferenceLoss = Callable[[LossTerms, "GradientTrainHyperParams"], torch.Tensor]
 """`(terms, hparams) -> scalar loss` of one minibatch chunk; a method is one of these."""
 
 
@@ -235,7 +238,7 @@ class PreparedPairs:
         return self.batch.labels.index_select(0, rows.to(self.batch.labels.device))
 
 
-def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -> PreparedPairs:
+def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> PreparedPairs:
     """Tokenize every pair once (chat template, joining and masking of `prompts`)."""
     if not pairs:
         raise TrainingError("no training pairs: the dataset (or concept) is empty")
@@ -244,7 +247,7 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -
     for pair in pairs:
         encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.matching))
         encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.not_matching))
-    max_length = getattr(hparams, "output_length", None)
+    max_length = hparams.output_length
     batch = collate(encoded, tokenizer.pad_token_id, max_length)
     empty = ((batch.labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
@@ -253,7 +256,7 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -
             f"pair {example} ({pairs[example].question[:40]!r}...): its completion is cut off by "
             f"output_length={max_length}; raise output_length"
         )
-    prefix = steering_prefix_length(tokenizer, fmt, bool(getattr(hparams, "exclude_bos", True)))
+    prefix = steering_prefix_length(tokenizer, fmt, hparams.exclude_bos)
     return PreparedPairs(batch, prefix)
 
 
@@ -274,28 +277,28 @@ class StepPlan:
         return self.target_rows.shape[0]
 
 
-def _check_supported(hparams: Any) -> None:
-    pairs = list(getattr(hparams, "preference_pairs", ["orig_add"]))
+def _check_supported(hparams: GradientTrainHyperParams) -> None:
+    pairs = list(hparams.preference_pairs)
     unsupported = [p for p in pairs if p not in SUPPORTED_PAIRS]
     if unsupported:
         raise HparamsError(
             f"key 'preference_pairs': {unsupported} need steered inputs (EasyEdit's "
             f"'<steering_prompt_type>_steered_input' columns), which polarity pairs do not have; use {list(SUPPORTED_PAIRS)}"
         )
-    if getattr(hparams, "intervention_positions", "all") != "all":
+    if hparams.intervention_positions != "all":
         raise HparamsError(
             f"key 'intervention_positions': only 'all' is supported by the trainer, got {hparams.intervention_positions!r}"
         )
-    if getattr(hparams, "intervention_type", "addition") != "addition":
+    if hparams.intervention_type != "addition":
         raise HparamsError(f"key 'intervention_type': only 'addition' is trained, got {hparams.intervention_type!r}")
-    if getattr(hparams, "inference", False):
+    if hparams.inference:
         raise HparamsError("key 'inference': score-only runs are not done by the trainer; use the evaluator")
 
 
-def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generator) -> StepPlan:
+def plan_step(example_ids: Sequence[int], hparams: GradientTrainHyperParams, generator: torch.Generator) -> StepPlan:
     """Expand examples into rows (example-major, then `preference_pairs`) and draw their factors."""
     factors_table = [float(f) for f in hparams.steering_factors]
-    null_out = getattr(hparams, "substraction_type", "normal") == "null_it_out"
+    null_out = hparams.substraction_type == "null_it_out"
     targets, opposites, factors, nulls = [], [], [], []
     for example in example_ids:
         matching, not_matching = 2 * int(example), 2 * int(example) + 1
@@ -347,7 +350,7 @@ def step_loss(
     update: DynamicWeightUpdate,
     plan: StepPlan,
     loss: PreferenceLoss,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     needs_reference: bool = False,
     fast: bool = True,
     generator: Optional[torch.Generator] = None,
@@ -363,7 +366,7 @@ def step_loss(
     null_rows = torch.cat([plan.null_rows, plan.null_rows])
     nll = _steered_nll(
         model, prepared, layer, update, rows, multipliers, null_rows,
-        float(getattr(hparams, "intervention_positions_dropout", 0.0) or 0.0), generator, fast,
+        float(hparams.intervention_positions_dropout), generator, fast,
     )
     lengths = prepared.lengths
     target_ref = opposite_ref = None
@@ -407,7 +410,7 @@ class TrainingLog:
         return out.getvalue()
 
 
-def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
+def new_update(model: nn.Module, hparams: GradientTrainHyperParams) -> DynamicWeightUpdate:
     """A fresh intervention as EasyEdit initialises it (call under a seeded RNG).
 
     vector: uniform in +-1/sqrt(hidden) (EasyEdit's `nn.Linear` init; a zero vector would make
@@ -415,9 +418,9 @@ def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
     """
     method = hparams.intervention_method
     update = DynamicWeightUpdate.for_model(
-        model, method, component=getattr(hparams, "intervention_components", "mlp_mid") if method != "vector" else "block",
-        rank=int(getattr(hparams, "low_rank_dimension", 1) or 1), dropout=float(getattr(hparams, "dropout", 0.0) or 0.0),
-        alpha=getattr(hparams, "lora_alpha", None) if method == "lora" else None,
+        model, method, component=hparams.intervention_components if method != "vector" else "block",
+        rank=int(hparams.low_rank_dimension), dropout=float(hparams.dropout),
+        alpha=hparams.lora_alpha if method == "lora" else None,
     )
     if method == "vector":
         bound = 1.0 / math.sqrt(hidden_size(model))
@@ -463,7 +466,7 @@ class _FrozenModel:
 def train_layer(
     model: nn.Module,
     prepared: PreparedPairs,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     layer: int,
     loss: PreferenceLoss,
     needs_reference: bool = False,
@@ -481,12 +484,12 @@ def train_layer(
     """
     _check_supported(hparams)
     check_layer(model, layer)
-    seed = int(getattr(hparams, "seed", 42))
+    seed = int(hparams.seed)
     device = model_device(model)
     prepared = prepared if prepared.batch.input_ids.device == device else prepared.to(device)
     n_examples = prepared.n_examples
     batch_size = int(hparams.batch_size)
-    accumulation = int(getattr(hparams, "gradient_accumulation_steps", 1) or 1)
+    accumulation = int(hparams.gradient_accumulation_steps)
     batches_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = int(hparams.n_epochs) * (batches_per_epoch // accumulation)
     if total_steps == 0 and int(hparams.n_epochs) > 0:
@@ -568,7 +571,7 @@ OnTrained = Callable[[int, int, DynamicWeightUpdate, TrainingLog], None]
 """`(layer, concept_id, update, log)`, called after each (layer, concept) is trained (e.g. to save it)."""
 
 
-def concept_groups(pairs: Sequence[PolarityPair], hparams: Any) -> dict[int, list[PolarityPair]]:
+def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> dict[int, list[PolarityPair]]:
     """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
     (as EasyEdit), each capped at `max_num_of_examples` pairs."""
     groups = group_by_concept(pairs)
@@ -580,7 +583,7 @@ def concept_groups(pairs: Sequence[PolarityPair], hparams: Any) -> dict[int, lis
 
 def train_method(
     alg_name: str,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     pairs: Sequence[PolarityPair],
     model: nn.Module,
     tokenizer: Any,
@@ -638,7 +641,7 @@ def method_trainer(
     differs from the others only by its loss (see `train_method`; `resume`: `finished`, `on_trained`)."""
 
     def train(
-        hparams: Any,
+        hparams: GradientTrainHyperParams,
         pairs: Sequence[PolarityPair],
         model: nn.Module,
         tokenizer: Any,

@@ -1,4 +1,4 @@
-"""Activation-manifold probe: how far steered activations leave the unsteered manifold (DESIGN 1.4).
+"""Activation-manifold probe: how far steered activations leave the unsteered manifold.
 
 Reference: unsteered activations (every real token of the scored rows: prompt and both
 completions) at the steered layer and a few later layers. Two estimates of the manifold:
