@@ -15,6 +15,7 @@ restores the plain Hugging Face model.
 """
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -212,8 +213,6 @@ class DynamicWeightUpdate(nn.Module):
 
 
 def _clone(update: DynamicWeightUpdate) -> DynamicWeightUpdate:
-    import copy
-
     return copy.deepcopy(update)
 
 

@@ -26,7 +26,7 @@ import argparse
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -36,7 +36,9 @@ from torch import nn
 
 from .data import PolarityPair, group_by_concept, load_dataset
 from .errors import StorageError, TrainingError
+from .hparams import load_hparams
 from .interventions import DynamicWeightUpdate
+from .models import load_model_and_tokenizer
 from .producing import train_and_save
 from .registry import get_method
 from .storage import (
@@ -204,11 +206,6 @@ def _parse_set(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from dataclasses import replace
-
-    from .hparams import load_hparams
-    from .models import load_model_and_tokenizer
-
     parser = argparse.ArgumentParser(description="Train a multi-concept dataset's concepts across processes "
                                      "(run under `accelerate launch --num_processes N`), merged into EasyEdit's layout.")
     parser.add_argument("--hparams", required=True, help="a generate_<method>_<intervention>.yaml file")

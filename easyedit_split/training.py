@@ -62,7 +62,7 @@ from transformers import get_linear_schedule_with_warmup
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, InterventionHandle
-from .models import check_layer, get_layer, hidden_size, model_device, num_layers
+from .models import check_layer, hidden_size, model_device
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, steering_prefix_length
 from .replay import (
     CapturedInputs,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import hidden_to_logits, model_device, num_layers
@@ -284,8 +285,6 @@ def score_encoded_pairs(
     total_rows = n_pairs * rows_per_pair * n_mult
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total_rows, desc=desc, unit="row", leave=False)
     try:
         with torch.no_grad():
