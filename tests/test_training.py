@@ -434,3 +434,14 @@ def test_prepare_pairs_masks_prompt_and_skips_the_bos_prefix():
     labels = prepared.batch.labels
     assert (labels[0] != IGNORE_INDEX).sum() == 3 and (labels[1] != IGNORE_INDEX).sum() == 3
     assert prepare_pairs(WordTokenizer(), word_pairs(2), make_hparams(exclude_bos=False)).prefix_length == 0
+
+
+def test_saver_writes_the_loss_log_of_each_concept(tmp_path):
+    """Loss logs moved with the other files: `producing` writes one CSV row per batch, after training."""
+    model = build_tiny_model("llama")
+    hp = make_hparams(n_epochs=1, loss_output_dir=str(tmp_path / "losses"))
+    _train_saving(hp, word_pairs(), model, split_loss, tmp_path / "spilt_vector")
+    rows = (tmp_path / "losses" / f"train_losses_split_layer_{LAYER}_concept_0.csv").read_text().splitlines()
+    assert rows[0] == "layer,concept_id,batch,loss"
+    n_batches = -(-len(word_pairs()) // hp.batch_size)
+    assert len(rows) == 1 + n_batches and all(row.startswith(f"{LAYER},0,") for row in rows[1:])
