@@ -8,11 +8,14 @@
 | local_weight   | dW = weight, db = bias             | the component input  |
 
 The multiplier `m` is a float or a tensor with one value per batch row, so a sweep of
-multipliers runs as one batched forward. Hooks never replace modules: removing the handle
+multipliers runs as one batched forward. A vector update has a second operator, null-it-out
+(RePS's subtraction rows): `h <- h - relu(h . v) / |v|^2 * v` removes the positive component of
+`h` along `v`, chosen per row (`DynamicWeightUpdate.apply`). Hooks never replace modules: removing the handle
 restores the plain Hugging Face model.
 """
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -20,10 +23,9 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .constants import INTERVENTION_COMPONENTS, INTERVENTION_METHODS
 from .errors import StorageError
-from .models import COMPONENTS, component_input_size, get_component_module, get_layer, hidden_size
-
-INTERVENTION_METHODS = ("vector", "lora", "local_weight")
+from .models import component_input_size, get_component_module, get_layer, hidden_size
 
 Multiplier = Union[float, int, torch.Tensor]
 
@@ -50,8 +52,8 @@ class DynamicWeightUpdate(nn.Module):
         super().__init__()
         if method not in INTERVENTION_METHODS:
             raise ValueError(f"intervention_method: '{method}' is not one of {INTERVENTION_METHODS}")
-        if component not in COMPONENTS:
-            raise ValueError(f"intervention_components: '{component}' is not one of {COMPONENTS}")
+        if component not in INTERVENTION_COMPONENTS:
+            raise ValueError(f"intervention_components: '{component}' is not one of {INTERVENTION_COMPONENTS}")
         if method != "vector" and not input_size:
             raise ValueError(f"intervention_method '{method}' needs input_size (width of the {component} input)")
         self.method = method
@@ -148,6 +150,41 @@ class DynamicWeightUpdate(nn.Module):
         update = self.dropout(update)
         return (multiplier.to(update.dtype) * update).to(out_dtype)
 
+    def apply(
+        self,
+        hidden: torch.Tensor,
+        x: Optional[torch.Tensor],
+        multiplier: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        null_out: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The steered hidden states `h'` of a layer whose output is `hidden` [batch, seq, hidden].
+
+        add (every row):     h' = h + m * (x @ dW + db) * p
+        null-it-out (rows where `null_out` [batch] is True; vectors only), then:
+                             h' <- h' - relu(h' . v) / |v|^2 * (v * p)
+
+        `p` is `positions` [batch, seq] (1 where the update acts; None: everywhere); the
+        null-it-out rows normally have `m = 0`, so for them `h' = h - relu(h . v) / |v|^2 * v`.
+        Dropout (training mode) acts on the delta and, with a separate draw, on `v`.
+        Gradients reach the update's parameters through both operators.
+        """
+        delta = self.delta(x, multiplier, hidden.dtype)
+        if positions is not None:
+            delta = delta * positions.to(delta.dtype).unsqueeze(-1)
+        steered = hidden + delta
+        if null_out is None:
+            return steered
+        if self.method != "vector":
+            raise ValueError(f"null-it-out projects a direction out: it needs a vector update, not '{self.method}'")
+        vector = self.bias
+        coefficient = torch.relu(steered.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
+        coefficient = coefficient * null_out.to(coefficient.device, coefficient.dtype).unsqueeze(1)
+        if positions is not None:
+            coefficient = coefficient * positions.to(coefficient.dtype)
+        direction = self.dropout(vector.expand(steered.shape[0], -1)).unsqueeze(1)  # [rows, 1, hidden]
+        return steered - (coefficient.unsqueeze(-1) * direction).to(steered.dtype)
+
     def extra_repr(self) -> str:
         shape = {"vector": f"v[{self.hidden_size}]", "lora": f"A[{self.input_size},{self.rank}]@B[{self.rank},{self.hidden_size}]",
                  "local_weight": f"W[{self.input_size},{self.hidden_size}]+b[{self.hidden_size}]"}[self.method]
@@ -176,8 +213,6 @@ class DynamicWeightUpdate(nn.Module):
 
 
 def _clone(update: DynamicWeightUpdate) -> DynamicWeightUpdate:
-    import copy
-
     return copy.deepcopy(update)
 
 
@@ -230,7 +265,9 @@ class InterventionHandle:
 
     `multiplier` can be changed between forwards (`handle.multiplier = torch.tensor([...])`);
     `positions`, an optional [batch, seq] mask, limits where the delta is added (applied when the
-    hidden states have that shape, e.g. not to single-token decoding steps).
+    hidden states have that shape, e.g. not to single-token decoding steps). `null_out`, an
+    optional [batch] bool mask, selects the rows steered by null-it-out instead (vector updates;
+    see `DynamicWeightUpdate.apply`).
     """
 
     def __init__(
@@ -239,11 +276,13 @@ class InterventionHandle:
         updates: Mapping[int, DynamicWeightUpdate],
         multiplier: Multiplier = 1.0,
         positions: Optional[torch.Tensor] = None,
+        null_out: Optional[torch.Tensor] = None,
     ) -> None:
         self.model = model
         self.updates = dict(updates)
         self.multiplier = multiplier
         self.positions = positions
+        self.null_out = null_out
         self._inputs: dict[int, torch.Tensor] = {}
         self._hooks: list[Any] = []
         try:
@@ -278,7 +317,7 @@ class InterventionHandle:
             hidden = output[0] if isinstance(output, tuple) else output
             multiplier = self._multiplier.to(hidden.device)
             if multiplier.dim() == 0:
-                if multiplier.item() == 0.0:
+                if multiplier.item() == 0.0 and self.null_out is None:
                     return output  # m = 0: bit-identical to the unsteered model
                 scale = multiplier
             else:
@@ -288,10 +327,8 @@ class InterventionHandle:
                     )
                 scale = multiplier.view(-1, 1, 1)
             x = self._inputs.pop(layer, None) if update.reads_input else None
-            delta = update.delta(x, scale, hidden.dtype)
-            if self.positions is not None and self.positions.shape == hidden.shape[:2]:
-                delta = delta * self.positions.to(delta.dtype).unsqueeze(-1)
-            steered = hidden + delta
+            positions = self.positions if self.positions is not None and self.positions.shape == hidden.shape[:2] else None
+            steered = update.apply(hidden, x, scale, positions, self.null_out)
             if isinstance(output, tuple):
                 return (steered,) + tuple(output[1:])
             return steered

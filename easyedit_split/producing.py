@@ -1,21 +1,39 @@
 """Run the method named by `alg_name` on polarity pairs and save the result in EasyEdit's layout.
 
-One implementation behind `SteerEditor.train`, `examples/run_split.py` and the hydra scripts.
-Trained methods save (and resume) through the shared trainer; CAA is saved here, one stacked
-row per concept for multi-concept data.
+One implementation behind `SteerEditor.train`, `examples/run_split.py`, the hydra scripts, the
+EasyEdit integration and `sharding`. The trainer only trains; saving, the loss logs, the
+metadata and the resume state of multi-concept runs are written here, after each concept, so
+an interrupted run loses at most the concept in progress. CAA (no training) is saved here too,
+one stacked row per concept for multi-concept data.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
 from .data import PolarityPair, group_by_concept
-from .hparams import canonical_alg_name
-from .models import get_decoder_layers, hidden_size
+from .interventions import DynamicWeightUpdate
 from .registry import get_method
-from .storage import atomic_write_json, intervention_dir, save_concept_update, save_interventions
+from .storage import (
+    METADATA_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    intervention_dir,
+    intervention_metadata,
+    layer_file,
+    payload_to_update,
+    read_finished_concepts,
+    safe_torch_load,
+    save_concept_update,
+    save_interventions,
+    write_train_state,
+)
+from .training import TrainingLog, concept_groups
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
@@ -28,22 +46,105 @@ def train_to_dir(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, 
     saving) and `{layer: update}` (`{layer: {concept_id: update}}` for multi-concept data).
     """
     spec = get_method(hparams.alg_name)
-    method = getattr(hparams, "intervention_method", "vector") if spec.trained else "vector"
-    save = bool(getattr(hparams, "save_vectors", True)) and output_root is not None
+    method = hparams.intervention_method if spec.trained else "vector"
+    save = hparams.save_vectors and output_root is not None
     directory = intervention_dir(output_root, dataset_name, hparams.alg_name, method) if save else None
-    if spec.trained:
-        updates = spec.train_function()(hparams, list(pairs), model, tokenizer, output_dir=directory, dataset_name=dataset_name)
-        return directory, updates
+    return directory, train_and_save(hparams, pairs, model, tokenizer, directory, dataset_name)
+
+
+def train_and_save(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokenizer: Any,
+                   directory: Optional[PathLike], dataset_name: Optional[str] = None, progress: bool = True,
+                   **metadata: Any) -> dict:
+    """Train (or compute) `hparams.alg_name` and, unless `directory` is None, save it there.
+
+    `directory` is the method directory itself (e.g. `<out>/<dataset>/spilt_vector`). A
+    multi-concept run resumes: concepts listed in `train_state_layer_<L>.json` are read back,
+    not retrained. `metadata` keys are added to `metadata.json`.
+    """
+    spec = get_method(hparams.alg_name)
+    if not spec.trained:
+        return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, directory, dataset_name, metadata)
+    saver = None if directory is None else ConceptSaver(Path(directory), hparams, pairs, model, dataset_name, metadata)
+    return spec.train_function()(
+        hparams, list(pairs), model, tokenizer, progress=progress,
+        finished=saver.finished() if saver is not None else None,
+        on_trained=saver if saver is not None else _loss_log_writer(hparams),
+    )
+
+
+def _write_loss_log(hparams: Any, layer: int, concept_id: int, log: TrainingLog) -> None:
+    if hparams.loss_output_dir:
+        name = f"train_losses_{hparams.alg_name}_layer_{layer}_concept_{concept_id}.csv"
+        atomic_write_text(Path(hparams.loss_output_dir) / name, log.to_csv())
+
+
+def _loss_log_writer(hparams: Any):
+    return lambda layer, concept_id, update, log: _write_loss_log(hparams, layer, concept_id, log)
+
+
+class ConceptSaver:
+    """The trainer's `on_trained` callback: saves each (layer, concept) as soon as it is trained.
+
+    Single concept: `layer_<L>.pt` and `metadata.json` after each layer. Multi-concept: the
+    concept's row (or entry) in the stacked `layer_<L>.pt`, then `metadata.json`, then the resume
+    state `train_state_layer_<L>.json`, each atomically.
+    """
+
+    def __init__(self, directory: Path, hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module,
+                 dataset_name: Optional[str], extra: dict) -> None:
+        self.directory, self.hparams, self.model, self.dataset_name, self.extra = directory, hparams, model, dataset_name, extra
+        groups = concept_groups(pairs, hparams)
+        self.multi_concept = len(groups) > 1
+        self.concept_names = {cid: group[0].concept for cid, group in groups.items()}
+        self.saved: dict[int, dict[int, DynamicWeightUpdate]] = {}
+
+    def finished(self) -> dict[int, dict[int, DynamicWeightUpdate]]:
+        """Concepts an earlier run saved, `{layer: {concept_id: update}}` (multi-concept runs only)."""
+        if not self.multi_concept:
+            return {}
+        done: dict[int, dict[int, DynamicWeightUpdate]] = {}
+        for layer in self.hparams.layers:
+            path = layer_file(self.directory, layer)
+            concepts = read_finished_concepts(self.directory, layer) if path.exists() else []
+            if concepts:
+                payload = safe_torch_load(path)
+                done[layer] = {cid: payload_to_update(payload, concept_id=cid, source=str(path)) for cid in concepts}
+                logger.info("%s: concepts %s already trained (resume state); not retrained", path, concepts)
+        self.saved = {layer: dict(updates) for layer, updates in done.items()}
+        return done
+
+    def __call__(self, layer: int, concept_id: int, update: DynamicWeightUpdate, log: TrainingLog) -> None:
+        _write_loss_log(self.hparams, layer, concept_id, log)
+        self.saved.setdefault(layer, {})[concept_id] = update
+        if not self.multi_concept:
+            updates = {saved_layer: concepts[concept_id] for saved_layer, concepts in self.saved.items()}
+            save_interventions(self.directory, updates, self._metadata(updates))
+            return
+        save_concept_update(self.directory, layer, concept_id, update)
+        finished = sorted(self.saved[layer])
+        atomic_write_json(self.directory / METADATA_FILE, self._metadata(
+            self.saved, concepts={str(c): self.concept_names[c] for c in finished}))
+        write_train_state(self.directory, layer, finished, alg_name=self.hparams.alg_name)
+
+    def _metadata(self, updates: dict, **extra: Any) -> dict:
+        return intervention_metadata(updates, alg_name=self.hparams.alg_name, hparams=self.hparams, model=self.model,
+                                     dataset=self.dataset_name, **extra, **self.extra)
+
+
+def _compute_and_save(train: Any, hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokenizer: Any,
+                      directory: Optional[PathLike], dataset_name: Optional[str], extra: dict) -> dict:
+    """A method without training (CAA): one result per concept, saved (stacked for multi-concept data)."""
     groups = group_by_concept(pairs)
-    train = spec.train_function()
-    meta = {"alg_name": canonical_alg_name(hparams.alg_name), "dataset": dataset_name, "hidden_size": hidden_size(model),
-            "num_layers": len(get_decoder_layers(model)), "model": str(getattr(hparams, "model_name_or_path", "")),
-            "model_type": getattr(model.config, "model_type", None), "hparams": hparams.to_dict()}
+
+    def metadata(updates: dict, **more: Any) -> dict:
+        return intervention_metadata(updates, alg_name=hparams.alg_name, hparams=hparams, model=model,
+                                     dataset=dataset_name, **more, **extra)
+
     if len(groups) == 1:
         updates = train(hparams, list(pairs), model, tokenizer)
         if directory is not None:
-            save_interventions(directory, updates, meta)
-        return directory, updates
+            save_interventions(directory, updates, metadata(updates))
+        return updates
     result: dict = {layer: {} for layer in hparams.layers}
     for concept_id, group in groups.items():  # multi-concept CAA: one vector per concept, stacked rows
         for layer, update in train(hparams, group, model, tokenizer).items():
@@ -51,5 +152,5 @@ def train_to_dir(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, 
             if directory is not None:
                 save_concept_update(directory, layer, concept_id, update)
     if directory is not None:
-        atomic_write_json(directory / "metadata.json", {**meta, "layers": sorted(result), "concepts": sorted(groups)})
-    return directory, result
+        atomic_write_json(Path(directory) / METADATA_FILE, metadata(result, concepts=sorted(groups)))
+    return result

@@ -1,9 +1,9 @@
-"""The fast path (DESIGN 5): run the layers below the intervention once, replay only the rest.
+"""The fast path: run the layers below the intervention once, replay only the rest.
 
 Layers below layer `l` do not depend on an intervention at `l`. `capture_layer_inputs` runs the
-model once and keeps the input hidden states of layer `l` and the keyword arguments that every
-layer from `l` on receives (attention masks, rotary embeddings; Gemma2 alternates sliding and
-global masks, so each layer's own are kept). `replay_hidden` then runs layers `l..N` on any
+model once (through `recording.record_activations`) and keeps the input hidden states of layer
+`l` and the keyword arguments that every layer from `l` on receives (attention masks, rotary
+embeddings; Gemma2 alternates sliding and global masks, so each layer gets those of its type). `replay_hidden` then runs layers `l..N` on any
 selection of captured rows, e.g. K copies of each example for a K-multiplier sweep, and
 `completion_nll` turns the result into per-row completion NLLs, applying the LM head only at
 completion positions.
@@ -25,13 +25,10 @@ from torch import nn
 from .interventions import DynamicWeightUpdate, attach
 from .models import get_decoder_layers, hidden_to_logits
 from .prompts import IGNORE_INDEX, TokenBatch
+from .recording import record_activations
 
 # Layer kwargs whose first dimension is the batch; everything else is shared by all rows.
 _BATCH_FIRST_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
-
-
-class _StopForward(Exception):
-    pass
 
 
 @dataclass
@@ -47,58 +44,40 @@ class CapturedInputs:
         return self.hidden_states.shape[0]
 
 
+def _layer_types(model: nn.Module) -> list[str]:
+    """Each decoder layer's attention type (`config.layer_types`; one type when the config has none)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    count = len(get_decoder_layers(model))
+    types = getattr(config, "layer_types", None)
+    return list(types[:count]) if types else ["full_attention"] * count
+
+
 def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) -> CapturedInputs:
     """One unsteered forward that records what layers `start_layer..N-1` receive.
 
-    Only layers `0..start_layer` compute: every later layer is swapped, for this one call, for a
-    pass-through that returns its input in the start layer's output structure (tensor or tuple),
-    since what those layers receive besides the hidden states (masks, rotary embeddings) does
-    not depend on the hidden states. The forward stops at the last layer, before the LM head.
+    The model passes every layer of one attention type (`config.layer_types`: full or sliding
+    window) the same keyword arguments (masks, rotary embeddings), which do not depend on the
+    hidden states. So the forward stops once the start layer and the first later layer of each
+    other type have received theirs (usually right after the start layer), and the layers above
+    reuse the arguments of their type.
     """
-    layers = get_decoder_layers(model)
-    records: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
-    last = len(layers) - 1
-    output_structure: dict[str, Any] = {}
-
-    def recorder(index: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            kept = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
-            kept["use_cache"] = False
-            records[index] = (hidden.detach(), kept)
-            if index == last:
-                raise _StopForward
-
-        return hook
-
-    def remember_structure(module: nn.Module, args: tuple, output: Any) -> None:
-        output_structure["output"] = output
-
-    def pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        reference = output_structure["output"]
-        if isinstance(reference, tuple):
-            return (hidden_states,) + tuple(reference[1:])
-        return hidden_states
-
-    hooks = [layers[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in range(start_layer, len(layers))]
-    hooks.append(layers[start_layer].register_forward_hook(remember_structure))
-    skipped = list(range(start_layer + 1, len(layers)))
-    for i in skipped:
-        layers[i].forward = pass_through  # instance attribute shadows the class's forward
-    try:
-        with torch.no_grad():
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for i in skipped:
-            del layers[i].forward
+    types = _layer_types(model)
+    first_of_type: dict[str, int] = {}
+    for index in range(start_layer, len(types)):
+        first_of_type.setdefault(types[index], index)
+    recorded = sorted({start_layer, *first_of_type.values()})
+    with torch.no_grad(), record_activations(model, recorded, stop_after=recorded[-1], inputs=True, outputs=False) as record:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    layer_kwargs = []
+    for index in range(start_layer, len(types)):
+        source = record.kwargs[index if index in record.kwargs else first_of_type[types[index]]]
+        kept = {k: v for k, v in source.items() if k not in ("past_key_values", "past_key_value")}
+        kept["use_cache"] = False
+        layer_kwargs.append(kept)
     return CapturedInputs(
         start_layer=start_layer,
-        hidden_states=records[start_layer][0],
-        layer_kwargs=[records[i][1] for i in range(start_layer, len(layers))],
+        hidden_states=record.inputs[start_layer].detach(),
+        layer_kwargs=layer_kwargs,
         batch=batch,
     )
 
@@ -311,12 +290,17 @@ def completion_nll(
 
 def full_forward_nll(
     model: nn.Module, batch: TokenBatch, updates: Mapping[int, DynamicWeightUpdate], multipliers: Any = 1.0,
-    positions: Optional[torch.Tensor] = None,
+    positions: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None,
 ) -> CompletionNLL:
     """The plain path: a full forward of the whole model (the reference the fast path must equal).
 
-    `positions` ([batch, seq]) limits where the updates act, as `attach` does.
+    `rows` selects rows of `batch`, trimmed to the longest of them; `positions` ([rows, seq] of
+    that selection) limits where the updates act, as `attach` does.
     """
+    if rows is not None:
+        rows = rows.to(batch.input_ids.device)
+        width = int(batch.attention_mask.index_select(0, rows).sum(dim=1).max())
+        batch = TokenBatch(*(t.index_select(0, rows)[:, :width] for t in (batch.input_ids, batch.attention_mask, batch.labels)))
     with attach(model, updates, multipliers, positions=positions):
         output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
                        output_hidden_states=False)

@@ -26,7 +26,7 @@ import argparse
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -36,7 +36,10 @@ from torch import nn
 
 from .data import PolarityPair, group_by_concept, load_dataset
 from .errors import StorageError, TrainingError
+from .hparams import load_hparams
 from .interventions import DynamicWeightUpdate
+from .models import load_model_and_tokenizer
+from .producing import train_and_save
 from .registry import get_method
 from .storage import (
     METADATA_FILE,
@@ -44,18 +47,19 @@ from .storage import (
     atomic_write_json,
     atomic_write_text,
     available_layers,
+    intervention_metadata,
     layer_file,
     payload_to_update,
     safe_torch_load,
-    save_interventions,
     update_to_payload,
+    write_train_state,
 )
+from .training import concept_groups
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 DONE_MARKER = "DONE"
-STATE_FILE_PATTERN = "train_state_layer_{layer}.json"  # the trainer's resume file (training.STATE_FILE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -90,15 +94,13 @@ def is_finished(output_dir: PathLike, concept_id: int) -> bool:
     return (shard_dir(output_dir, concept_id) / DONE_MARKER).exists()
 
 
-def train_concept(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokenizer: Any) -> dict[int, DynamicWeightUpdate]:
-    """One concept's updates `{layer: update}`, by the method named in `hparams.alg_name`."""
-    spec = get_method(hparams.alg_name)
+def train_concept(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokenizer: Any,
+                  directory: Optional[PathLike] = None, **metadata: Any) -> dict[int, DynamicWeightUpdate]:
+    """One concept's updates `{layer: update}`, by the method named in `hparams.alg_name`, saved in `directory`."""
     concept_ids = {p.concept_id for p in pairs}
     if len(concept_ids) != 1:
         raise TrainingError(f"train_concept: expected the pairs of one concept, got concept ids {sorted(concept_ids)}")
-    if spec.trained:
-        return spec.train_function()(hparams, list(pairs), model, tokenizer, output_dir=None, dataset_name=None)
-    return spec.train_function()(hparams, list(pairs), model, tokenizer)
+    return train_and_save(hparams, list(pairs), model, tokenizer, directory, **metadata)
 
 
 @dataclass
@@ -119,16 +121,15 @@ def merge_concepts(output_dir: PathLike, concept_ids: Sequence[int], metadata: O
         raise StorageError(f"{output_dir}: concepts {missing} are not finished (no {DONE_MARKER} in shards/concept_<id>/)")
     layers = available_layers(shard_dir(output_dir, concept_ids[0]))
     written = []
-    method = component = None
+    updates: dict[int, dict[int, DynamicWeightUpdate]] = {}
     for layer in layers:
-        payloads = {}
+        updates[layer] = {}
         for concept_id in concept_ids:
             path = layer_file(shard_dir(output_dir, concept_id), layer)
-            update = payload_to_update(safe_torch_load(path), source=str(path))
-            method, component = update.method, update.component
-            payloads[concept_id] = update_to_payload(update, concept_id)
-        if method == "vector":
-            first = next(iter(payloads.values()))
+            updates[layer][concept_id] = payload_to_update(safe_torch_load(path), source=str(path))
+        payloads = {concept_id: update_to_payload(update, concept_id) for concept_id, update in updates[layer].items()}
+        first = next(iter(payloads.values()))
+        if isinstance(first, torch.Tensor):  # vectors: one row per concept id
             stacked = torch.zeros(max(concept_ids) + 1, first.shape[0], dtype=first.dtype)
             for concept_id, vector in payloads.items():
                 stacked[concept_id] = vector
@@ -136,10 +137,8 @@ def merge_concepts(output_dir: PathLike, concept_ids: Sequence[int], metadata: O
         else:
             merged = payloads
         written.append(atomic_torch_save(merged, layer_file(output_dir, layer)))
-        written.append(atomic_write_json(output_dir / STATE_FILE_PATTERN.format(layer=layer),
-                                         {"layer": layer, "finished_concepts": concept_ids}))
-    meta = {"package": "easyedit_split", "layers": layers, "intervention_method": method, "intervention_components": component,
-            "concepts": concept_ids, "sharded": True, **(metadata or {})}
+        written.append(write_train_state(output_dir, layer, concept_ids))
+    meta = intervention_metadata(updates, concepts=concept_ids, sharded=True, **(metadata or {}))
     written.append(atomic_write_json(output_dir / METADATA_FILE, meta))
     return written
 
@@ -172,11 +171,8 @@ def train_sharded(
     `hparams.max_concepts` keeps the first concepts (sorted ids), as EasyEdit does.
     """
     info = info or process_info()
-    groups = group_by_concept(pairs)
-    max_concepts = getattr(hparams, "max_concepts", None)
-    if max_concepts:
-        groups = dict(list(groups.items())[: int(max_concepts)])
-    cap = getattr(hparams, "max_num_of_examples", None)
+    # max_concepts and max_num_of_examples are the trainer's settings; CAA uses every concept and pair
+    groups = concept_groups(pairs, hparams) if get_method(hparams.alg_name).trained else group_by_concept(pairs)
     result = ShardResult(info.rank, info.world_size)
     for concept_id in shard_concepts(list(groups), info.rank, info.world_size):
         directory = shard_dir(output_dir, concept_id)
@@ -184,21 +180,17 @@ def train_sharded(
             logger.info("rank %d: concept %d already finished (%s); skipped", info.rank, concept_id, directory)
             result.skipped.append(concept_id)
             continue
-        group = groups[concept_id][: int(cap)] if cap else groups[concept_id]
+        group = groups[concept_id]
         started = time.perf_counter()
-        updates = train_concept(hparams, group, model, tokenizer)
-        save_interventions(directory, updates, {"concept_id": concept_id, "concept": group[0].concept,
-                                                "alg_name": hparams.alg_name, "rank": info.rank})
+        train_concept(hparams, group, model, tokenizer, directory, concept_id=concept_id, concept=group[0].concept, rank=info.rank)
         atomic_write_text(directory / DONE_MARKER, f"{time.perf_counter() - started:.3f} s on rank {info.rank}\n")
         logger.info("rank %d: concept %d trained in %.1f s", info.rank, concept_id, time.perf_counter() - started)
         result.trained.append(concept_id)
     if info.is_main:
         wait_for_concepts(output_dir, list(groups), timeout=wait_timeout)
-        to_dict = getattr(hparams, "to_dict", None)
         result.merged = merge_concepts(output_dir, list(groups), {
-            "alg_name": hparams.alg_name, "world_size": info.world_size,
-            "concept_names": {str(c): g[0].concept for c, g in groups.items()},
-            "hparams": to_dict() if callable(to_dict) else None, **(metadata or {}),
+            "alg_name": hparams.alg_name, "hparams": hparams, "model": model, "world_size": info.world_size,
+            "concept_names": {str(c): g[0].concept for c, g in groups.items()}, **(metadata or {}),
         })
     return result
 
@@ -214,11 +206,6 @@ def _parse_set(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from dataclasses import replace
-
-    from .hparams import load_hparams
-    from .models import load_model_and_tokenizer
-
     parser = argparse.ArgumentParser(description="Train a multi-concept dataset's concepts across processes "
                                      "(run under `accelerate launch --num_processes N`), merged into EasyEdit's layout.")
     parser.add_argument("--hparams", required=True, help="a generate_<method>_<intervention>.yaml file")

@@ -17,24 +17,27 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import __version__
+from .constants import canonical_alg_name, easyedit_alg_dir_name
 from .errors import StorageError
 from .interventions import DynamicWeightUpdate, check_fits_model
+from .models import hidden_size, num_layers
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
+STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
 PathLike = Union[str, Path]
 
 
 def intervention_dir(output_dir: PathLike, dataset: Optional[str], alg_name: str, intervention_method: str = "vector") -> Path:
     """EasyEdit's directory for one method's files: `<out>/<dataset>/<alg>_<method>` (CAA: `caa_vector`)."""
-    alg = "spilt" if alg_name == "split" else alg_name  # EasyEdit's spelling, so its appliers find the files
+    alg = easyedit_alg_dir_name(alg_name)  # EasyEdit's spelling (`spilt`), so its appliers find the files
     leaf = "caa_vector" if alg == "caa" else f"{alg}_{intervention_method}"
     base = Path(output_dir) / dataset if dataset else Path(output_dir)
     return base / leaf
@@ -163,22 +166,56 @@ def payload_to_update(
 # ----------------------------------------------------------------------------- directories
 
 
-def save_interventions(
-    directory: PathLike, updates: Mapping[int, DynamicWeightUpdate], metadata: Optional[dict] = None, concept_id: int = 0
-) -> list[Path]:
-    """Write one `layer_<L>.pt` per update plus `metadata.json`, each atomically."""
-    directory = Path(directory)
-    written = [atomic_torch_save(update_to_payload(u, concept_id), layer_file(directory, layer)) for layer, u in updates.items()]
+def intervention_metadata(
+    updates: Mapping[int, Any],
+    *,
+    alg_name: Optional[str] = None,
+    hparams: Any = None,
+    model: Optional[nn.Module] = None,
+    dataset: Optional[str] = None,
+    **extra: Any,
+) -> dict:
+    """The one `metadata.json` builder: what a method directory holds and what it was made from.
+
+    `updates` maps layer -> update (or, multi-concept, layer -> {concept_id: update}). With
+    `model`, its sizes are recorded so `check_model_matches` can refuse the files on another
+    model; with `hparams`, the whole configuration. `extra` keys are added last.
+    """
     first = next(iter(updates.values()))
-    meta = {
+    if isinstance(first, Mapping):
+        first = next(iter(first.values()))
+    meta: dict[str, Any] = {
         "package": "easyedit_split",
         "package_version": __version__,
         "layers": sorted(int(layer) for layer in updates),
         "intervention_method": first.method,
         "intervention_components": first.component,
-        **(metadata or {}),
     }
-    written.append(atomic_write_json(directory / METADATA_FILE, meta))
+    if alg_name is not None:
+        meta["alg_name"] = canonical_alg_name(alg_name)
+    if dataset is not None:
+        meta["dataset"] = dataset
+    if hparams is not None:
+        meta["hparams"] = hparams.to_dict()
+    if model is not None:
+        config = getattr(model, "config", None)
+        named = hparams.model_name_or_path if hparams is not None else None
+        meta.update({"model": named or getattr(config, "_name_or_path", None), "model_type": getattr(config, "model_type", None),
+                     "hidden_size": hidden_size(model), "num_layers": num_layers(model)})
+    meta.update(extra)
+    return meta
+
+
+def save_interventions(
+    directory: PathLike, updates: Mapping[int, DynamicWeightUpdate], metadata: Optional[dict] = None, concept_id: int = 0
+) -> list[Path]:
+    """Write one `layer_<L>.pt` per update plus `metadata.json`, each atomically.
+
+    `metadata` (usually built by `intervention_metadata`) goes on top of `intervention_metadata(updates)`.
+    """
+    directory = Path(directory)
+    written = [atomic_torch_save(update_to_payload(u, concept_id), layer_file(directory, layer)) for layer, u in updates.items()]
+    written.append(atomic_write_json(directory / METADATA_FILE, {**intervention_metadata(updates), **(metadata or {})}))
     return written
 
 
@@ -198,6 +235,29 @@ def save_concept_update(directory: PathLike, layer: int, concept_id: int, update
         combined = dict(existing) if _is_multi_concept_dict(existing) else {}
         combined[int(concept_id)] = payload
     return atomic_torch_save(combined, path)
+
+
+def train_state_file(directory: PathLike, layer: int) -> Path:
+    """The resume state of a multi-concept run at `layer`: which concepts are already in `layer_<L>.pt`."""
+    return Path(directory) / STATE_FILE_PATTERN.format(layer=layer)
+
+
+def write_train_state(directory: PathLike, layer: int, finished_concepts: Sequence[int], alg_name: Optional[str] = None) -> Path:
+    state: dict[str, Any] = {"layer": int(layer), "finished_concepts": sorted(int(c) for c in finished_concepts)}
+    if alg_name is not None:
+        state["alg_name"] = alg_name
+    return atomic_write_json(train_state_file(directory, layer), state)
+
+
+def read_finished_concepts(directory: PathLike, layer: int) -> list[int]:
+    """Concepts a previous run finished at `layer` (empty without a state file)."""
+    path = train_state_file(directory, layer)
+    if not path.exists():
+        return []
+    try:
+        return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
+    except (ValueError, AttributeError) as error:
+        raise StorageError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
 
 
 def read_metadata(directory: PathLike) -> dict:
@@ -222,13 +282,11 @@ def available_layers(directory: PathLike) -> list[int]:
 
 def check_model_matches(metadata: dict, model: nn.Module, source: str) -> None:
     """Metadata written for another model is an error, not a silent mis-application."""
-    from .models import hidden_size as model_hidden_size, num_layers
-
     expected = metadata.get("hidden_size")
-    if expected is not None and int(expected) != model_hidden_size(model):
+    if expected is not None and int(expected) != hidden_size(model):
         raise StorageError(
             f"{source}: written for a model with hidden size {expected} ({metadata.get('model', '?')}), "
-            f"but this model has hidden size {model_hidden_size(model)}"
+            f"but this model has hidden size {hidden_size(model)}"
         )
     layers = metadata.get("num_layers")
     if layers is not None and int(layers) != num_layers(model):

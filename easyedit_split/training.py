@@ -22,12 +22,12 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   the chat template's common prefix (EasyEdit's `prefix_length`; with `exclude_bos: false`,
   from position 0) to the end. `intervention_positions_dropout` drops positions at random.
 * null_it_out. For a vector `v`, a row with factor 0 has the positive part of its
-  component along `v` removed: `h <- h - relu(h.v)/|v|^2 * v` at every steered position,
-  as EasyEdit's vector intervention does (gradients reach `v`). For `lora` and
+  component along `v` removed at every steered position, as EasyEdit's vector intervention
+  does (the null-it-out operator of `interventions.DynamicWeightUpdate.apply`; gradients reach `v`). For `lora` and
   `local_weight`, EasyEdit multiplies the update by the factor, so factor 0 is no steering;
   we do the same.
 
-The fast path (DESIGN 5): all sequences are tokenized once; the inputs of the trained layer
+The fast path: all sequences are tokenized once; the inputs of the trained layer
 are captured once per layer by `replay.capture_layer_inputs`, and the keys/values there of the
 chat-template prefix (identical in every row, never steered) once by `replay.capture_prefix`;
 each step replays only layers `l..N`, only at the positions after that prefix and up to the
@@ -52,17 +52,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
-from .interventions import DynamicWeightUpdate, attach
-from .models import check_layer, get_layer, hidden_size, model_device, num_layers
+from .interventions import DynamicWeightUpdate, InterventionHandle
+from .models import check_layer, hidden_size, model_device
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, steering_prefix_length
 from .replay import (
     CapturedInputs,
@@ -70,20 +70,14 @@ from .replay import (
     PrefixKeyValues,
     capture_layer_inputs,
     capture_prefix,
+    full_forward_nll,
     nll_from_hidden,
     replay_hidden_after_prefix,
     shared_prefix_length,
 )
-from .storage import (
-    METADATA_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    layer_file,
-    payload_to_update,
-    safe_torch_load,
-    save_concept_update,
-    save_interventions,
-)
+
+if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
+    from .hparams import GradientTrainHyperParams
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +94,9 @@ __all__ = [
     "train_layer",
     "train_method",
     "method_trainer",
-    "STATE_FILE_PATTERN",
+    "concept_groups",
 ]
 
-STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
 SUPPORTED_PAIRS = ("orig_add", "orig_sub")
 _REFERENCE_CHUNK = 64  # rows per unsteered scoring pass
 
@@ -165,7 +158,7 @@ class LossTerms:
         return LossTerms(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))
 
 
-PreferenceLoss = Callable[[LossTerms, Any], torch.Tensor]
+PreferenceLoss = Callable[[LossTerms, "GradientTrainHyperParams"], torch.Tensor]
 """`(terms, hparams) -> scalar loss` of one minibatch chunk; a method is one of these."""
 
 
@@ -237,7 +230,7 @@ class PreparedPairs:
                 if fast and self.captured is not None:
                     sums.append(self.replay_nll(model, rows).sum)
                 else:
-                    sums.append(_plain_nll(model, self.batch, rows).sum)
+                    sums.append(full_forward_nll(model, self.batch, {}, rows=rows).sum)
         self.reference_nll = torch.cat(sums)
         return self.reference_nll
 
@@ -245,7 +238,7 @@ class PreparedPairs:
         return self.batch.labels.index_select(0, rows.to(self.batch.labels.device))
 
 
-def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -> PreparedPairs:
+def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> PreparedPairs:
     """Tokenize every pair once (chat template, joining and masking of `prompts`)."""
     if not pairs:
         raise TrainingError("no training pairs: the dataset (or concept) is empty")
@@ -254,7 +247,7 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -
     for pair in pairs:
         encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.matching))
         encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.not_matching))
-    max_length = getattr(hparams, "output_length", None)
+    max_length = hparams.output_length
     batch = collate(encoded, tokenizer.pad_token_id, max_length)
     empty = ((batch.labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
@@ -263,7 +256,7 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Any) -
             f"pair {example} ({pairs[example].question[:40]!r}...): its completion is cut off by "
             f"output_length={max_length}; raise output_length"
         )
-    prefix = steering_prefix_length(tokenizer, fmt, bool(getattr(hparams, "exclude_bos", True)))
+    prefix = steering_prefix_length(tokenizer, fmt, hparams.exclude_bos)
     return PreparedPairs(batch, prefix)
 
 
@@ -284,28 +277,28 @@ class StepPlan:
         return self.target_rows.shape[0]
 
 
-def _check_supported(hparams: Any) -> None:
-    pairs = list(getattr(hparams, "preference_pairs", ["orig_add"]))
+def _check_supported(hparams: GradientTrainHyperParams) -> None:
+    pairs = list(hparams.preference_pairs)
     unsupported = [p for p in pairs if p not in SUPPORTED_PAIRS]
     if unsupported:
         raise HparamsError(
             f"key 'preference_pairs': {unsupported} need steered inputs (EasyEdit's "
             f"'<steering_prompt_type>_steered_input' columns), which polarity pairs do not have; use {list(SUPPORTED_PAIRS)}"
         )
-    if getattr(hparams, "intervention_positions", "all") != "all":
+    if hparams.intervention_positions != "all":
         raise HparamsError(
             f"key 'intervention_positions': only 'all' is supported by the trainer, got {hparams.intervention_positions!r}"
         )
-    if getattr(hparams, "intervention_type", "addition") != "addition":
+    if hparams.intervention_type != "addition":
         raise HparamsError(f"key 'intervention_type': only 'addition' is trained, got {hparams.intervention_type!r}")
-    if getattr(hparams, "inference", False):
+    if hparams.inference:
         raise HparamsError("key 'inference': score-only runs are not done by the trainer; use the evaluator")
 
 
-def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generator) -> StepPlan:
+def plan_step(example_ids: Sequence[int], hparams: GradientTrainHyperParams, generator: torch.Generator) -> StepPlan:
     """Expand examples into rows (example-major, then `preference_pairs`) and draw their factors."""
     factors_table = [float(f) for f in hparams.steering_factors]
-    null_out = getattr(hparams, "substraction_type", "normal") == "null_it_out"
+    null_out = hparams.substraction_type == "null_it_out"
     targets, opposites, factors, nulls = [], [], [], []
     for example in example_ids:
         matching, not_matching = 2 * int(example), 2 * int(example) + 1
@@ -320,39 +313,6 @@ def plan_step(example_ids: Sequence[int], hparams: Any, generator: torch.Generat
         torch.tensor(targets), torch.tensor(opposites), torch.tensor(factors, dtype=torch.float32),
         torch.tensor(nulls, dtype=torch.bool), int(hparams.batch_size),
     )
-
-
-class _NullItOut:
-    """Forward hook: `h <- h - relu(h.v)/|v|^2 * v` on the rows marked null (vectors only)."""
-
-    def __init__(self, update: DynamicWeightUpdate, null_rows: torch.Tensor, positions: Optional[torch.Tensor]):
-        self.update, self.null_rows, self.positions = update, null_rows, positions
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
-        vector = self.update.bias
-        coefficient = torch.relu(hidden.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
-        coefficient = coefficient * self.null_rows.to(coefficient.device, coefficient.dtype).unsqueeze(1)
-        if self.positions is not None:
-            coefficient = coefficient * self.positions.to(coefficient.dtype)
-        direction = self.update.dropout(vector.expand(hidden.shape[0], -1)).unsqueeze(1)  # [rows, 1, hidden]
-        projected = hidden - (coefficient.unsqueeze(-1) * direction).to(hidden.dtype)
-        return (projected,) + tuple(output[1:]) if isinstance(output, tuple) else projected
-
-
-def _plain_nll(model: nn.Module, batch: TokenBatch, rows: torch.Tensor) -> CompletionNLL:
-    """Full forward of `rows` (trimmed to their longest sequence), NLL of their completions."""
-    rows = rows.to(batch.input_ids.device)
-    width = int(batch.attention_mask.index_select(0, rows).sum(dim=1).max())
-    input_ids = batch.input_ids.index_select(0, rows)[:, :width]
-    attention_mask = batch.attention_mask.index_select(0, rows)[:, :width]
-    labels = batch.labels.index_select(0, rows)[:, :width]
-    output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    logits = output.logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1) * mask
-    return CompletionNLL(token_nll.sum(dim=1), mask.sum(dim=1))
 
 
 def _steered_nll(
@@ -372,21 +332,15 @@ def _steered_nll(
             keep = torch.rand(len(rows), end, generator=generator) >= positions_dropout
             positions = positions * keep.to(device)
         positions = positions[:, start:]
-    handle = attach(model, {layer: update}, multipliers.to(device), positions=positions)
-    hooks = []
-    try:
-        if update.method == "vector" and bool(null_rows.any()):
-            hooks.append(get_layer(model, layer).register_forward_hook(_NullItOut(update, null_rows, positions)))
+    # null_it_out rows (factor 0) of a vector: the projection operator; lora/local_weight: factor 0 is no steering
+    null_out = null_rows.to(device) if update.method == "vector" and bool(null_rows.any()) else None
+    with InterventionHandle(model, {layer: update}, multipliers.to(device), positions=positions, null_out=null_out):
         if fast:
             captured = prepared.captured
             if captured is None or captured.start_layer != layer:
                 raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
             return prepared.replay_nll(model, rows)
-        return _plain_nll(model, batch, rows)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        handle.remove()
+        return full_forward_nll(model, batch, {}, rows=rows)
 
 
 def step_loss(
@@ -396,7 +350,7 @@ def step_loss(
     update: DynamicWeightUpdate,
     plan: StepPlan,
     loss: PreferenceLoss,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     needs_reference: bool = False,
     fast: bool = True,
     generator: Optional[torch.Generator] = None,
@@ -412,7 +366,7 @@ def step_loss(
     null_rows = torch.cat([plan.null_rows, plan.null_rows])
     nll = _steered_nll(
         model, prepared, layer, update, rows, multipliers, null_rows,
-        float(getattr(hparams, "intervention_positions_dropout", 0.0) or 0.0), generator, fast,
+        float(hparams.intervention_positions_dropout), generator, fast,
     )
     lengths = prepared.lengths
     target_ref = opposite_ref = None
@@ -422,7 +376,7 @@ def step_loss(
             target_ref, opposite_ref = reference[plan.target_rows], reference[plan.opposite_rows]
         else:
             with torch.no_grad():
-                reference = _plain_nll(model, prepared.batch, rows).sum
+                reference = full_forward_nll(model, prepared.batch, {}, rows=rows).sum
             target_ref, opposite_ref = reference[:n], reference[n:]
     terms = LossTerms(
         target_nll_sum=nll.sum[:n], target_count=nll.count[:n],
@@ -456,7 +410,7 @@ class TrainingLog:
         return out.getvalue()
 
 
-def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
+def new_update(model: nn.Module, hparams: GradientTrainHyperParams) -> DynamicWeightUpdate:
     """A fresh intervention as EasyEdit initialises it (call under a seeded RNG).
 
     vector: uniform in +-1/sqrt(hidden) (EasyEdit's `nn.Linear` init; a zero vector would make
@@ -464,9 +418,9 @@ def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
     """
     method = hparams.intervention_method
     update = DynamicWeightUpdate.for_model(
-        model, method, component=getattr(hparams, "intervention_components", "mlp_mid") if method != "vector" else "block",
-        rank=int(getattr(hparams, "low_rank_dimension", 1) or 1), dropout=float(getattr(hparams, "dropout", 0.0) or 0.0),
-        alpha=getattr(hparams, "lora_alpha", None) if method == "lora" else None,
+        model, method, component=hparams.intervention_components if method != "vector" else "block",
+        rank=int(hparams.low_rank_dimension), dropout=float(hparams.dropout),
+        alpha=hparams.lora_alpha if method == "lora" else None,
     )
     if method == "vector":
         bound = 1.0 / math.sqrt(hidden_size(model))
@@ -475,9 +429,9 @@ def new_update(model: nn.Module, hparams: Any) -> DynamicWeightUpdate:
     return update
 
 
-def _lr_lambda(total_steps: int) -> Callable[[int], float]:
-    """Linear decay from 1 to 0 over `total_steps`, no warm-up (`get_linear_schedule_with_warmup(opt, 0, total)`)."""
-    return lambda step: max(0.0, float(total_steps - step) / float(max(1, total_steps)))
+def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear decay of the learning rate from `lr` to 0 over `total_steps`, no warm-up (EasyEdit's schedule)."""
+    return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total_steps)
 
 
 def _snapshot(update: nn.Module) -> dict[str, torch.Tensor]:
@@ -512,7 +466,7 @@ class _FrozenModel:
 def train_layer(
     model: nn.Module,
     prepared: PreparedPairs,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     layer: int,
     loss: PreferenceLoss,
     needs_reference: bool = False,
@@ -530,12 +484,12 @@ def train_layer(
     """
     _check_supported(hparams)
     check_layer(model, layer)
-    seed = int(getattr(hparams, "seed", 42))
+    seed = int(hparams.seed)
     device = model_device(model)
     prepared = prepared if prepared.batch.input_ids.device == device else prepared.to(device)
     n_examples = prepared.n_examples
     batch_size = int(hparams.batch_size)
-    accumulation = int(getattr(hparams, "gradient_accumulation_steps", 1) or 1)
+    accumulation = int(hparams.gradient_accumulation_steps)
     batches_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = int(hparams.n_epochs) * (batches_per_epoch // accumulation)
     if total_steps == 0 and int(hparams.n_epochs) > 0:
@@ -556,7 +510,7 @@ def train_layer(
             prepared.compute_reference(model, fast=True)
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.AdamW(update.parameters(), lr=float(hparams.lr), weight_decay=float(hparams.weight_decay))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps))
+        scheduler = linear_decay(optimizer, total_steps)
         last_good = _snapshot(update)
         bar = tqdm(total=total_steps, desc=description or f"layer {layer}", disable=not progress, leave=False)
         batch_index = 0
@@ -613,89 +567,55 @@ def _nonfinite(message: str, update: DynamicWeightUpdate, last_good: Mapping[str
 
 Trained = dict[int, Union[DynamicWeightUpdate, dict[int, DynamicWeightUpdate]]]
 
-
-def _state_path(directory: Path, layer: int) -> Path:
-    return directory / STATE_FILE_PATTERN.format(layer=layer)
-
-
-def _finished_concepts(directory: Optional[Path], layer: int) -> list[int]:
-    if directory is None:
-        return []
-    path = _state_path(directory, layer)
-    if not path.exists():
-        return []
-    import json
-
-    try:
-        return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
-    except (ValueError, AttributeError) as error:
-        raise TrainingError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
+OnTrained = Callable[[int, int, DynamicWeightUpdate, TrainingLog], None]
+"""`(layer, concept_id, update, log)`, called after each (layer, concept) is trained (e.g. to save it)."""
 
 
-def _metadata(alg_name: str, hparams: Any, model: nn.Module, dataset_name: Optional[str], prepared_prefix: int, extra: dict) -> dict:
-    config = getattr(model, "config", None)
-    to_dict = getattr(hparams, "to_dict", None)
-    return {
-        "alg_name": alg_name,
-        "model": getattr(hparams, "model_name_or_path", None) or getattr(config, "_name_or_path", None),
-        "hidden_size": hidden_size(model),
-        "num_layers": num_layers(model),
-        "dataset": dataset_name,
-        "steering_prefix_length": prepared_prefix,
-        "trainer": "easyedit_split.training (fast replay path)",
-        "hparams": to_dict() if callable(to_dict) else None,
-        **extra,
-    }
+def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> dict[int, list[PolarityPair]]:
+    """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
+    (as EasyEdit), each capped at `max_num_of_examples` pairs."""
+    groups = group_by_concept(pairs)
+    if len(groups) > 1 and hparams.max_concepts:
+        groups = dict(list(groups.items())[: int(hparams.max_concepts)])
+    cap = hparams.max_num_of_examples
+    return {cid: list(group[:cap] if cap else group) for cid, group in groups.items()}
 
 
 def train_method(
     alg_name: str,
-    hparams: Any,
+    hparams: GradientTrainHyperParams,
     pairs: Sequence[PolarityPair],
     model: nn.Module,
     tokenizer: Any,
     loss: PreferenceLoss,
     needs_reference: bool = False,
-    output_dir: Optional[Union[str, Path]] = None,
-    dataset_name: Optional[str] = None,
     progress: bool = True,
     fast: bool = True,
+    finished: Optional[Mapping[int, Mapping[int, DynamicWeightUpdate]]] = None,
+    on_trained: Optional[OnTrained] = None,
 ) -> Trained:
     """Train one intervention per layer in `hparams.layers` (and per concept for multi-concept data).
 
-    `output_dir` is the method's directory in EasyEdit's layout (`storage.intervention_dir(...)`,
-    e.g. `<out>/<dataset>/spilt_vector`); None (or `save_vectors: false`) keeps everything in
-    memory. Single-concept data returns `{layer: update}` and writes `layer_<L>.pt`;
-    multi-concept data (more than one `concept_id`) returns `{layer: {concept_id: update}}`
-    and stacks concepts in `layer_<L>.pt` as EasyEdit does. After each concept, its update
-    and then `train_state_layer_<L>.json` are written atomically; a restarted run skips the
-    concepts listed there.
+    Single-concept data returns `{layer: update}`; multi-concept data (more than one
+    `concept_id`) returns `{layer: {concept_id: update}}`. Nothing is written here: `finished`
+    (`{layer: {concept_id: update}}`, from an earlier run) is reused instead of trained, and
+    `on_trained` is called after every newly trained (layer, concept), in order; `producing`
+    uses both to save and resume.
     """
     _check_supported(hparams)
-    groups = group_by_concept(pairs)
+    groups = concept_groups(pairs, hparams)
     multi_concept = len(groups) > 1
-    max_concepts = getattr(hparams, "max_concepts", None)
-    if multi_concept and max_concepts:
-        groups = dict(list(groups.items())[: int(max_concepts)])
-    cap = getattr(hparams, "max_num_of_examples", None)
-    directory = Path(output_dir) if (output_dir is not None and getattr(hparams, "save_vectors", True)) else None
     for layer in hparams.layers:
         check_layer(model, layer)
-    prepared_by_concept = {cid: prepare_pairs(tokenizer, group[: cap] if cap else group, hparams) for cid, group in groups.items()}
-    prefix = next(iter(prepared_by_concept.values())).prefix_length
-    concept_names = {cid: group[0].concept for cid, group in groups.items()}
-    loss_dir = getattr(hparams, "loss_output_dir", None)
+    prepared_by_concept = {cid: prepare_pairs(tokenizer, group, hparams) for cid, group in groups.items()}
+    finished = finished or {}
     result: Trained = {}
-    done_layers: list[int] = []
     for layer in hparams.layers:
-        finished = _finished_concepts(directory, layer) if multi_concept else []
         per_concept: dict[int, DynamicWeightUpdate] = {}
         for concept_id, prepared in prepared_by_concept.items():
-            if concept_id in finished and directory is not None and layer_file(directory, layer).exists():
-                logger.info("layer %d: concept %d already trained (%s); skipped", layer, concept_id, _state_path(directory, layer))
-                per_concept[concept_id] = payload_to_update(
-                    safe_torch_load(layer_file(directory, layer)), concept_id=concept_id, source=str(layer_file(directory, layer))
-                )
+            if concept_id in finished.get(layer, {}):
+                logger.info("layer %d: concept %d already trained; skipped", layer, concept_id)
+                per_concept[concept_id] = finished[layer][concept_id]
                 continue
             label = f"{alg_name} layer {layer}" + (f" concept {concept_id}" if multi_concept else "")
             update, log = train_layer(
@@ -705,28 +625,9 @@ def train_method(
             logger.info("%s: %d optimizer steps in %.1f s, last loss %.4f", label, log.optimizer_steps, log.seconds,
                         log.losses[-1] if log.losses else float("nan"))
             per_concept[concept_id] = update
-            if loss_dir:
-                atomic_write_text(Path(loss_dir) / f"train_losses_{alg_name}_layer_{layer}_concept_{concept_id}.csv", log.to_csv())
-            if directory is not None and multi_concept:
-                save_concept_update(directory, layer, concept_id, update)
-                finished = sorted(set(finished) | {concept_id})
-                atomic_write_json(directory / METADATA_FILE, _metadata(
-                    alg_name, hparams, model, dataset_name, prefix,
-                    {"layers": sorted(set(done_layers) | {layer}), "intervention_method": update.method,
-                     "intervention_components": update.component,
-                     "concepts": {str(c): concept_names[c] for c in finished}},
-                ))
-                atomic_write_json(_state_path(directory, layer), {"alg_name": alg_name, "layer": layer, "finished_concepts": finished})
-        done_layers.append(layer)
-        if multi_concept:
-            result[layer] = per_concept
-        else:
-            result[layer] = next(iter(per_concept.values()))
-            if directory is not None:
-                save_interventions(
-                    directory, {layer: result[layer]},
-                    _metadata(alg_name, hparams, model, dataset_name, prefix, {"layers": sorted(done_layers)}),
-                )
+            if on_trained is not None:
+                on_trained(layer, concept_id, update, log)
+        result[layer] = per_concept if multi_concept else next(iter(per_concept.values()))
     return result
 
 
@@ -736,23 +637,23 @@ def method_trainer(
     needs_reference: Callable[[Any], bool] = lambda hparams: False,
     check: Optional[Callable[[Any], None]] = None,
 ) -> Callable[..., Trained]:
-    """The `train(hparams, pairs, model, tokenizer, output_dir=None, dataset_name=None, progress=True)`
-    entry point of a method that differs from the others only by its loss (see `train_method`)."""
+    """The `train(hparams, pairs, model, tokenizer, progress=True, **resume)` entry point of a method that
+    differs from the others only by its loss (see `train_method`; `resume`: `finished`, `on_trained`)."""
 
     def train(
-        hparams: Any,
+        hparams: GradientTrainHyperParams,
         pairs: Sequence[PolarityPair],
         model: nn.Module,
         tokenizer: Any,
-        output_dir: Optional[Union[str, Path]] = None,
-        dataset_name: Optional[str] = None,
         progress: bool = True,
+        finished: Optional[Mapping[int, Mapping[int, DynamicWeightUpdate]]] = None,
+        on_trained: Optional[OnTrained] = None,
     ) -> Trained:
         if check is not None:
             check(hparams)
         return train_method(
             alg_name, hparams, pairs, model, tokenizer, loss, needs_reference=needs_reference(hparams),
-            output_dir=output_dir, dataset_name=dataset_name, progress=progress,
+            progress=progress, finished=finished, on_trained=on_trained,
         )
 
     train.__doc__ = f"Train {alg_name} interventions with the shared trainer (see `training.train_method`)."

@@ -139,3 +139,20 @@ def test_negation_flips_the_delta(tiny_model, token_batch):
     with steer(tiny_model, {1: -update}, 2.0):
         got = _logits(tiny_model, token_batch)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_null_it_out_operator_matches_hand_values():
+    """Row 0 adds m*v; row 1 (null-it-out) loses its positive component along v, only at steered positions."""
+    update = DynamicWeightUpdate.from_vector(torch.tensor([0.0, 2.0]))
+    hidden = torch.tensor([[[1.0, 3.0], [1.0, -3.0]], [[1.0, 3.0], [1.0, -3.0]]])  # [2 rows, 2 positions, 2]
+    positions = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = update.apply(hidden, None, torch.tensor([1.5, 0.0]).view(-1, 1, 1), positions, torch.tensor([False, True]))
+    # row 0: h + 1.5 * (0, 2); row 1, position 0: h.v = 6, |v|^2 = 4 -> h - 1.5 * (0, 2) = (1, 0);
+    # row 1, position 1 is not steered
+    expected = torch.tensor([[[1.0, 6.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, -3.0]]])
+    assert torch.equal(out, expected)
+    negative = update.apply(hidden[1:, 1:], None, torch.zeros(1, 1, 1), None, torch.tensor([True]))
+    assert torch.equal(negative, hidden[1:, 1:])  # h.v < 0: relu leaves h unchanged
+    with pytest.raises(ValueError, match="vector"):
+        lora = DynamicWeightUpdate.from_lora(torch.ones(2, 1), torch.ones(1, 2))
+        lora.apply(hidden, hidden, torch.ones(2, 1, 1), None, torch.tensor([False, True]))

@@ -168,3 +168,12 @@ def test_prefix_cached_replay_builds_the_causal_mask_sdpa_leaves_out(family):
     with attach(model, {1: update}, 2.0, positions=_steered_from(4, torch.arange(3), 10)):
         expected = full_forward_nll(model, batch, {})
     torch.testing.assert_close(got.sum, expected.sum, rtol=1e-5, atol=1e-5)
+
+
+def test_full_forward_rows_selects_and_trims(tiny_model):
+    """`rows` gives each selected row's NLL as the whole batch does (the shorter row is trimmed)."""
+    batch = _batch()
+    whole = full_forward_nll(tiny_model, batch, {})
+    picked = full_forward_nll(tiny_model, batch, {}, rows=torch.tensor([1, 2]))
+    torch.testing.assert_close(picked.sum, whole.sum[1:], rtol=1e-5, atol=1e-5)
+    assert picked.count.tolist() == whole.count[1:].tolist() == [3, 5]

@@ -104,11 +104,11 @@ def one_process_run(tmp_path_factory, tiny_checkpoint, axbench_parquet):
 
 def test_one_process_equals_the_trainers_own_multi_concept_run(one_process_run, axbench_parquet, tmp_path):
     """Merged shards hold what the trainer writes when it runs all concepts itself."""
-    from easyedit_split.methods.split import train
+    from easyedit_split.producing import train_and_save
 
     out, hparams, model, tokenizer = one_process_run
     own = tmp_path / "spilt_vector"
-    train(hparams, load_dataset(axbench_parquet), model, tokenizer, output_dir=own, dataset_name="axbench", progress=False)
+    train_and_save(hparams, load_dataset(axbench_parquet), model, tokenizer, own, "axbench", progress=False)
     _assert_same_files(out, own)
 
 

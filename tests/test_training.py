@@ -15,6 +15,7 @@ from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.replay import full_forward_nll
+from easyedit_split.producing import ConceptSaver
 from easyedit_split.storage import safe_torch_load
 from easyedit_split.training import (
     PreparedPairs, StepPlan, plan_step, prepare_pairs, step_loss, train_layer, train_method,
@@ -261,8 +262,17 @@ def test_base_model_is_frozen_during_training_and_restored_after():
 
 
 def test_schedule_is_linear_decay_without_warmup():
-    schedule = training._lr_lambda(4)
-    assert [schedule(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = training.linear_decay(optimizer, 4)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.4, 0.3, 0.2, 0.1, 0.0, 0.0], abs=1e-12)
+    stalled = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    training.linear_decay(stalled, 0)
+    assert stalled.param_groups[0]["lr"] == 0.0  # 0 scheduled steps: learning rate 0, as in EasyEdit
 
 
 def test_gradient_accumulation_counts_optimizer_steps_as_easyedit():
@@ -321,11 +331,28 @@ def test_training_moves_held_out_preference_towards_matching():
 # ----------------------------------------------------------------------------- NaN, saving, resume
 
 
+def _train_saving(hp, pairs, model, loss, out):
+    """The trainer with `producing`'s saver attached, as `producing.train_and_save` runs it."""
+    saver = ConceptSaver(out, hp, pairs, model, None, {})
+    return train_method("split", hp, pairs, model, WordTokenizer(), loss, progress=False,
+                        finished=saver.finished(), on_trained=saver)
+
+
+def test_trainer_writes_nothing(tmp_path, monkeypatch):
+    """The trainer only trains: no file appears, even with loss_output_dir set, without the saver."""
+    monkeypatch.chdir(tmp_path)
+    model = build_tiny_model("llama")
+    hp = make_hparams(n_epochs=1, loss_output_dir=str(tmp_path / "losses"))
+    result = train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, progress=False)
+    assert sorted(result) == [LAYER]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_nan_loss_names_the_step_and_keeps_last_good_file(tmp_path):
     model = build_tiny_model("llama")
     hp = make_hparams(n_epochs=1)
     out = tmp_path / "spilt_vector"
-    train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    _train_saving(hp, word_pairs(), model, split_loss, out)
     saved = (out / f"layer_{LAYER}.pt").read_bytes()
     calls = []
 
@@ -335,8 +362,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_file(tmp_path):
         return value * float("nan") if len(calls) > 4 else value  # 2 chunks per batch: batch 2 fails
 
     with pytest.raises(TrainingError, match=r"batch 2 \(step 2\)") as error:
-        train_method("split", dataclasses.replace(hp, seed=9), word_pairs(), model, WordTokenizer(), poisoned,
-                     output_dir=out, progress=False)
+        _train_saving(dataclasses.replace(hp, seed=9), word_pairs(), model, poisoned, out)
     assert "optimizer step 2" in str(error.value)
     good = error.value.last_good_update
     assert torch.isfinite(good.bias).all()
@@ -348,7 +374,7 @@ def test_single_concept_is_saved_in_easyedit_layout(tmp_path):
     model = build_tiny_model("qwen2")
     out = tmp_path / "sentiment" / "spilt_lora"
     hp = make_hparams(intervention_method="lora", layers=[1, LAYER], n_epochs=1)
-    result = train_method("split", hp, word_pairs(), model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    result = _train_saving(hp, word_pairs(), model, split_loss, out)
     assert sorted(result) == [1, LAYER]
     payload = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert set(payload) >= {"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}
@@ -357,6 +383,7 @@ def test_single_concept_is_saved_in_easyedit_layout(tmp_path):
 
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["layers"] == [1, LAYER] and meta["alg_name"] == "split"
+    assert (meta["hidden_size"], meta["num_layers"], meta["intervention_method"]) == (32, model.config.num_hidden_layers, "lora")
 
 
 def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, monkeypatch):
@@ -375,7 +402,7 @@ def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, mo
 
     monkeypatch.setattr(training, "train_layer", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+        _train_saving(hp, pairs, model, split_loss, out)
     assert trained == [0]
     first = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert first.shape == (1, 32)
@@ -385,7 +412,7 @@ def test_multi_concept_resumes_without_retraining_finished_concepts(tmp_path, mo
         return real_train_layer(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_layer", counting)
-    result = train_method("split", hp, pairs, model, WordTokenizer(), split_loss, output_dir=out, progress=False)
+    result = _train_saving(hp, pairs, model, split_loss, out)
     assert trained == [0, 1, 2]  # concept 0 was not trained again
     stacked = safe_torch_load(out / f"layer_{LAYER}.pt")
     assert stacked.shape == (3, 32)
@@ -407,3 +434,14 @@ def test_prepare_pairs_masks_prompt_and_skips_the_bos_prefix():
     labels = prepared.batch.labels
     assert (labels[0] != IGNORE_INDEX).sum() == 3 and (labels[1] != IGNORE_INDEX).sum() == 3
     assert prepare_pairs(WordTokenizer(), word_pairs(2), make_hparams(exclude_bos=False)).prefix_length == 0
+
+
+def test_saver_writes_the_loss_log_of_each_concept(tmp_path):
+    """Loss logs moved with the other files: `producing` writes one CSV row per batch, after training."""
+    model = build_tiny_model("llama")
+    hp = make_hparams(n_epochs=1, loss_output_dir=str(tmp_path / "losses"))
+    _train_saving(hp, word_pairs(), model, split_loss, tmp_path / "spilt_vector")
+    rows = (tmp_path / "losses" / f"train_losses_split_layer_{LAYER}_concept_0.csv").read_text().splitlines()
+    assert rows[0] == "layer,concept_id,batch,loss"
+    n_batches = -(-len(word_pairs()) // hp.batch_size)
+    assert len(rows) == 1 + n_batches and all(row.startswith(f"{LAYER},0,") for row in rows[1:])

@@ -1,4 +1,4 @@
-"""Activation-manifold probe: how far steered activations leave the unsteered manifold (DESIGN 1.4).
+"""Activation-manifold probe: how far steered activations leave the unsteered manifold.
 
 Reference: unsteered activations (every real token of the scored rows: prompt and both
 completions) at the steered layer and a few later layers. Two estimates of the manifold:
@@ -25,6 +25,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from .metrics import _jsonable
 
 
 def default_probe_layers(steered_layer: int, n_layers: int, n_later: int = 3) -> list[int]:
@@ -88,8 +90,6 @@ class ManifoldResult:
     options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        from .metrics import _jsonable
-
         def per_layer(values: dict) -> dict:
             return {str(layer): _jsonable(values[layer]) for layer in self.layers}
 
@@ -215,7 +215,7 @@ class ManifoldProbe:
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict:
     """Pearson and Spearman correlation over finite points (None when undefined)."""
-    from scipy import stats
+    from scipy import stats  # here, not at the top: scipy.stats costs start-up time to every evaluator import
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)

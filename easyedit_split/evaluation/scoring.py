@@ -1,4 +1,4 @@
-"""Batched teacher-forced scoring of polarity pairs over a sweep of multipliers (DESIGN 1.3, 5, 7).
+"""Batched teacher-forced scoring of polarity pairs over a sweep of multipliers.
 
 For every pair and multiplier `m` this computes `L_p(m) = -log P_m(matching | question)` and
 `L_n(m) = -log P_m(not_matching | question)` over completion (+ end-of-turn suffix) tokens.
@@ -29,10 +29,12 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..interventions import DynamicWeightUpdate, attach
-from ..models import get_decoder_layers, hidden_to_logits, model_device, num_layers
+from ..models import hidden_to_logits, model_device, num_layers
 from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, steering_prefix_length
+from ..recording import record_activations
 from ..replay import CapturedInputs, capture_layer_inputs, capture_prefix, replay_hidden_after_prefix, shared_prefix_length
 
 logger = logging.getLogger(__name__)
@@ -283,10 +285,7 @@ def score_encoded_pairs(
     total_rows = n_pairs * rows_per_pair * n_mult
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total_rows, desc=desc, unit="row", leave=False)
-    layers = get_decoder_layers(model)
     try:
         with torch.no_grad():
             for chunk in chunks:
@@ -306,23 +305,17 @@ def score_encoded_pairs(
                     ks = torch.tensor([k for k, _ in part])
                     rows = torch.tensor([r for _, r in part])
                     row_m = torch.tensor([multipliers[k] for k in ks.tolist()], dtype=torch.float32)
-                    hooks = []
                     end = int(lay.valid.index_select(0, rows).sum(dim=1).max())
                     steered = (lay.position_ids.index_select(0, rows)[:, skip:end] >= steer_from).to(device)
-                    with attach(model, updates, row_m.to(device), positions=steered):
-                        if activation_hook is not None:
-                            valid = lay.valid.index_select(0, rows)[:, skip:end].to(device)
-                            pair_idx = torch.tensor(chunk)[lay.row_pair.index_select(0, rows)]
-                            for layer in activation_layers:
-                                def fire(module, args, output, layer=layer):
-                                    hidden = output[0] if isinstance(output, tuple) else output
-                                    activation_hook(layer, hidden, pair_idx, row_m, valid)
-                                hooks.append(layers[layer].register_forward_hook(fire))
-                        try:
-                            hidden = replay_hidden_after_prefix(model, captured, prefix, rows.to(device), end=end)
-                        finally:
-                            for hook in hooks:
-                                hook.remove()
+                    recorded = activation_layers if activation_hook is not None else ()
+                    with attach(model, updates, row_m.to(device), positions=steered), \
+                            record_activations(model, recorded) as record:
+                        hidden = replay_hidden_after_prefix(model, captured, prefix, rows.to(device), end=end)
+                    if activation_hook is not None:
+                        valid = lay.valid.index_select(0, rows)[:, skip:end].to(device)
+                        pair_idx = torch.tensor(chunk)[lay.row_pair.index_select(0, rows)]
+                        for layer in activation_layers:
+                            activation_hook(layer, record.outputs[layer], pair_idx, row_m, valid)
                     # targets of the selected rows: expand each row's target list
                     t_rows, t_pos, t_tok, t_slot, t_k = [], [], [], [], []
                     for out_row, (k, r) in enumerate(part):

@@ -222,7 +222,7 @@ def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: 
     (EasyEdit's generator has already appended the dataset name). Returns
     `{"layer_<L>": payload}`, or `{"layer_<L>": {concept_id: payload}}` for multi-concept data.
     """
-    from ..methods.split import train
+    from ..producing import train_and_save
     from ..storage import update_to_payload
 
     hp = _our_hparams(hparams, "train")
@@ -231,7 +231,7 @@ def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: 
     directory = None
     if getattr(hp, "save_vectors", True) and getattr(hp, "steer_vector_output_dir", None):
         directory = Path(hp.steer_vector_output_dir) / f"spilt_{hp.intervention_method}"
-    trained = train(hp, pairs, hf_model, tokenizer, output_dir=directory, dataset_name=dataset_name)
+    trained = train_and_save(hp, pairs, hf_model, tokenizer, directory, dataset_name)
     result = {}
     for layer, value in trained.items():
         if isinstance(value, dict):

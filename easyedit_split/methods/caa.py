@@ -14,40 +14,21 @@ from tqdm.auto import tqdm
 
 from ..data import PolarityPair
 from ..interventions import DynamicWeightUpdate
-from ..models import check_layer, get_layer, model_device
+from ..models import check_layer, model_device
 from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_batch
+from ..recording import record_activations
 
 logger = logging.getLogger(__name__)
-
-
-class _Enough(Exception):
-    """Stops a forward once the deepest requested layer has run."""
 
 
 def mean_completion_activations(
     model: nn.Module, batch: TokenBatch, layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
     """Per row, the mean decoder-layer output over the completion tokens: {layer: [batch, hidden]}."""
-    outputs: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
-
-    def keep(layer: int):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            outputs[layer] = output[0] if isinstance(output, tuple) else output
-            if layer == deepest:
-                raise _Enough  # the layers above and the LM head are not needed
-
-        return hook
-
-    hooks = [get_layer(model, layer).register_forward_hook(keep(layer)) for layer in layers]
-    try:
-        with torch.no_grad():
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    except _Enough:
-        pass
-    finally:
-        for hook in hooks:
-            hook.remove()
+    # the layers above the deepest requested one and the LM head are not needed
+    with torch.no_grad(), record_activations(model, layers, stop_after=max(layers)) as record:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    outputs = record.outputs
     # Completion positions are where labels are set (prompt and padding are IGNORE_INDEX).
     mask = (batch.labels != IGNORE_INDEX).unsqueeze(-1).float()
     count = mask.sum(dim=1).clamp_min(1.0)

@@ -17,24 +17,27 @@ null_it_out` (RePS's default) the subtraction rows null the direction out (see `
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..training import LossTerms, method_trainer
 
+if TYPE_CHECKING:  # annotations only
+    from ..hparams import RePSHyperParams
+
 ALG_NAME = "reps"
 
 
-def needs_reference(hparams: Any) -> bool:
+def needs_reference(hparams: RePSHyperParams) -> bool:
     """Whether `hparams.loss_type` reads the unsteered log-probabilities."""
     if hparams.loss_type in ("scaled_simpo", "apo_zero"):
         return True
     return hparams.loss_type in ("dpo", "ipo") and not hparams.reference_free
 
 
-def reps_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
+def reps_loss(terms: LossTerms, hparams: RePSHyperParams) -> torch.Tensor:
     """The RePS preference loss of one minibatch chunk (mean over rows)."""
     chosen, rejected = -terms.target_nll_sum, -terms.opposite_nll_sum
     chosen_length = terms.target_length.to(chosen.dtype)

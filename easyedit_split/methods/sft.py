@@ -10,7 +10,7 @@ the SPLIT trainer with the other weights at 0; here non-zero `neg_loss_weight`,
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,17 +18,20 @@ from ..training import LossTerms, method_trainer, pooled_nll
 
 logger = logging.getLogger(__name__)
 
+if TYPE_CHECKING:  # annotations only
+    from ..hparams import SFTHyperParams
+
 ALG_NAME = "sft"
 _IGNORED = ("neg_loss_weight", "margin_penalty_weight", "ref_loss_weight")
 
 
-def sft_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
+def sft_loss(terms: LossTerms, hparams: SFTHyperParams) -> torch.Tensor:
     """NLL of the winning completion (pooled over the chunk's tokens)."""
-    return getattr(hparams, "pos_loss_weight", 1.0) * pooled_nll(terms.target_nll_sum, terms.target_count)
+    return hparams.pos_loss_weight * pooled_nll(terms.target_nll_sum, terms.target_count)
 
 
-def _warn_ignored(hparams: Any) -> None:
-    ignored = {key: getattr(hparams, key) for key in _IGNORED if getattr(hparams, key, 0)}
+def _warn_ignored(hparams: SFTHyperParams) -> None:
+    ignored = {key: getattr(hparams, key) for key in _IGNORED if getattr(hparams, key)}
     if ignored:
         logger.warning("sft trains only the positive term; %s ignored (use alg_name: split for them)", ignored)
 

@@ -13,17 +13,20 @@ Everything else (rows, factors, optimiser, saving) is the shared trainer's.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..training import LossTerms, method_trainer, pooled_nll
 
+if TYPE_CHECKING:  # annotations only
+    from ..hparams import SplitHyperParams
+
 ALG_NAME = "split"
 
 
-def split_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
+def split_loss(terms: LossTerms, hparams: SplitHyperParams) -> torch.Tensor:
     """The SPLIT objective of one minibatch chunk."""
     matching_nll = pooled_nll(terms.target_nll_sum, terms.target_count)
     not_matching_nll = pooled_nll(terms.opposite_nll_sum, terms.opposite_count)
@@ -41,7 +44,7 @@ def split_loss(terms: LossTerms, hparams: Any) -> torch.Tensor:
     return loss
 
 
-def needs_reference(hparams: Any) -> bool:
+def needs_reference(hparams: SplitHyperParams) -> bool:
     return bool(hparams.ref_loss_weight)
 
 
