@@ -31,6 +31,7 @@ from ..data import (
 from ..errors import DatasetError, HparamsError
 from ..evaluation.scoring import score_pairs
 from ..generation import GenerationSettings, generate_steered
+from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
 from ..interventions import DynamicWeightUpdate
 from ..models import load_model_and_tokenizer
 from ..prompts import PromptFormat
@@ -39,6 +40,8 @@ from ..storage import atomic_write_text
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+LossHyperParams = Union[SFTHyperParams, SplitHyperParams]
+"""The methods with NLL loss weights, whose losses EasyEdit's loss mode reports."""
 
 LOSS_PREFERENCE_TYPES = ("winning_only", "losing_only")
 
@@ -119,11 +122,10 @@ class ModelPool:
     tokenizer: Any = None
     _loaded: dict = field(default_factory=dict)
 
-    def get(self, hparams: Any) -> tuple[nn.Module, Any]:
+    def get(self, hparams: HyperParams) -> tuple[nn.Module, Any]:
         if self.model is not None:
             return self.model, self.tokenizer
-        key = (str(getattr(hparams, "model_name_or_path", None)), str(getattr(hparams, "dtype", "float32")),
-               str(getattr(hparams, "device", "cpu")))
+        key = (str(hparams.model_name_or_path), str(hparams.dtype), str(hparams.device))
         if key not in self._loaded:
             logger.info("loading model %s (%s on %s)", *key)
             self._loaded[key] = load_model_and_tokenizer(*key)
@@ -196,16 +198,16 @@ def _factor_text(value: float) -> str:
     return str(torch.tensor([float(value)]))
 
 
-def loss_csv_header(hparams: Any) -> list[str]:
+def loss_csv_header(hparams: LossHyperParams) -> list[str]:
     """EasyEdit's SFT loss CSV header: optional columns appear only for non-zero loss weights."""
     header = ["epoch", "step", "pos_steer_loss"]
-    if getattr(hparams, "neg_loss_weight", 0):
+    if hparams.neg_loss_weight:
         header.append("neg_steer_loss")
-    if getattr(hparams, "ref_loss_weight", 0):
+    if hparams.ref_loss_weight:
         header.extend(["pos_ref_loss", "neg_ref_loss"])
-    if getattr(hparams, "margin_penalty_weight", 0):
+    if hparams.margin_penalty_weight:
         header.append("margin_loss")
-    if getattr(hparams, "ref_loss_weight", 0):
+    if hparams.ref_loss_weight:
         header.append("ref_loss")
     return header + ["pos_steering_factors", "neg_steering_factors"]
 
@@ -227,7 +229,7 @@ class LossRows:
         return total[k] / count
 
 
-def score_loss_rows(model: nn.Module, tokenizer: Any, hparams: Any, pairs: Sequence[PolarityPair],
+def score_loss_rows(model: nn.Module, tokenizer: Any, hparams: HyperParams, pairs: Sequence[PolarityPair],
                     updates: Mapping[int, DynamicWeightUpdate], multipliers: Sequence[float], batch_size: int = 64) -> LossRows:
     """Score both completions of every pair at 0, +m and -m for each m, in one batched sweep."""
     sweep = sorted({0.0} | {float(s) * float(m) for m in multipliers for s in (1.0, -1.0)})
@@ -236,7 +238,7 @@ def score_loss_rows(model: nn.Module, tokenizer: Any, hparams: Any, pairs: Seque
     return LossRows(sweep, scores.matching_sum, scores.not_matching_sum, scores.matching_tokens, scores.not_matching_tokens)
 
 
-def loss_csv_text(rows: LossRows, hparams: Any, multiplier: float, preference_type: str) -> str:
+def loss_csv_text(rows: LossRows, hparams: LossHyperParams, multiplier: float, preference_type: str) -> str:
     """EasyEdit's `train_losses.csv` for one (m, sft_preference_type) run of its loss mode.
 
     One row per (example, preference pair): `orig_add` steers at +m with the matching
@@ -251,10 +253,10 @@ def loss_csv_text(rows: LossRows, hparams: Any, multiplier: float, preference_ty
     header = loss_csv_header(hparams)
     writer.writerow(header)
     n_examples = len(rows.matching_tokens)
-    pairs = list(getattr(hparams, "preference_pairs", ["orig_add", "orig_sub"]))
-    margin_weight = float(getattr(hparams, "margin_penalty_weight", 0) or 0)
-    threshold = float(getattr(hparams, "margin_threshold", 0.5))
-    ref_weight = float(getattr(hparams, "ref_loss_weight", 0) or 0)
+    pairs = list(hparams.preference_pairs)
+    margin_weight = float(hparams.margin_penalty_weight)
+    threshold = float(hparams.margin_threshold)
+    ref_weight = float(hparams.ref_loss_weight)
     for example in range(n_examples):
         for pair in pairs:
             factor = float(multiplier) if pair.endswith("_add") else -float(multiplier)
