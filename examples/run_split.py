@@ -38,15 +38,16 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+from easyedit_split import storage  # noqa: E402
+from easyedit_split.constants import DEFAULT_SWEEP, INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name  # noqa: E402
+from easyedit_split.data import group_by_concept  # noqa: E402
 from easyedit_split.errors import EasyEditSplitError, HparamsError  # noqa: E402
+from easyedit_split.evaluation import PreferenceUtilityEvaluator  # noqa: E402
 from easyedit_split.hparams import APPLY_HPARAMS, TRAIN_HPARAMS, TopLevelConfig, load_hparams  # noqa: E402
 from easyedit_split.integrations import pipeline  # noqa: E402
 from easyedit_split.models import is_default_model_name  # noqa: E402
-from easyedit_split.prompts import PromptFormat  # noqa: E402
-from easyedit_split import storage  # noqa: E402
-from easyedit_split.constants import INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name  # noqa: E402
-from easyedit_split.data import group_by_concept  # noqa: E402
 from easyedit_split.producing import train_to_dir  # noqa: E402
+from easyedit_split.prompts import PromptFormat  # noqa: E402
 
 logger = logging.getLogger("run_split")
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="both", choices=MODES)
     parser.add_argument("--device", default=None, help="override the hparams files' device (EasyEdit's default is cuda:0)")
     parser.add_argument("--multipliers", nargs="+", type=float, default=None,
-                        help="apply/loss: default 1.0; evaluate: default -8 -4 -2 -1 0 1 2 4 8")
+                        help=f"apply/loss: default 1.0; evaluate: default {' '.join(f'{m:g}' for m in DEFAULT_SWEEP)}")
     parser.add_argument("--base_dir", default=str(REPO_ROOT), help="root holding hparams/ (and EasyEdit's data/)")
     parser.add_argument("--dry_run", action="store_true", help="print what would run, load nothing")
     extra = parser.add_argument_group("additions to EasyEdit's flags")
@@ -258,8 +259,6 @@ class Runner:
         return True
 
     def evaluate(self, runs: Sequence[tuple[str, str]], multipliers: Optional[Sequence[float]]) -> bool:
-        from easyedit_split.evaluation import DEFAULT_MULTIPLIERS, PreferenceUtilityEvaluator
-
         args = self.args
         methods = {}
         prompt_hparams = None
@@ -280,7 +279,7 @@ class Runner:
         pairs = self._pairs("test")
         evaluator = PreferenceUtilityEvaluator(
             model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams),
-            multipliers=list(multipliers) if multipliers else list(DEFAULT_MULTIPLIERS),
+            multipliers=list(multipliers) if multipliers else list(DEFAULT_SWEEP),
             nll_mode=args.nll_mode, manifold=not args.no_manifold, progress=not args.quiet,
         )
         report = evaluator.compare(methods, pairs, out_dir=report_dir, dataset=str(args.dataset))
