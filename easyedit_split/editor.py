@@ -163,6 +163,9 @@ class SteerEditor:
         Same argument order as `interventions.steer(model, updates, multiplier, positions)`, without
         the model; `updates=None` uses the active interventions.
         """
+        if isinstance(updates, (int, float, torch.Tensor)):
+            raise TypeError("editor.steer(updates, multiplier): the first argument is the interventions (None = the "
+                            "active ones); pass the multiplier by name, e.g. editor.steer(multiplier=4.0)")
         with steer(self.model, self._active(updates), multiplier, positions) as handle:
             yield handle
 

@@ -120,3 +120,10 @@ def test_generation_needs_no_hparams_and_steer_takes_interventions_first(tiny_ch
         with steer(tiny_chat_model, loaded, 2.0):
             direct = tiny_chat_model(ids).logits
     assert torch.equal(through_editor, direct)
+
+
+def test_steer_with_a_number_first_says_the_argument_order(editor):
+    editor.train(PAIRS, save=False)
+    with pytest.raises(TypeError, match="multiplier=4.0"):
+        with editor.steer(4.0):
+            pass

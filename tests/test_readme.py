@@ -20,8 +20,12 @@ def test_the_readme_has_python_examples():
 
 
 @pytest.mark.default_model
-def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
-    """Run in an empty directory that has the repository's `hparams/` tree, as a user's checkout would."""
+def test_readme_python_examples_run(tmp_path, monkeypatch, capsys, default_model_and_tokenizer):
+    """Run in an empty directory that has the repository's `hparams/` tree, as a user's checkout would.
+    The default model the README loads is the session's copy (same files, loaded once per test run)."""
+    import easyedit_split.editor
+
+    monkeypatch.setattr(easyedit_split.editor, "load_model_and_tokenizer", lambda *args: default_model_and_tokenizer)
     (tmp_path / "hparams").symlink_to(REPO / "hparams")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme"}
