@@ -55,6 +55,9 @@ class GenerationSettings:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if "num_return_sequences" in self.extra:
+            raise ValueError("generation_params: num_return_sequences is not supported; use num_samples "
+                             "(EasyEdit's num_responses), which also seeds each sample")
 
     @classmethod
     def from_params(cls, params: Optional[Mapping[str, Any]] = None, **overrides: Any) -> "GenerationSettings":

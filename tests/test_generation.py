@@ -95,3 +95,5 @@ def test_settings_read_easyedits_generation_params():
     assert greedy == {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0, "repetition_penalty": 1.1}
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        GenerationSettings.from_params({"num_return_sequences": 3})
