@@ -3,7 +3,7 @@
 Every steering method here produces one intervention type, a dynamic weight update
 ``delta(x; m) = m * (x @ dW + db)`` added to a decoder layer's output.
 
-    from easyedit_split import SteerEditor, DynamicWeightUpdate, steer
+    from easyedit_split import SteerEditor, SteeringInterventions, DynamicWeightUpdate, steer, generate_steered
 """
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ _EXPORTS = {
     "DynamicWeightUpdate": "easyedit_split.interventions",
     "attach": "easyedit_split.interventions",
     "steer": "easyedit_split.interventions",
+    "SteeringInterventions": "easyedit_split.steering",
+    "generate_steered": "easyedit_split.generation",
+    "GenerationSettings": "easyedit_split.generation",
+    "GenerationRecord": "easyedit_split.generation",
     "load_hparams": "easyedit_split.hparams",
     "load_dataset": "easyedit_split.data",
     "PolarityPair": "easyedit_split.data",

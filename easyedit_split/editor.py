@@ -1,6 +1,6 @@
 """`SteerEditor`: the one-object API — load a model, train or load interventions, generate, evaluate.
 
-    editor = SteerEditor.from_hparams("hparams/smollm2-135m-instruct/sentiment/caa/generate_caa.yaml")
+    editor = SteerEditor.from_hparams("hparams/sentiment/smollm2-135m-instruct/caa/generate_caa.yaml")
     editor.train("sentiment")
     texts = editor.generate(["How was your weekend?"], multipliers=[0.0, 8.0])
 """
@@ -19,13 +19,15 @@ from torch import nn
 
 from .data import PolarityPair, load_dataset
 from .errors import HparamsError
-from .hparams import HyperParams, load_hparams
-from .interventions import DynamicWeightUpdate, attach, steer
-from .models import get_decoder_layers, load_model_and_tokenizer, model_device, validate_layers
-from .prompts import PromptFormat, steered_prompt_positions
+from .constants import DEFAULT_SWEEP
+from .hparams import ApplyHyperParams, HyperParams, TrainHyperParams, load_hparams
+from .generation import GenerationSettings, generate_steered, texts_by_multiplier
+from .interventions import DynamicWeightUpdate, InterventionHandle, Multiplier, steer
+from .models import get_decoder_layers, load_model_and_tokenizer, validate_layers
+from .prompts import PromptFormat
 from .registry import get_evaluator, get_method
 from .producing import train_to_dir
-from .storage import load_interventions
+from .steering import SteeringInterventions
 
 logger = logging.getLogger(__name__)
 
@@ -39,35 +41,37 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def hparams_to_dict(hparams: Any) -> dict:
-    if hasattr(hparams, "to_dict"):
-        return hparams.to_dict()
-    return dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else dict(vars(hparams))
+def _layers_of(hparams: HyperParams) -> Optional[list[int]]:
+    """The layers a train or apply file names; None for settings without layers (e.g. generation only)."""
+    if isinstance(hparams, (TrainHyperParams, ApplyHyperParams)):
+        return list(hparams.layers)
+    return None
 
 
 class SteerEditor:
-    """Holds a model, its tokenizer, the hparams and the current interventions ({layer: update})."""
+    """Holds a model, its tokenizer, the hparams and the current interventions.
 
-    def __init__(self, hparams: HyperParams, model: Optional[nn.Module] = None, tokenizer: Any = None) -> None:
-        self.hparams = hparams
+    `hparams` may be omitted to only load and apply saved interventions: the base `HyperParams`
+    defaults (the default model, EasyEdit's prompt settings, seed 42) apply. The seed is set once,
+    here; methods that train seed themselves from their hparams.
+    """
+
+    def __init__(self, hparams: Optional[HyperParams] = None, model: Optional[nn.Module] = None, tokenizer: Any = None) -> None:
+        self.hparams = hparams if hparams is not None else HyperParams()
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(
-                getattr(hparams, "model_name_or_path", None), getattr(hparams, "dtype", "float32"),
-                getattr(hparams, "device", "cpu"),
-            )
+            model, tokenizer = load_model_and_tokenizer(self.hparams.model_name_or_path, self.hparams.dtype, self.hparams.device)
         elif tokenizer is None:
             raise ValueError("SteerEditor: pass the tokenizer together with the model")
         self.model = model
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.prompt_format = PromptFormat.from_hparams(hparams)
-        layers = getattr(hparams, "layers", None)
+        self.prompt_format = PromptFormat.from_hparams(self.hparams)
+        layers = _layers_of(self.hparams)
         if layers is not None:
-            validate_layers(list(layers), len(get_decoder_layers(model)), source=getattr(hparams, "_source", None))
-        self.updates: dict[int, DynamicWeightUpdate] = {}
-        self.concept_updates: dict[int, dict[int, DynamicWeightUpdate]] = {}
-        set_seed(int(getattr(hparams, "seed", 42)))
+            validate_layers(layers, len(get_decoder_layers(model)))
+        self.interventions: Optional[SteeringInterventions] = None
+        set_seed(self.hparams.seed)
 
     @classmethod
     def from_hparams(
@@ -86,6 +90,16 @@ class SteerEditor:
             hparams = dataclasses.replace(hparams, **overrides)
         return cls(hparams, model=model, tokenizer=tokenizer)
 
+    # ------------------------------------------------------------------ state
+    @property
+    def updates(self) -> SteeringInterventions:
+        """The active interventions (`{layer: update}` of the active concept); empty before train/load."""
+        return self.interventions if self.interventions is not None else SteeringInterventions({})
+
+    @updates.setter
+    def updates(self, value: Mapping[int, DynamicWeightUpdate]) -> None:
+        self.interventions = SteeringInterventions.from_trained(value)
+
     # ------------------------------------------------------------------ data
     def _pairs(self, dataset: Pairs, split: str = "train") -> list[PolarityPair]:
         if isinstance(dataset, (str, Path)):
@@ -101,52 +115,58 @@ class SteerEditor:
         save: Optional[bool] = None,
         output_dir: Optional[Union[str, Path]] = None,
         dataset_name: Optional[str] = None,
-    ) -> dict[int, DynamicWeightUpdate]:
+    ) -> SteeringInterventions:
         """Produce interventions with the method named by `alg_name`; they become the active ones.
 
-        Returns `{layer: update}`, or `{layer: {concept_id: update}}` for multi-concept data
-        (then `concept_updates` holds them all and the lowest concept id is active).
+        Returns a `SteeringInterventions` (`{layer: update}`); for multi-concept data its
+        `concepts` holds every concept and the lowest concept id is active.
 
         Saved (when `save_vectors` is set or `save=True`) in EasyEdit's layout under
         `<steer_vector_output_dir>/<dataset>/<alg>_<method>/layer_<L>.pt`.
         """
         hp = load_hparams(hparams) if isinstance(hparams, (str, Path)) else (hparams or self.hparams)
+        if not isinstance(hp, TrainHyperParams):
+            raise HparamsError(f"train: {type(hp).__name__} is not a train (generate) file; "
+                               "pass hparams= with a generate_<method>.yaml file")
         pairs = self._pairs(dataset, split)
         name = dataset_name or (Path(str(dataset)).stem if isinstance(dataset, (str, Path)) else "custom")
-        validate_layers(list(hp.layers), len(get_decoder_layers(self.model)), source=getattr(hp, "_source", None))
-        set_seed(int(getattr(hp, "seed", 42)))
+        validate_layers(list(hp.layers), len(get_decoder_layers(self.model)))
         if save is not None:
             hp = dataclasses.replace(hp, save_vectors=bool(save))
-        out_root = output_dir or getattr(hp, "steer_vector_output_dir", None)
-        directory, trained = train_to_dir(hp, pairs, self.model, self.tokenizer, out_root if getattr(hp, "save_vectors", False) else None, name)
+        out_root = output_dir or hp.steer_vector_output_dir
+        directory, trained = train_to_dir(hp, pairs, self.model, self.tokenizer, out_root if hp.save_vectors else None, name)
         if directory is not None:
             logger.info("Saved %s interventions to %s", get_method(hp.alg_name).alg_name, directory)
-        self.concept_updates = {}
-        updates = trained
-        if trained and all(isinstance(v, dict) for v in trained.values()):
-            # multi-concept data: {layer: {concept_id: update}}; the lowest concept becomes active
-            self.concept_updates = trained
-            updates = {layer: per_concept[min(per_concept)] for layer, per_concept in trained.items()}
-        self.updates = updates
-        return trained
+        self.interventions = SteeringInterventions.from_trained(trained)
+        return self.interventions
 
     generate_vectors = train  # EasyEdit's name for the generate step
 
-    def load(self, directory: Union[str, Path], layers: Optional[Sequence[int]] = None, concept_id: int = 0) -> dict[int, DynamicWeightUpdate]:
+    def load(self, directory: Union[str, Path], layers: Optional[Sequence[int]] = None, concept_id: int = 0) -> SteeringInterventions:
         """Load saved interventions (this package's or EasyEdit's files); they become the active ones."""
-        self.updates = load_interventions(directory, list(layers) if layers is not None else None, concept_id, model=self.model)
-        return self.updates
+        self.interventions = SteeringInterventions.load(directory, layers, concept_id, model=self.model)
+        return self.interventions
 
-    def _active(self, updates: Optional[Mapping[int, DynamicWeightUpdate]]) -> dict[int, DynamicWeightUpdate]:
-        chosen = dict(updates) if updates is not None else self.updates
+    def _active(self, updates: Optional[Mapping[int, DynamicWeightUpdate]]) -> Mapping[int, DynamicWeightUpdate]:
+        chosen = updates if updates is not None else self.updates
         if not chosen:
             raise HparamsError("no interventions: call train(...) or load(...) first, or pass updates=")
         return chosen
 
     @contextmanager
-    def steer(self, multiplier: float = 1.0, updates: Optional[Mapping[int, DynamicWeightUpdate]] = None) -> Iterator[Any]:
-        """`with editor.steer(4.0): editor.model(...)` — the model is restored afterwards."""
-        with steer(self.model, self._active(updates), multiplier) as handle:
+    def steer(
+        self, updates: Optional[Mapping[int, DynamicWeightUpdate]] = None, multiplier: Multiplier = 1.0,
+        positions: Optional[torch.Tensor] = None,
+    ) -> Iterator[InterventionHandle]:
+        """`with editor.steer(multiplier=4.0): editor.model(...)` — the model is restored afterwards.
+
+        Same argument order as `interventions.steer(model, updates, multiplier, positions)`, without
+        the model; `updates=None` uses the active interventions.
+        """
+        if isinstance(updates, (int, float, torch.Tensor)):
+            raise TypeError("editor.steer(updates, multiplier): the first argument is the interventions (None = the "
+                            "active ones); pass the multiplier by name, e.g. editor.steer(multiplier=4.0)")
+        with steer(self.model, self._active(updates), multiplier, positions) as handle:
             yield handle
 
     # ------------------------------------------------------------------ generate
@@ -161,48 +181,23 @@ class SteerEditor:
     ) -> dict[float, list[str]]:
         """Texts for every prompt at every multiplier: {m: [text per prompt]}.
 
-        All (multiplier, prompt) rows run batched with left padding; each row carries its own
-        multiplier, so a sweep costs one generate call per batch. Greedy unless `do_sample=True`.
+        One `generation.generate_steered` call: all (multiplier, prompt) rows run batched with
+        left padding, each row with its own multiplier. Greedy unless `do_sample=True`; other
+        keywords are EasyEdit's `generation_params`. For several samples or the complete outputs,
+        call `generation.generate_steered` directly.
         """
-        active = self._active(updates)
-        rows = [(float(m), prompt) for m in multipliers for prompt in prompts]
-        texts: dict[float, list[str]] = {float(m): [] for m in multipliers}
-        generation_params.setdefault("do_sample", False)
-        if not generation_params["do_sample"]:
-            for key in ("temperature", "top_p", "top_k"):
-                generation_params.pop(key, None)
-        device = model_device(self.model)
-        padding_side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = "left"  # generation continues from the last real token
-        try:
-            with attach(self.model, active, 0.0) as handle:
-                for start in range(0, len(rows), batch_size):
-                    chunk = rows[start : start + batch_size]
-                    rendered = [self.prompt_format.prompt_text(self.tokenizer, prompt) for _, prompt in chunk]
-                    encoded = self.tokenizer(
-                        rendered, return_tensors="pt", padding=True,
-                        add_special_tokens=not self.prompt_format.uses_template(self.tokenizer),
-                    ).to(device)
-                    handle.multiplier = torch.tensor([m for m, _ in chunk])
-                    handle.positions = steered_prompt_positions(self.tokenizer, self.prompt_format, encoded["attention_mask"])
-                    with torch.no_grad():
-                        output = self.model.generate(
-                            **encoded, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                            **generation_params,
-                        )
-                    new_tokens = output[:, encoded["input_ids"].shape[1] :]
-                    for (m, _), ids in zip(chunk, new_tokens):
-                        texts[m].append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
-        finally:
-            self.tokenizer.padding_side = padding_side
-        return texts
+        settings = GenerationSettings.from_params(generation_params, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        records = generate_steered(self.model, self.tokenizer, list(prompts), self._active(updates), list(multipliers),
+                                   settings, self.prompt_format)
+        texts = texts_by_multiplier(records)
+        return {float(m): [text.strip() for text in texts[float(m)]] for m in multipliers}
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(
         self,
         dataset: Pairs = "sentiment",
         split: str = "test",
-        multipliers: Sequence[float] = (-8, -4, -2, 0, 2, 4, 8),
+        multipliers: Sequence[float] = DEFAULT_SWEEP,
         updates: Optional[Mapping[int, DynamicWeightUpdate]] = None,
         name: Optional[str] = None,
         evaluator: str = "preference_utility",
@@ -213,4 +208,5 @@ class SteerEditor:
         instance = evaluator_class(
             self.model, self.tokenizer, prompt_format=self.prompt_format, multipliers=list(multipliers), **evaluator_options
         )
-        return instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or getattr(self.hparams, "alg_name", "method"))
+        method_name = self.hparams.alg_name if isinstance(self.hparams, (TrainHyperParams, ApplyHyperParams)) else "method"
+        return instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)

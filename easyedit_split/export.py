@@ -1,4 +1,4 @@
-"""Serve a trained intervention without hooks: merged weights or a standard peft LoRA adapter (DESIGN 6).
+"""Serve a trained intervention without hooks: merged weights or a standard peft LoRA adapter.
 
 An update on `mlp_mid` reads the down projection's input `x` and adds `m * (x @ dW + db)` to the
 decoder layer's output. In families whose layer output is `residual + down_proj(...)` (no norm
@@ -14,18 +14,18 @@ including the chat template's prefix that the hooks leave unsteered.
 from __future__ import annotations
 
 import copy
-import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Union
 
 import torch
-from safetensors.torch import save_file
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from .errors import ModelError
 from .interventions import DynamicWeightUpdate
-from .models import architecture_of, get_component_module, get_layer
-from .storage import atomic_write, atomic_write_json
+from .models import architecture_of, get_component_module
 
 # Families whose MLP output goes straight into the residual stream (no post-MLP norm).
 MERGEABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "granite", "smollm3")
@@ -46,7 +46,7 @@ def _check_mergeable(model: nn.Module, update: DynamicWeightUpdate) -> None:
         )
 
 
-def merged_model(model: nn.Module, updates: dict[int, DynamicWeightUpdate], multiplier: float = 1.0) -> nn.Module:
+def merged_model(model: nn.Module, updates: Mapping[int, DynamicWeightUpdate], multiplier: float = 1.0) -> nn.Module:
     """A copy of `model` with `m * dW` (and `m * db`) folded into each layer's down projection."""
     for layer, update in updates.items():
         _check_mergeable(model, update)
@@ -65,39 +65,50 @@ def merged_model(model: nn.Module, updates: dict[int, DynamicWeightUpdate], mult
     return merged
 
 
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ModelError("export: the down projection is not a submodule of the model")
+
+
 def export_peft_adapter(
-    model: nn.Module, updates: dict[int, DynamicWeightUpdate], out_dir: Union[str, Path], multiplier: float = 1.0,
+    model: nn.Module, updates: Mapping[int, DynamicWeightUpdate], out_dir: Union[str, Path], multiplier: float = 1.0,
     base_model_name_or_path: str = "",
 ) -> Path:
-    """Write `adapter_config.json` + `adapter_model.safetensors`, which `peft.PeftModel.from_pretrained` loads.
+    """Write a peft LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) with peft itself.
 
-    Only `lora` updates on `mlp_mid` (a LoRA has no bias); local_weight: use `merged_model`.
+    peft builds the adapter on a copy of `model` (`LoraConfig` + `get_peft_model`), the LoRA
+    weights are set to the update's, and `save_pretrained` writes it, so `PeftModel.from_pretrained`
+    and servers that read peft adapters load it. Only `lora` updates on `mlp_mid` (a LoRA has no
+    bias); local_weight: use `merged_model`. Files are moved into `out_dir` one by one, atomically.
     """
     ranks = set()
-    state: dict[str, torch.Tensor] = {}
+    targets: dict[int, str] = {}
     for layer, update in updates.items():
         _check_mergeable(model, update)
         if update.method != "lora":
             raise ModelError(f"export: a peft LoRA adapter needs a 'lora' update; layer {layer} holds '{update.method}'")
-        get_layer(model, layer)
         ranks.add(update.rank)
-        prefix = f"base_model.model.model.layers.{layer}.mlp.down_proj"
-        state[f"{prefix}.lora_A.weight"] = update.lora_A.detach().T.contiguous().cpu()
-        state[f"{prefix}.lora_B.weight"] = (multiplier * update.lora_B.detach()).T.contiguous().cpu()
+        targets[layer] = _module_name(model, get_component_module(model, layer, "mlp_mid"))
     if len(ranks) != 1:
         raise ModelError(f"export: all layers must share one LoRA rank, got {sorted(ranks)}")
     rank = ranks.pop()
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", inference_mode=True,
+        target_modules=[targets[layer] for layer in sorted(targets)],
+    )
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    with torch.no_grad():
+        for layer, update in updates.items():
+            lora_layer = peft_model.base_model.model.get_submodule(targets[layer])
+            lora_layer.lora_A["default"].weight.copy_(update.lora_A.detach().T)
+            lora_layer.lora_B["default"].weight.copy_((multiplier * update.lora_B.detach()).T)
+    peft_model.peft_config["default"].base_model_name_or_path = base_model_name_or_path
     out_dir = Path(out_dir)
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
-        "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-        "target_modules": [f"model.layers.{layer}.mlp.down_proj" for layer in sorted(updates)],
-        "base_model_name_or_path": base_model_name_or_path,
-    }
-    atomic_write_json(out_dir / "adapter_config.json", config)
-    atomic_write(out_dir / "adapter_model.safetensors", lambda tmp: save_file(state, tmp))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as staging:
+        peft_model.save_pretrained(staging)
+        for written in Path(staging).iterdir():
+            os.replace(written, out_dir / written.name)
     return out_dir
-
-
-def read_adapter_config(out_dir: Union[str, Path]) -> dict:
-    return json.loads((Path(out_dir) / "adapter_config.json").read_text(encoding="utf-8"))

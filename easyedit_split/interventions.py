@@ -361,10 +361,16 @@ def attach(
 
 @contextmanager
 def steer(
-    model: nn.Module, updates: Mapping[int, DynamicWeightUpdate], multiplier: Multiplier = 1.0
+    model: nn.Module,
+    updates: Mapping[int, DynamicWeightUpdate],
+    multiplier: Multiplier = 1.0,
+    positions: Optional[torch.Tensor] = None,
 ) -> Iterator[InterventionHandle]:
-    """`with steer(model, {layer: update}, m): ...` — the model is restored on exit, even on error."""
-    handle = attach(model, updates, multiplier)
+    """`with steer(model, {layer: update}, m): ...` — the model is restored on exit, even on error.
+
+    `positions`, an optional [batch, seq] mask, limits where the delta is added (see `InterventionHandle`).
+    """
+    handle = attach(model, updates, multiplier, positions)
     try:
         yield handle
     finally:

@@ -330,3 +330,93 @@ def load_interventions(
             check_fits_model(update, model, layer, source=str(path))
         updates[layer] = update
     return updates
+
+
+# ----------------------------------------------------------------------------- EasyEdit's experiment tree
+# Where EasyEdit's `examples/run_SPILT.py` keeps hparams and writes results, so that the pipeline
+# (`integrations.pipeline`, `examples/run_split.py`) reads and writes the same places:
+#
+#     vectors/<model>/<method>/<dataset>/<method>_<intervention>/layer_<L>.pt         (CAA: caa_vector/)
+#     generation/<model>/<method>/<dataset>/<method>_<intervention>/m<m>/<data>_results.json
+#     vectors/<model>/get_sft_loss/<method>/<dataset>/<method>_<intervention>/
+#         <intervention>_<method>_m<m>_<winning_only|losing_only>/train_losses.csv
+#
+# <method> is EasyEdit's directory name (`constants.easyedit_alg_dir_name`: SPLIT is `spilt`).
+# (Imports kept here, with this appended section, so parallel edits of the file header merge cleanly.)
+from typing import Iterable  # noqa: E402
+
+from .constants import easyedit_alg_dir_name  # noqa: E402
+
+EASYEDIT_EXPERIMENT_DIR = Path("hparams/Steer/experiment_hparams/spilt_experiment")
+"""EasyEdit's hparams tree of the SPLIT experiments, relative to its checkout."""
+LOSS_CSV_NAME = "train_losses.csv"
+PER_EXAMPLE_CSV_NAME = "per_example_nll.csv"
+
+
+def vector_subdir(method: str, intervention_method: str) -> str:
+    """`<method>_<intervention>`, or `caa_vector` for CAA (EasyEdit's names)."""
+    method = easyedit_alg_dir_name(method)
+    return "caa_vector" if method == "caa" else f"{method}_{intervention_method}"
+
+
+def experiment_vectors_dir(output_root: PathLike, model_name: str, method: str, dataset: str, intervention_method: str) -> Path:
+    """`vectors/<model>/<method>/<dataset>/<method>_<intervention>/`: where the generate step writes."""
+    method = easyedit_alg_dir_name(method)
+    return Path(output_root) / "vectors" / model_name / method / dataset / vector_subdir(method, intervention_method)
+
+
+def experiment_generation_dir(output_root: PathLike, model_name: str, method: str, dataset: str, intervention_method: str,
+                              multiplier: float) -> Path:
+    """`generation/<model>/<method>/<dataset>/<method>_<intervention>/m<m>/`: where the apply step writes."""
+    method = easyedit_alg_dir_name(method)
+    return (Path(output_root) / "generation" / model_name / method / dataset / f"{method}_{intervention_method}"
+            / f"m{multiplier}")
+
+
+def loss_output_dir(output_root: PathLike, model_name: str, method: str, dataset: str, intervention_method: str,
+                    multiplier: float, preference_type: str) -> Path:
+    """`vectors/<model>/get_sft_loss/.../<intervention>_<method>_m<m>_<preference>/`: where the loss step writes."""
+    method = easyedit_alg_dir_name(method)
+    leaf = f"{intervention_method}_{method}_m{multiplier}_{preference_type}"
+    return Path(output_root) / "vectors" / model_name / "get_sft_loss" / method / dataset / f"{method}_{intervention_method}" / leaf
+
+
+def hparams_roots(base_dir: PathLike) -> list[Path]:
+    """Where method directories are looked up: this package's `hparams/` and EasyEdit's tree."""
+    base = Path(base_dir)
+    return [base / "hparams", base / EASYEDIT_EXPERIMENT_DIR]
+
+
+def _first_existing(candidates: Iterable[Path]) -> Optional[Path]:
+    for path in candidates:
+        if path.is_file():
+            return path
+    return None
+
+
+def find_train_hparams(base_dir: PathLike, dataset: str, model_name: str, method: str, intervention_method: str) -> Optional[Path]:
+    """The generate file for (dataset, model, method, intervention), with EasyEdit's legacy names."""
+    method = easyedit_alg_dir_name(method)
+    candidates = []
+    for root in hparams_roots(base_dir):
+        leaf = root / dataset / model_name / method
+        candidates.append(leaf / f"generate_{method}_{intervention_method}.yaml")
+        if intervention_method == "local_weight":
+            candidates.append(leaf / f"generate_{method}_weight.yaml")
+        if method == "caa":
+            candidates.append(leaf / "generate_caa.yaml")
+    return _first_existing(candidates)
+
+
+def find_apply_hparams(base_dir: PathLike, dataset: str, model_name: str, method: str) -> Optional[Path]:
+    """The apply file for (dataset, model, method): `apply_<method>.yaml` or `apply.yaml`."""
+    method = easyedit_alg_dir_name(method)
+    return _first_existing(
+        root / dataset / model_name / method / name
+        for root in hparams_roots(base_dir) for name in (f"apply_{method}.yaml", "apply.yaml")
+    )
+
+
+def find_loss_hparams(base_dir: PathLike, dataset: str, model_name: str) -> Optional[Path]:
+    """EasyEdit's SFT loss-mode file, `sft/generate_sft_loss.yaml`."""
+    return _first_existing(root / dataset / model_name / "sft" / "generate_sft_loss.yaml" for root in hparams_roots(base_dir))

@@ -38,14 +38,17 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+from easyedit_split import storage  # noqa: E402
+from easyedit_split.constants import DEFAULT_SWEEP, INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name  # noqa: E402
+from easyedit_split.data import group_by_concept  # noqa: E402
 from easyedit_split.errors import EasyEditSplitError, HparamsError  # noqa: E402
 from easyedit_split.hparams import TopLevelConfig, load_hparams  # noqa: E402
 from easyedit_split.registry import hparams_classes  # noqa: E402
+from easyedit_split.evaluation import PreferenceUtilityEvaluator  # noqa: E402
 from easyedit_split.integrations import pipeline  # noqa: E402
 from easyedit_split.models import is_default_model_name  # noqa: E402
-from easyedit_split.prompts import PromptFormat  # noqa: E402
-from easyedit_split.storage import load_interventions  # noqa: E402
 from easyedit_split.producing import train_to_dir  # noqa: E402
+from easyedit_split.prompts import PromptFormat  # noqa: E402
 
 logger = logging.getLogger("run_split")
 
@@ -61,7 +64,7 @@ def _parse_set(text: str) -> tuple[str, Any]:
 
 def _method(text: str) -> str:
     name = text.strip().lower()
-    return "all" if name == "all" else pipeline.method_dir_name(name)
+    return "all" if name == "all" else easyedit_alg_dir_name(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", required=True, help="axbench, psychopathy, powerseeking (EasyEdit's data files), "
                         "a shipped dataset (sentiment, food) or a data file")
-    parser.add_argument("--method", required=True, type=_method, choices=[*pipeline.METHODS, "all"],
+    parser.add_argument("--method", required=True, type=_method, choices=[*(easyedit_alg_dir_name(m) for m in METHOD_NAMES), "all"],
                         help="caa, reps, sft, spilt (or split/SPLIT), or all")
     parser.add_argument("--model_name", required=True, help="model directory name in the hparams tree, e.g. smollm2-135m-instruct")
-    parser.add_argument("--intervention_method", required=True, choices=[*pipeline.INTERVENTION_METHODS, "all"])
+    parser.add_argument("--intervention_method", required=True, choices=[*INTERVENTION_METHODS, "all"])
     parser.add_argument("--mode", default="both", choices=MODES)
     parser.add_argument("--device", default=None, help="override the hparams files' device (EasyEdit's default is cuda:0)")
     parser.add_argument("--multipliers", nargs="+", type=float, default=None,
-                        help="apply/loss: default 1.0; evaluate: default -8 -4 -2 -1 0 1 2 4 8")
+                        help=f"apply/loss: default 1.0; evaluate: default {' '.join(f'{m:g}' for m in DEFAULT_SWEEP)}")
     parser.add_argument("--base_dir", default=str(REPO_ROOT), help="root holding hparams/ (and EasyEdit's data/)")
     parser.add_argument("--dry_run", action="store_true", help="print what would run, load nothing")
     extra = parser.add_argument_group("additions to EasyEdit's flags")
@@ -157,10 +160,10 @@ class Runner:
         return common
 
     def vectors_root(self, method: str) -> Path:
-        return self.output_root / "vectors" / self.args.model_name / pipeline.method_dir_name(method)
+        return self.output_root / "vectors" / self.args.model_name / easyedit_alg_dir_name(method)
 
     def vectors_dir(self, method: str, intervention: str) -> Path:
-        return self.vectors_root(method) / self.args.dataset / pipeline.vector_subdir(method, intervention)
+        return storage.experiment_vectors_dir(self.output_root, self.args.model_name, method, self.args.dataset, intervention)
 
     def _pairs(self, split: str) -> list:
         args = self.args
@@ -176,10 +179,10 @@ class Runner:
     # ------------------------------------------------------------------ modes
     def generate(self, method: str, intervention: str) -> bool:
         args = self.args
-        path = pipeline.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+        path = storage.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
         if path is None:
             logger.warning("[SKIP] no generate hparams for %s/%s/%s (%s) under %s", args.dataset, args.model_name, method,
-                           intervention, [str(r) for r in pipeline.hparams_roots(self.base_dir)])
+                           intervention, [str(r) for r in storage.hparams_roots(self.base_dir)])
             return True
         logger.info("[GENERATE] %s %s from %s", method, intervention, path)
         if args.dry_run:
@@ -194,7 +197,7 @@ class Runner:
 
     def apply(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
         args = self.args
-        path = pipeline.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
+        path = storage.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
         if path is None:
             logger.warning("[SKIP] no apply hparams for %s/%s/%s", args.dataset, args.model_name, method)
             return True
@@ -207,7 +210,7 @@ class Runner:
         for multiplier in multipliers:
             hparams = pipeline.with_overrides(base, {
                 **self._common(), "multipliers": [float(multiplier)], "steer_vector_load_dir": str(load_dir),
-                "intervention_method": "vector" if pipeline.method_dir_name(method) == "caa" else intervention,
+                "intervention_method": "vector" if easyedit_alg_dir_name(method) == "caa" else intervention,
             })
             model, tokenizer = self.pool.get(hparams)
             updates = pipeline.load_apply_updates(model, hparams)
@@ -216,15 +219,15 @@ class Runner:
                 self.generation["generation_params"], self.generation["num_responses"],
                 self.generation["generate_orig_output"], seed=hparams.seed,
             )
-            out_dir = (self.output_root / "generation" / args.model_name / pipeline.method_dir_name(method) / args.dataset
-                       / f"{pipeline.method_dir_name(method)}_{intervention}" / f"m{multiplier}")
+            out_dir = storage.experiment_generation_dir(self.output_root, args.model_name, method, args.dataset, intervention,
+                                                        multiplier)
             written = pipeline.write_generation_results(results, out_dir, Path(str(args.dataset)).stem)
             logger.info("[SUCCESS] m=%s: %d generations -> %s", multiplier, len(results), written)
         return True
 
     def loss(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
         args = self.args
-        path = pipeline.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
+        path = storage.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
         if path is None:
             logger.warning("[SKIP] no sft/generate_sft_loss.yaml for %s/%s", args.dataset, args.model_name)
             return True
@@ -237,28 +240,26 @@ class Runner:
         })
         model, tokenizer = self.pool.get(hparams)
         pairs = self._pairs("train")
-        groups = pipeline.group_by_concept(pairs)
+        groups = group_by_concept(pairs)
         for concept_id, group in groups.items():
-            updates = load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
+            updates = storage.load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
             rows = pipeline.score_loss_rows(model, tokenizer, hparams, group, updates, multipliers)
             for multiplier in multipliers:
                 for preference_type in pipeline.LOSS_PREFERENCE_TYPES:
-                    out = pipeline.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
+                    out = storage.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
                                                    multiplier, preference_type)
                     if len(groups) > 1:
                         out = out.parent / f"concept_{concept_id}" / out.name
-                    pipeline.atomic_write_text(out / pipeline.LOSS_CSV_NAME,
+                    storage.atomic_write_text(out / storage.LOSS_CSV_NAME,
                                                pipeline.loss_csv_text(rows, hparams, multiplier, preference_type))
-            tidy = pipeline.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention, 0, "x").parent
+            tidy = storage.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention, 0, "x").parent
             if len(groups) > 1:
                 tidy = tidy / f"concept_{concept_id}"
-            pipeline.atomic_write_text(tidy / pipeline.PER_EXAMPLE_CSV_NAME, pipeline.per_example_csv_text(rows))
+            storage.atomic_write_text(tidy / storage.PER_EXAMPLE_CSV_NAME, pipeline.per_example_csv_text(rows))
             logger.info("[SUCCESS] loss for %d pairs (concept %d) -> %s", len(group), concept_id, tidy)
         return True
 
     def evaluate(self, runs: Sequence[tuple[str, str]], multipliers: Optional[Sequence[float]]) -> bool:
-        from easyedit_split.evaluation import DEFAULT_MULTIPLIERS, PreferenceUtilityEvaluator
-
         args = self.args
         methods = {}
         prompt_hparams = None
@@ -268,7 +269,7 @@ class Runner:
                 logger.warning("[SKIP] %s %s: nothing trained at %s (run --mode generate first)", method, intervention, directory)
                 continue
             methods[f"{method}_{intervention}" if method != "caa" else "caa"] = directory
-            path = pipeline.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+            path = storage.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
             if prompt_hparams is None and path is not None:
                 prompt_hparams = pipeline.with_overrides(load_hparams(path, kind="train"), self._common())
         report_dir = self.output_root / "results" / args.model_name / Path(str(args.dataset)).stem / "preference_utility"
@@ -279,7 +280,7 @@ class Runner:
         pairs = self._pairs("test")
         evaluator = PreferenceUtilityEvaluator(
             model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams),
-            multipliers=list(multipliers) if multipliers else list(DEFAULT_MULTIPLIERS),
+            multipliers=list(multipliers) if multipliers else list(DEFAULT_SWEEP),
             nll_mode=args.nll_mode, manifold=not args.no_manifold, progress=not args.quiet,
         )
         report = evaluator.compare(methods, pairs, out_dir=report_dir, dataset=str(args.dataset))

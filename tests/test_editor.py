@@ -4,10 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from easyedit_split.data import PolarityPair
+from easyedit_split.data import GenerationExample, PolarityPair
 from easyedit_split.editor import SteerEditor
 from easyedit_split.errors import HparamsError
 from easyedit_split.hparams import CAAHyperParams
+from easyedit_split.integrations.pipeline import generate_results
+from easyedit_split.interventions import DynamicWeightUpdate, steer
+from easyedit_split.prompts import steering_prefix_length
+from easyedit_split.steering import SteeringInterventions
 
 PAIRS = [
     PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),
@@ -66,10 +70,6 @@ def test_generate_without_interventions_says_what_to_do(editor):
 def test_pipeline_generation_steers_like_the_editor(editor, tiny_chat_model, default_tokenizer):
     """EasyEdit-style generation (integrations.pipeline) steers the same positions as SteerEditor.generate:
     the prompt pass leaves the chat template's common prefix untouched and changes everything after it."""
-    from easyedit_split.data import GenerationExample
-    from easyedit_split.integrations.pipeline import generate_results
-    from easyedit_split.prompts import steering_prefix_length
-
     editor.train(PAIRS, save=False)
     steered_layer = {2: editor.updates[2]}
     prompts = ["Hi", "Tell me about your favourite holiday in the mountains, please."]
@@ -100,3 +100,27 @@ def test_pipeline_generation_steers_like_the_editor(editor, tiny_chat_model, def
     records = generate_results(tiny_chat_model, default_tokenizer, editor.prompt_format, [GenerationExample(p) for p in prompts],
                                [steered_layer], {"max_new_tokens": 4, "do_sample": False})
     assert [r["pred"][0].strip() for r in records] == texts
+
+
+def test_generation_needs_no_hparams_and_steer_takes_interventions_first(tiny_chat_model, default_tokenizer, tmp_path):
+    """Load saved vectors and generate without any hparams; `editor.steer(updates, m)` is `steer(model, updates, m)`."""
+    vector = 3.0 * torch.randn(tiny_chat_model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    SteeringInterventions({1: DynamicWeightUpdate.from_vector(vector)}).save(tmp_path)
+    editor = SteerEditor(model=tiny_chat_model, tokenizer=default_tokenizer)
+    loaded = editor.load(tmp_path)
+    assert isinstance(loaded, SteeringInterventions) and torch.equal(loaded[1].bias.detach(), vector)
+    assert set(editor.generate(["Hi"], multipliers=[0.0, 1.0], max_new_tokens=2)) == {0.0, 1.0}
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        with editor.steer(loaded, 2.0):
+            through_editor = tiny_chat_model(ids).logits
+        with steer(tiny_chat_model, loaded, 2.0):
+            direct = tiny_chat_model(ids).logits
+    assert torch.equal(through_editor, direct)
+
+
+def test_steer_with_a_number_first_says_the_argument_order(editor):
+    editor.train(PAIRS, save=False)
+    with pytest.raises(TypeError, match="multiplier=4.0"):
+        with editor.steer(4.0):
+            pass

@@ -83,3 +83,14 @@ def test_bootstrap_interval_contains_mean_and_is_seeded():
     assert not np.array_equal(first.ci_low, other.ci_low)
     np.testing.assert_allclose(first.mean, values.mean(axis=1))
     np.testing.assert_allclose(first.se, values.std(axis=1, ddof=1) / np.sqrt(40))
+
+
+def test_bootstrap_interval_matches_a_hand_computed_distribution():
+    """Resample means of [0, 0, 0, 1] are k/4 with k ~ Binomial(4, 1/4): P(k <= 2) = 243/256 = 0.949 < 0.975
+    < P(k <= 3) = 255/256, and P(k = 0) = 81/256 > 0.025, so the 95% percentile interval is [0, 0.75].
+    [0, 1]: means 0, 0.5, 1 with P = 1/4, 1/2, 1/4 give [0, 1]. A NaN is left out; one value gives [v, v]."""
+    stats = summarize(np.array([[0.0, 0.0, 0.0, 1.0], [0.0, 1.0, np.nan, np.nan], [2.5, np.nan, np.nan, np.nan]]),
+                      n_bootstrap=4000, seed=0)
+    np.testing.assert_array_equal(stats.ci_low, [0.0, 0.0, 2.5])
+    np.testing.assert_array_equal(stats.ci_high, [0.75, 1.0, 2.5])
+    np.testing.assert_array_equal(stats.n, [4, 2, 1])

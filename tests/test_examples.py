@@ -11,6 +11,10 @@ import pytest
 import torch
 import yaml
 
+from easyedit_split.data import load_dataset
+from easyedit_split.interventions import DynamicWeightUpdate, steer
+from easyedit_split.prompts import PromptFormat, encode_completion, steering_prefix_length
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 TINY = ["--set", "layers=[2]", "--set", "n_epochs=1", "--set", "batch_size=2", "--max_examples", "4", "--quiet"]
@@ -78,10 +82,6 @@ def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained,
     assert float(losing[1][2]) == pytest.approx(float(at[0, 1.5]["not_matching_nll"]), rel=1e-6)
 
     # independent check: full forward of example 0's matching sequence with the vector at +1.5
-    from easyedit_split.data import load_dataset
-    from easyedit_split.interventions import DynamicWeightUpdate, steer
-    from easyedit_split.prompts import PromptFormat, encode_completion, steering_prefix_length
-
     pair = load_dataset("sentiment")[0]
     encoded = encode_completion(default_tokenizer, PromptFormat(), pair.question, pair.matching)
     ids = torch.tensor([encoded.input_ids])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import PeftModel
 
 from easyedit_split.errors import ModelError
 from easyedit_split.export import export_peft_adapter, merged_model
@@ -33,8 +34,6 @@ def test_merged_weights_equal_the_hooked_update(family, token_batch):
 
 
 def test_peft_adapter_equals_the_hooked_update(tmp_path, token_batch):
-    from peft import PeftModel
-
     model = build_tiny_model("llama")
     updates = {0: _random(model, "lora"), 2: _random(model, "lora", seed=2)}
     with torch.no_grad(), steer(model, updates, -1.3):

@@ -1,4 +1,4 @@
-"""Preference and utility log-odds from completion NLLs, with per-multiplier statistics (DESIGN 1.3).
+"""Preference and utility log-odds from completion NLLs, with per-multiplier statistics.
 
     PrefOdds = L_n - L_p                                  log P(matching) / P(not matching)
     UtilOdds = log p - log(1 - p),  p = e^{-L_p} + e^{-L_n}   log-odds of producing a valid answer
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import bootstrap
 
 from .scoring import PairScores
 
@@ -73,11 +74,13 @@ class Statistic:
 def summarize(values: np.ndarray, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> Statistic:
     """Statistics over examples for each row of `values` [K, N]; NaN entries are left out.
 
-    The interval is the percentile bootstrap over examples: `n_bootstrap` resamples of the N
-    examples (the same resamples for every multiplier, drawn from `seed`), mean of each.
+    The interval is scipy's percentile bootstrap (`scipy.stats.bootstrap`, `method="percentile"`)
+    of the mean over the row's defined examples: `n_bootstrap` resamples drawn from a generator
+    seeded with `seed` for every row, so rows of equal length share their resample indices.
+    One example gives the interval [v, v]; none gives NaN.
     """
     values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    k, n = values.shape
+    k = values.shape[0]
     finite = np.isfinite(values)
     count = finite.sum(axis=1)
     filled = np.where(finite, values, 0.0)
@@ -88,19 +91,20 @@ def summarize(values: np.ndarray, n_bootstrap: int = 1000, confidence: float = 0
     se = np.where(count > 1, se, np.nan)
     low = np.full(k, np.nan)
     high = np.full(k, np.nan)
-    if n_bootstrap > 0 and n > 0:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, n, size=(n_bootstrap, n))
-        sums = filled[:, idx].sum(axis=2)          # [K, B]
-        counts = finite[:, idx].sum(axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums / counts
-        alpha = (1.0 - confidence) / 2.0
+    if n_bootstrap > 0:
         for row in range(k):
-            boot = means[row][np.isfinite(means[row])]
-            if boot.size:
-                low[row], high[row] = np.quantile(boot, [alpha, 1.0 - alpha])
+            low[row], high[row] = _percentile_interval(values[row][finite[row]], n_bootstrap, confidence, seed)
     return Statistic(mean, se, low, high, count)
+
+
+def _percentile_interval(sample: np.ndarray, n_bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
+    if sample.size == 0:
+        return float("nan"), float("nan")
+    if sample.size == 1 or np.all(sample == sample[0]):  # every resample mean is the value itself
+        return float(sample[0]), float(sample[0])
+    result = bootstrap((sample,), np.mean, n_resamples=int(n_bootstrap), confidence_level=confidence,
+                       method="percentile", random_state=np.random.default_rng(seed))  # `rng=` needs scipy 1.15
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 @dataclass

@@ -3,12 +3,9 @@
 The example scripts (`examples/run_split.py`, `examples/vectors_generate.py`,
 `examples/vectors_apply.py`) are thin front ends over these functions. Paths, directory names
 and output files follow EasyEdit's `examples/run_SPILT.py`, `vectors_generate.py` and
-`vectors_apply.py`, so that results land where EasyEdit's own scripts would put them:
-
-    vectors/<model>/<method>/<dataset>/<method>_<intervention>/layer_<L>.pt         (CAA: caa_vector/)
-    generation/<model>/<method>/<dataset>/<method>_<intervention>/m<m>/<data>_results.json
-    vectors/<model>/get_sft_loss/<method>/<dataset>/<method>_<intervention>/
-        <intervention>_<method>_m<m>_<winning_only|losing_only>/train_losses.csv
+`vectors_apply.py`, so that results land where EasyEdit's own scripts would put them (the
+path conventions live in `storage`, EasyEdit's data file tables in `data`; generation is
+`generation.generate_steered`).
 
 Everything runs in one process, with one model load per (model, dtype, device).
 """
@@ -20,60 +17,40 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..apply import load_for_apply
-from ..data import GenerationExample, PolarityPair, group_by_concept, list_datasets, load_dataset, load_generation_data
+from ..constants import INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name
+from ..data import (
+    EASYEDIT_GENERATION_FILES, EASYEDIT_TEST_FILES, EASYEDIT_TRAIN_FILES, GenerationExample, PolarityPair,
+    easyedit_data_file, group_by_concept, list_datasets, load_dataset, load_generation_data,
+)
 from ..errors import DatasetError, HparamsError
-from ..interventions import DynamicWeightUpdate, attach
-from ..models import load_model_and_tokenizer, model_device
-from ..prompts import PromptFormat, steered_prompt_positions
+from ..evaluation.scoring import score_pairs
+from ..generation import GenerationSettings, generate_steered
+from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
+from ..interventions import DynamicWeightUpdate
+from ..models import load_model_and_tokenizer
+from ..prompts import PromptFormat
 from ..storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+LossHyperParams = Union[SFTHyperParams, SplitHyperParams]
+"""The methods with NLL loss weights, whose losses EasyEdit's loss mode reports."""
 
-METHODS = ("caa", "reps", "sft", "spilt")
-"""Method directory names of EasyEdit's spilt_experiment tree (SPLIT keeps EasyEdit's spelling)."""
-INTERVENTION_METHODS = ("vector", "lora", "local_weight")
-EASYEDIT_EXPERIMENT_DIR = Path("hparams/Steer/experiment_hparams/spilt_experiment")
 LOSS_PREFERENCE_TYPES = ("winning_only", "losing_only")
-
-# EasyEdit's hparams/Steer/dataset_format.yaml: where its datasets live, relative to its checkout.
-EASYEDIT_TRAIN_FILES = {
-    "psychopathy": "data/psychopathy/train.jsonl",
-    "powerseeking": "data/powerseeking/train.csv",
-    "axbench": "data/axbench/prod_9b_l20_v1/generate/dpo_train_data.parquet",
-    "axbench_train": "data/axbench/axbench_train.parquet",
-}
-EASYEDIT_TEST_FILES = {
-    "psychopathy": "data/psychopathy/test.jsonl",
-    "axbench": "data/axbench/axbench_test.parquet",
-    "axbench_test": "data/axbench/axbench_test.parquet",
-}
-EASYEDIT_GENERATION_FILES = {
-    "psychopathy": "data/psychopathy/test.jsonl",
-    "axbench": "data/axbench/alpaca_eval.json",
-    "axbench_test": "data/axbench/axbench_test.parquet",
-}
-
-
-# ============================================================================ names and paths
-
-
-def method_dir_name(method: str) -> str:
-    """EasyEdit's directory name of a method: `split`/`SPLIT`/`spilt` -> `spilt`, others lower-case."""
-    name = str(method).strip().lower()
-    return "spilt" if name in ("split", "spilt") else name
 
 
 def expand_runs(method: str, intervention_method: str) -> list[tuple[str, str]]:
-    """(method, intervention) pairs for `all` on either side; CAA has vectors only (others skipped)."""
-    methods = list(METHODS) if method == "all" else [method_dir_name(method)]
+    """(method, intervention) pairs for `all` on either side; CAA has vectors only (others skipped).
+
+    Methods are EasyEdit's directory names (`spilt` for SPLIT)."""
+    methods = [easyedit_alg_dir_name(name) for name in METHOD_NAMES] if method == "all" else [easyedit_alg_dir_name(method)]
     interventions = list(INTERVENTION_METHODS) if intervention_method == "all" else [intervention_method]
     runs = []
     for name in methods:
@@ -86,56 +63,7 @@ def expand_runs(method: str, intervention_method: str) -> list[tuple[str, str]]:
     return runs
 
 
-def vector_subdir(method: str, intervention_method: str) -> str:
-    method = method_dir_name(method)
-    return "caa_vector" if method == "caa" else f"{method}_{intervention_method}"
-
-
-def hparams_roots(base_dir: PathLike) -> list[Path]:
-    """Where method directories are looked up: this package's `hparams/` and EasyEdit's tree."""
-    base = Path(base_dir)
-    return [base / "hparams", base / EASYEDIT_EXPERIMENT_DIR]
-
-
-def _first_existing(candidates: Iterable[Path]) -> Optional[Path]:
-    for path in candidates:
-        if path.is_file():
-            return path
-    return None
-
-
-def find_train_hparams(base_dir: PathLike, dataset: str, model_name: str, method: str, intervention_method: str) -> Optional[Path]:
-    """The generate file for (dataset, model, method, intervention), with EasyEdit's legacy names."""
-    method = method_dir_name(method)
-    candidates = []
-    for root in hparams_roots(base_dir):
-        leaf = root / dataset / model_name / method
-        candidates.append(leaf / f"generate_{method}_{intervention_method}.yaml")
-        if intervention_method == "local_weight":
-            candidates.append(leaf / f"generate_{method}_weight.yaml")
-        if method == "caa":
-            candidates.append(leaf / "generate_caa.yaml")
-    return _first_existing(candidates)
-
-
-def find_apply_hparams(base_dir: PathLike, dataset: str, model_name: str, method: str) -> Optional[Path]:
-    method = method_dir_name(method)
-    return _first_existing(
-        root / dataset / model_name / method / name
-        for root in hparams_roots(base_dir) for name in (f"apply_{method}.yaml", "apply.yaml")
-    )
-
-
-def find_loss_hparams(base_dir: PathLike, dataset: str, model_name: str) -> Optional[Path]:
-    return _first_existing(root / dataset / model_name / "sft" / "generate_sft_loss.yaml" for root in hparams_roots(base_dir))
-
-
 # ============================================================================ data
-
-
-def _easyedit_file(table: Mapping[str, str], dataset: str, base_dir: PathLike) -> Optional[Path]:
-    relative = table.get(dataset)
-    return Path(base_dir) / relative if relative else None
 
 
 def resolve_data(dataset: str, base_dir: PathLike = ".", split: str = "train", data_file: Optional[PathLike] = None) -> Union[str, Path]:
@@ -145,7 +73,7 @@ def resolve_data(dataset: str, base_dir: PathLike = ".", split: str = "train", d
     if dataset in list_datasets():
         return dataset
     table = EASYEDIT_TRAIN_FILES if split == "train" else EASYEDIT_TEST_FILES
-    path = _easyedit_file(table, dataset, base_dir)
+    path = easyedit_data_file(table, dataset, base_dir)
     if path is not None:
         if not path.exists():
             raise DatasetError(
@@ -174,7 +102,7 @@ def load_prompts(dataset: str, base_dir: PathLike = ".", data_file: Optional[Pat
     elif dataset in list_datasets():
         source = dataset
     else:
-        path = _easyedit_file(EASYEDIT_GENERATION_FILES, dataset, base_dir)
+        path = easyedit_data_file(EASYEDIT_GENERATION_FILES, dataset, base_dir)
         source = path if path is not None else dataset
         if path is not None and not path.exists():
             raise DatasetError(f"generation data '{dataset}': EasyEdit keeps it at {path}, which does not exist "
@@ -194,11 +122,10 @@ class ModelPool:
     tokenizer: Any = None
     _loaded: dict = field(default_factory=dict)
 
-    def get(self, hparams: Any) -> tuple[nn.Module, Any]:
+    def get(self, hparams: HyperParams) -> tuple[nn.Module, Any]:
         if self.model is not None:
             return self.model, self.tokenizer
-        key = (str(getattr(hparams, "model_name_or_path", None)), str(getattr(hparams, "dtype", "float32")),
-               str(getattr(hparams, "device", "cpu")))
+        key = (str(hparams.model_name_or_path), str(hparams.dtype), str(hparams.device))
         if key not in self._loaded:
             logger.info("loading model %s (%s on %s)", *key)
             self._loaded[key] = load_model_and_tokenizer(*key)
@@ -216,30 +143,6 @@ def load_apply_updates(model: nn.Module, apply_hparams: Any, load_dir: Optional[
     return load_for_apply(model, apply_hparams, load_dir)
 
 
-def _generate_batch(model: nn.Module, tokenizer: Any, texts: list[str], prompt_format: PromptFormat,
-                    generation_params: Mapping[str, Any], handles: Sequence[Any] = ()) -> tuple[list[str], list[str]]:
-    add_special_tokens = not prompt_format.uses_template(tokenizer)
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(model_device(model))
-    steered = steered_prompt_positions(tokenizer, prompt_format, encoded["attention_mask"])
-    for handle in handles:  # same steered positions as training, evaluation and SteerEditor.generate
-        handle.positions = steered
-    params = dict(generation_params)
-    params.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    if not params.get("do_sample", False):
-        for key in ("temperature", "top_p", "top_k"):
-            params.pop(key, None)
-    if "max_tokens" in params:  # vLLM's name
-        params.setdefault("max_new_tokens", params.pop("max_tokens"))
-    with torch.no_grad():
-        output = model.generate(**encoded, **params)
-    width = encoded["input_ids"].shape[1]
-    preds = [tokenizer.decode(ids[width:], skip_special_tokens=True) for ids in output]
-    # EasyEdit's complete_output: prompt + generation with special tokens, without our left padding.
-    n_pad = [int(width - mask.sum()) for mask in encoded["attention_mask"]]
-    complete = [tokenizer.decode(ids[pad:], skip_special_tokens=False) for ids, pad in zip(output, n_pad)]
-    return preds, complete
-
-
 def generate_results(
     model: nn.Module,
     tokenizer: Any,
@@ -254,38 +157,27 @@ def generate_results(
 ) -> list[dict]:
     """Steered (and optionally unsteered) generations in EasyEdit's `<data>_results.json` records.
 
-    Every update set is hooked in at once (as EasyEdit applies all its apply files together);
-    prompts run batched with left padding. Records: `input`, `orig_pred`, `pred` (one text per
-    response), `reference_response`, `complete_output`.
+    Every update set is hooked in at once (as EasyEdit applies all its apply files together) at
+    multiplier 1 (the apply files' multipliers are already in the updates); the unsteered texts
+    are the rows at multiplier 0 of the same `generation.generate_steered` call. Records:
+    `input`, `orig_pred`, `pred` (one text per response), `reference_response`, `complete_output`.
     """
-    params = dict(generation_params or {"max_new_tokens": 100})
-    handles = [attach(model, dict(updates), 0.0) for updates in update_sets if updates]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    rendered = [prompt_format.prompt_text(tokenizer, e.input) for e in examples]
+    settings = GenerationSettings.from_params(generation_params or {"max_new_tokens": 100},
+                                              num_samples=int(num_responses), seed=int(seed), batch_size=int(batch_size))
+    multipliers = [1.0, 0.0] if generate_orig_output else [1.0]
+    generated = generate_steered(model, tokenizer, [e.input for e in examples], list(update_sets), multipliers,
+                                 settings, prompt_format)
     preds: list[list[str]] = [[] for _ in examples]
     complete: list[list[str]] = [[] for _ in examples]
     orig: list[list[str]] = [[] for _ in examples]
-    try:
-        for response in range(int(num_responses)):
-            for multiplier, target_preds, target_complete in ((1.0, preds, complete), (0.0, orig, None)):
-                if multiplier == 0.0 and not generate_orig_output:
-                    continue
-                for handle in handles:
-                    handle.multiplier = multiplier
-                torch.manual_seed(seed + response if num_responses > 1 else seed)
-                for start in range(0, len(examples), batch_size):
-                    texts, full = _generate_batch(model, tokenizer, rendered[start : start + batch_size], prompt_format, params, handles)
-                    for offset, (text, whole) in enumerate(zip(texts, full)):
-                        target_preds[start + offset].append(text)
-                        if target_complete is not None:
-                            target_complete[start + offset].append(whole)
-    finally:
-        tokenizer.padding_side = side
-        for handle in handles:
-            handle.remove()
+    for record in generated:  # ordered by sample, so each list holds one text per response
+        if record.multiplier == 1.0:
+            preds[record.prompt_index].append(record.text)
+            complete[record.prompt_index].append(record.complete_output)
+        else:
+            orig[record.prompt_index].append(record.text)
     return [
-        {"input": e.input, "orig_pred": orig[i] if generate_orig_output else [], "pred": preds[i],
+        {"input": e.input, "orig_pred": orig[i], "pred": preds[i],
          "reference_response": e.reference_response, "complete_output": complete[i]}
         for i, e in enumerate(examples)
     ]
@@ -301,25 +193,21 @@ def write_generation_results(results: list[dict], output_dir: PathLike, dataset_
 # ============================================================================ loss
 
 
-LOSS_CSV_NAME = "train_losses.csv"
-PER_EXAMPLE_CSV_NAME = "per_example_nll.csv"
-
-
 def _factor_text(value: float) -> str:
     """A steering factor as EasyEdit's loss CSV prints it (the repr of a one-element tensor)."""
     return str(torch.tensor([float(value)]))
 
 
-def loss_csv_header(hparams: Any) -> list[str]:
+def loss_csv_header(hparams: LossHyperParams) -> list[str]:
     """EasyEdit's SFT loss CSV header: optional columns appear only for non-zero loss weights."""
     header = ["epoch", "step", "pos_steer_loss"]
-    if getattr(hparams, "neg_loss_weight", 0):
+    if hparams.neg_loss_weight:
         header.append("neg_steer_loss")
-    if getattr(hparams, "ref_loss_weight", 0):
+    if hparams.ref_loss_weight:
         header.extend(["pos_ref_loss", "neg_ref_loss"])
-    if getattr(hparams, "margin_penalty_weight", 0):
+    if hparams.margin_penalty_weight:
         header.append("margin_loss")
-    if getattr(hparams, "ref_loss_weight", 0):
+    if hparams.ref_loss_weight:
         header.append("ref_loss")
     return header + ["pos_steering_factors", "neg_steering_factors"]
 
@@ -341,18 +229,16 @@ class LossRows:
         return total[k] / count
 
 
-def score_loss_rows(model: nn.Module, tokenizer: Any, hparams: Any, pairs: Sequence[PolarityPair],
+def score_loss_rows(model: nn.Module, tokenizer: Any, hparams: HyperParams, pairs: Sequence[PolarityPair],
                     updates: Mapping[int, DynamicWeightUpdate], multipliers: Sequence[float], batch_size: int = 64) -> LossRows:
     """Score both completions of every pair at 0, +m and -m for each m, in one batched sweep."""
-    from ..evaluation.scoring import score_pairs
-
     sweep = sorted({0.0} | {float(s) * float(m) for m in multipliers for s in (1.0, -1.0)})
     scores = score_pairs(model, tokenizer, pairs, dict(updates), sweep, fmt=PromptFormat.from_hparams(hparams),
                          nll_mode="token", batch_size=batch_size)
     return LossRows(sweep, scores.matching_sum, scores.not_matching_sum, scores.matching_tokens, scores.not_matching_tokens)
 
 
-def loss_csv_text(rows: LossRows, hparams: Any, multiplier: float, preference_type: str) -> str:
+def loss_csv_text(rows: LossRows, hparams: LossHyperParams, multiplier: float, preference_type: str) -> str:
     """EasyEdit's `train_losses.csv` for one (m, sft_preference_type) run of its loss mode.
 
     One row per (example, preference pair): `orig_add` steers at +m with the matching
@@ -367,10 +253,10 @@ def loss_csv_text(rows: LossRows, hparams: Any, multiplier: float, preference_ty
     header = loss_csv_header(hparams)
     writer.writerow(header)
     n_examples = len(rows.matching_tokens)
-    pairs = list(getattr(hparams, "preference_pairs", ["orig_add", "orig_sub"]))
-    margin_weight = float(getattr(hparams, "margin_penalty_weight", 0) or 0)
-    threshold = float(getattr(hparams, "margin_threshold", 0.5))
-    ref_weight = float(getattr(hparams, "ref_loss_weight", 0) or 0)
+    pairs = list(hparams.preference_pairs)
+    margin_weight = float(hparams.margin_penalty_weight)
+    threshold = float(hparams.margin_threshold)
+    ref_weight = float(hparams.ref_loss_weight)
     for example in range(n_examples):
         for pair in pairs:
             factor = float(multiplier) if pair.endswith("_add") else -float(multiplier)
@@ -401,13 +287,6 @@ def per_example_csv_text(rows: LossRows) -> str:
             m_tok, n_tok = int(rows.matching_tokens[example]), int(rows.not_matching_tokens[example])
             writer.writerow([example, multiplier, m_sum / m_tok, n_sum / n_tok, m_sum, n_sum, m_tok, n_tok])
     return out.getvalue()
-
-
-def loss_output_dir(output_root: PathLike, model_name: str, method: str, dataset: str, intervention_method: str,
-                    multiplier: float, preference_type: str) -> Path:
-    method = method_dir_name(method)
-    leaf = f"{intervention_method}_{method}_m{multiplier}_{preference_type}"
-    return Path(output_root) / "vectors" / model_name / "get_sft_loss" / method / dataset / f"{method}_{intervention_method}" / leaf
 
 
 def with_overrides(hparams: Any, overrides: Mapping[str, Any]) -> Any:
