@@ -28,8 +28,9 @@ Summaries (relative to the unsteered model, m = 0; evaluated on a dense grid of 
 swept range): utility loss `U(0) - U(m)`; `drop_multiplier`: the m nearest 0 on one side where the
 loss first reaches delta; `preference_gain`: the largest `P(m) - P(0)` while the loss stays below
 delta; `frontier_area`: `integral_0^max_loss preference_gain(delta) d(delta)` (nats^2). They are
-computed from the piecewise-linear interpolation of the measured means and, when both fits are
-good (`is_good_fit`), from the fits; the headline is the fit only when it is good.
+computed from the piecewise-linear interpolation of the measured means always, and from the fits
+when both are good and the utility fit resolves the loss budget (`fit_and_summarize`); the
+headline is the fit only then, else interpolation, with the reason recorded.
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ MIN_RESIDUAL_DOF = 2
 """A fit needs n >= k + MIN_RESIDUAL_DOF points."""
 GOOD_ADJUSTED_R2 = 0.9
 GOOD_LOO_R2 = 0.7
-"""A fit is good (its summaries become the headline) when adjusted R^2 and predictive R^2 reach these."""
+"""A fit is good when its adjusted R^2 and predictive (leave-one-out) R^2 reach these."""
+UTILITY_RESOLUTION = 0.25
+"""The fits' summaries are used only when the utility fit's RMSE is at most this share of the utility-loss budget."""
 
 _P_RANGE = (0.05, 20.0)
 
@@ -89,6 +92,7 @@ class CurveFit:
     n_points: int
     n_params: int
     r2: float = float("nan")
+    rmse: float = float("nan")     # in-sample residual RMSE (nats)
     adjusted_r2: float = float("nan")
     loo_rmse: float = float("nan")
     loo_r2: float = float("nan")
@@ -110,7 +114,7 @@ class CurveFit:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shape": self.shape, "params": {k: _num(v) for k, v in self.params.items()},
-                "n_points": self.n_points, "n_params": self.n_params, "r2": _num(self.r2),
+                "n_points": self.n_points, "n_params": self.n_params, "r2": _num(self.r2), "rmse": _num(self.rmse),
                 "adjusted_r2": _num(self.adjusted_r2), "loo_rmse": _num(self.loo_rmse), "loo_r2": _num(self.loo_r2),
                 "fitted": self.fitted, "good": self.is_good, "message": self.message,
                 "at_bounds": list(self.at_bounds)}
@@ -284,6 +288,7 @@ def fit_curve(kind: str, multipliers, values, shape: str = "auto", leave_one_out
     params = dict(zip(names, list(map(float, head)) + [layout.expand(theta)[p] for p in DECAY_PARAMS]))
     fit = CurveFit(kind, shape, params, n, k, fitted=True)
     fit.r2 = r_squared(y, fit(m))
+    fit.rmse = float(np.sqrt(np.mean((fit(m) - y) ** 2)))
     fit.adjusted_r2 = adjusted_r_squared(fit.r2, n, k)
     width = bounds[1] - bounds[0]
     fit.at_bounds = tuple(name for name, value, lo, hi, w in zip(layout.names, theta, *bounds, width)
@@ -291,8 +296,8 @@ def fit_curve(kind: str, multipliers, values, shape: str = "auto", leave_one_out
     if leave_one_out:
         fit.loo_rmse, fit.loo_r2 = _leave_one_out(kind, m, y, shape, theta)
     if not fit.is_good:
-        fit.message = (f"poor fit (adjusted R^2 {_fmt(fit.adjusted_r2)}, leave-one-out R^2 {_fmt(fit.loo_r2)}): "
-                       "summaries use interpolation")
+        fit.message = (f"poor fit (adjusted R^2 {_fmt(fit.adjusted_r2)}, leave-one-out R^2 {_fmt(fit.loo_r2)}; "
+                       f"good needs {GOOD_ADJUSTED_R2:g} and {GOOD_LOO_R2:g})")
     return fit
 
 
@@ -427,6 +432,8 @@ class FitReport:
     utility: CurveFit
     summaries: dict = field(default_factory=dict)   # source ("fit"/"interpolation") -> Summaries
 
+    headline_reason: str = ""
+
     @property
     def headline(self) -> Summaries:
         """The fit's summaries when both fits are good, else the interpolation's."""
@@ -435,23 +442,40 @@ class FitReport:
     def to_dict(self) -> dict:
         return {"preference": self.preference.to_dict(), "utility": self.utility.to_dict(),
                 "summaries": {k: v.to_dict() for k, v in self.summaries.items()},
-                "headline_source": self.headline.source}
+                "headline_source": self.headline.source, "headline_reason": self.headline_reason}
+
+
+def _fit_usable(pref_fit: CurveFit, util_fit: CurveFit, utility_loss: float) -> str:
+    """Why the fits cannot give the summaries ("" when they can)."""
+    for fit in (pref_fit, util_fit):
+        if not fit.fitted:
+            return f"{fit.kind}: {fit.message}"
+        if not fit.is_good:
+            return f"{fit.kind}: {fit.message}"
+    if not util_fit.rmse <= UTILITY_RESOLUTION * utility_loss:
+        return (f"utility fit RMSE {util_fit.rmse:.3g} exceeds {UTILITY_RESOLUTION:g} x the utility-loss budget "
+                f"{utility_loss:g} (too coarse for the summaries)")
+    return ""
 
 
 def fit_and_summarize(multipliers, pref_means, util_means, utility_loss: float = 1.0,
                       frontier_max_loss: float = 3.0, shape: str = "auto") -> FitReport:
-    """Both fits, the interpolation's summaries, and the fits' summaries when both fits are good."""
+    """Both fits, the interpolation's summaries, and the fits' summaries when the fits are usable.
+
+    Usable: both fitted, both good (`CurveFit.is_good`), and the utility fit's RMSE at most
+    `UTILITY_RESOLUTION` x `utility_loss`. Otherwise `headline_reason` says why interpolation is used.
+    """
     m = np.asarray(multipliers, float)
     pref_fit = fit_preference(m, pref_means, shape)
     util_fit = fit_utility(m, util_means, shape)
     report = FitReport(pref_fit, util_fit)
     report.summaries["interpolation"] = summarize_curves(
         interpolated(m, pref_means), interpolated(m, util_means), m, "interpolation", utility_loss, frontier_max_loss)
-    if pref_fit.is_good and util_fit.is_good:
+    report.headline_reason = _fit_usable(pref_fit, util_fit, utility_loss)
+    if not report.headline_reason:
         report.summaries["fit"] = summarize_curves(pref_fit, util_fit, m, "fit", utility_loss, frontier_max_loss)
     else:
-        logger.info("fits not good enough for the summaries (preference: %s; utility: %s): using interpolation",
-                    pref_fit.message or "good", util_fit.message or "good")
+        logger.info("summaries from interpolation: %s", report.headline_reason)
     return report
 
 
