@@ -246,15 +246,16 @@ class EvaluationReport:
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlim(*view["xlim"])
         ax.set_ylim(*view["ylim"])
-        clipped = [f"{name}: {count}" for name, count in view["clipped"].items() if count]
+        clipped = [f"{name} {count}" for name, count in view["clipped"].items() if count]
         if clipped:
-            ax.text(0.99, 0.01, f"not shown (utility loss beyond {view['max_loss']:.3g} or below "
-                    f"{view['min_loss']:.3g}): " + ", ".join(clipped), transform=ax.transAxes, ha="right", va="bottom",
-                    fontsize=7, color="dimgrey")
+            outside = f"> {view['max_loss']:.3g}" + (f" or < {view['min_loss']:.3g}" if view["min_loss"] < 0 else "")
+            ax.text(0.99, 0.01, f"points with utility loss {outside} not shown: " + ", ".join(clipped),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgrey")
         ax.set(xlabel="utility loss U(0) - U(m) (nats)", ylabel="preference gain P(m) - P(0) (nats)",
-               title=f"Preference-utility frontier vs m = 0\n(lines: Pareto frontier, faint: dominated points, "
-                     f"labels: m, dashed: area budget {budget:g})")
-        ax.legend(fontsize=7, loc="upper left")
+               title=f"Preference-utility frontier, relative to m = 0\nlines: Pareto frontiers; faint: dominated points; "
+                     f"labels: m; dashed: area budget {budget:g}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = _save_figure(fig, out_dir / "frontier.png")
         plt.close(fig)
