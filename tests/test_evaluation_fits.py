@@ -178,3 +178,28 @@ def test_poor_fit_reports_interpolation():
     report = fit_and_summarize(m, m, 2.0 * np.sin(1.7 * m))
     assert "fit" not in report.summaries and report.headline.source == "interpolation"
     assert report.to_dict()["utility"]["good"] is False
+
+
+def test_fit_reports_adjusted_r2_from_its_own_residuals():
+    m = np.linspace(-8, 8, 9)
+    y = _noisy(utility_curve, UTILITY_TRUTH, m, 0.3, 4)
+    fit = fit_utility(m, y)                      # shared shape: k = 6, n = 9
+    residual = ((fit(m) - y) ** 2).sum()
+    total = ((y - y.mean()) ** 2).sum()
+    assert fit.r2 == pytest.approx(1 - residual / total)
+    assert fit.adjusted_r2 == pytest.approx(1 - (residual / total) * 8 / 3)
+    assert fit.rmse == pytest.approx(np.sqrt(residual / 9))
+
+
+def test_coarse_utility_fit_leaves_the_summaries_to_interpolation():
+    # the demo's CAA shape: utility spans 75 nats, so a fit with R^2 ~ 0.98 still misses by nats,
+    # and the 1-nat summaries must come from the measured points (a nonzero area, not 0.00)
+    m = np.array([-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0])
+    pref = np.array([-5, -3, -1, -0.5, 0, 3, 8, 10, 15.5])
+    util = np.array([-129, -90, -60, -55, -54.1, -56.5, -62, -78.4, -129.3])
+    report = fit_and_summarize(m, pref, util)
+    assert report.headline.source == "interpolation" and "too coarse" in report.headline_reason
+    # by hand: preference falls left of 0, so the gain is on the right, where U falls 2.4 over [0, 1]:
+    # loss 1 is reached at m = 1/2.4, where P = 3/2.4 = 1.25
+    assert report.headline.preference_gain == pytest.approx(1.25, abs=1e-3)
+    assert report.headline.frontier_area > 1.0

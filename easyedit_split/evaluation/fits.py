@@ -396,9 +396,11 @@ def preference_gain(preference: Callable, utility: Callable, multipliers, delta:
     low = drop_multiplier(utility, multipliers, delta, -1)
     inside = (grid >= (low if low is not None else -np.inf)) & (grid <= (high if high is not None else np.inf))
     inside &= (float(utility(ref)) - utility(grid)) <= delta + 1e-12 * max(1.0, abs(delta))
-    if not inside.any():
+    # the drop multipliers themselves (loss = delta) bound the interval: include them, not only grid points
+    candidates = np.concatenate([grid[inside], [x for x in (low, high) if x is not None]])
+    if not candidates.size:
         return 0.0
-    return float(max(0.0, (preference(grid[inside]) - float(preference(ref))).max()))
+    return float(max(0.0, (preference(candidates) - float(preference(ref))).max()))
 
 
 def frontier_area(preference: Callable, utility: Callable, multipliers, max_loss: float, points: int = 201) -> float:
