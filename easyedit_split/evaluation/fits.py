@@ -7,7 +7,8 @@ s = + for m >= 0 and s = - for m < 0, the validity decay is normalised per side:
     PrefOdds(m) ~ (alpha * m + beta) * D(m) + b
     UtilOdds(m) ~ beta_u * D(m) + b_u
 
-Centres stay on their own side of the swept range (0 <= m_+ <= max m, min m <= m_- <= 0).
+Centres stay on their own side of the swept range (0 <= m_+ <= max m, min m <= m_- <= 0), and each
+side's bump is at most MAX_PEAK = 100 times D(0) (a penalty in the search).
 Free parameters k (decay + linear head):
 
     shape "full":   m_+, L_+, p_+, m_-, L_-, p_-   -> preference k = 9, utility k = 8
@@ -58,6 +59,9 @@ UTILITY_RESOLUTION = 0.25
 """The fits' summaries are used only when the utility fit's RMSE is at most this share of the utility-loss budget."""
 
 _P_RANGE = (0.05, 20.0)
+MAX_PEAK = 100.0
+"""Largest allowed D at a side's centre (D(0) = 1): a soft bound, so a far centre with a tiny L cannot
+make the curve explode between or beyond the points."""
 
 
 def validity_decay(m, m_pos, L_pos, p_pos, m_neg, L_neg, p_neg):
@@ -181,15 +185,24 @@ def _head(kind: str, m: np.ndarray, y: np.ndarray, decay: dict) -> np.ndarray:
     return np.linalg.lstsq(_design(kind, m, decay), y, rcond=None)[0]
 
 
+def _peak_excess(decay: dict) -> np.ndarray:
+    """How far each side's bump height `log(g_s(m_s) / g_s(0))` exceeds `log(MAX_PEAK)` (0 when within)."""
+    heights = [decay[f"p_{s}"] * np.log1p(decay[f"m_{s}"] ** 2 / decay[f"L_{s}"]) for s in ("pos", "neg")]
+    return np.maximum(0.0, np.asarray(heights) - np.log(MAX_PEAK))
+
+
 def _search(kind: str, m: np.ndarray, y: np.ndarray, layout: _Layout, starts: list[np.ndarray],
             bounds: tuple[np.ndarray, np.ndarray]) -> Optional[tuple[float, np.ndarray]]:
     """Best (SSE, theta) over the starts; None if every start failed."""
     from scipy.optimize import least_squares
 
+    weight = 10.0 * max(float(np.sqrt(((y - y.mean()) ** 2).sum())), 1e-6)
+
     def residual(theta):
         decay = layout.expand(theta)
         design = _design(kind, m, decay)
-        return design @ np.linalg.lstsq(design, y, rcond=None)[0] - y
+        fitted = design @ np.linalg.lstsq(design, y, rcond=None)[0] - y
+        return np.concatenate([fitted, weight * _peak_excess(decay)])
 
     best = None
     for start in starts:
@@ -197,7 +210,7 @@ def _search(kind: str, m: np.ndarray, y: np.ndarray, layout: _Layout, starts: li
             solution = least_squares(residual, np.clip(start, *bounds), bounds=bounds, max_nfev=400)
         except (ValueError, np.linalg.LinAlgError):
             continue
-        sse = float((solution.fun ** 2).sum())
+        sse = float((solution.fun ** 2).sum())   # includes the peak penalty, so over-tall bumps lose
         if np.isfinite(sse) and (best is None or sse < best[0]):
             best = (sse, solution.x)
     return best
@@ -238,11 +251,11 @@ def _fit_points(kind: str, m: np.ndarray, y: np.ndarray, layout: _Layout,
     """(theta, head, bounds) of the best fit of one curve; None if the search failed.
 
     With `warm_start` (a refit of nearly the same data) the search starts there and from every
-    sixth default start only.
+    twelfth default start only.
     """
     bounds, starts = _bounds_and_starts(m, layout)
     if warm_start is not None:
-        starts = [np.asarray(warm_start, float)] + starts[::6]
+        starts = [np.asarray(warm_start, float)] + starts[::12]
     best = _search(kind, m, y, layout, starts, bounds)
     if best is None:
         return None

@@ -282,7 +282,8 @@ def _source(fits: Any) -> str:
 
 def _model(fit: Any) -> str:
     if fit.fitted:
-        return f"{fit.shape}, k={fit.n_params}"
+        bound = f", {'/'.join(fit.at_bounds)} at bound" if fit.at_bounds else ""
+        return f"{fit.shape}, k={fit.n_params}{bound}"
     if fit.n_points < fit.n_params + 2:
         return f"- ({fit.n_points} points, k={fit.n_params} needs {fit.n_params + 2})"
     return "- (search failed)"
