@@ -203,3 +203,13 @@ def test_coarse_utility_fit_leaves_the_summaries_to_interpolation():
     # loss 1 is reached at m = 1/2.4, where P = 3/2.4 = 1.25
     assert report.headline.preference_gain == pytest.approx(1.25, abs=1e-3)
     assert report.headline.frontier_area > 1.0
+
+
+def test_bump_height_is_bounded_so_wrong_model_predictions_stay_finite():
+    # without the bound, a far centre with a tiny L makes D astronomically large between the points
+    m = np.linspace(-8, 8, 9)
+    fit = fit_utility(m, 2.0 * np.sin(1.7 * m) + _noisy(lambda x: 0 * x, {}, m, 0.05, 0))
+    assert fit.loo_rmse < 10.0                    # the data's amplitude is 2
+    for side in ("pos", "neg"):
+        height = (1 + fit.params[f"m_{side}"] ** 2 / fit.params[f"L_{side}"]) ** fit.params[f"p_{side}"]
+        assert height <= 100.0 * 1.05
