@@ -111,3 +111,80 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
         parse_multipliers(["1:2"])
     assert main(["--dataset", "sentiment"]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- report files from hand-built results (no model)
+def _hand_result(name, multipliers, pref, util):
+    import types
+
+    from easyedit_split.evaluation.fits import fit_and_summarize
+    from easyedit_split.evaluation.metrics import Statistic
+
+    m, pref, util = (np.asarray(v, float) for v in (multipliers, pref, util))
+    stat = lambda v: Statistic(v, np.full(v.size, 0.125), v - 0.25, v + 0.5, np.full(v.size, 10))  # noqa: E731
+    metrics = types.SimpleNamespace(multipliers=m, preference=stat(pref), utility=stat(util),
+                                    accuracy=np.linspace(0.1, 0.9, m.size), undefined_utility=np.zeros(m.size, int),
+                                    matching_nll_mean=np.full(m.size, 1.5), not_matching_nll_mean=np.full(m.size, 2.5))
+    fits = fit_and_summarize(m, pref, util)
+    return types.SimpleNamespace(name=name, metrics=metrics, fits=fits, manifold=None,
+                                 to_dict=lambda: {"fits": fits.to_dict()})
+
+
+def test_frontier_series_pareto_set_by_hand():
+    from easyedit_split.evaluation.report import frontier_series
+
+    # m:        -2    -1    0     1     2     3
+    # gain:     -1   -0.5   0     1     3     2     (P - P(0))
+    # loss:      1    0.2   0    0.5    2     4     (U(0) - U)
+    series = frontier_series("x", [-2, -1, 0, 1, 2, 3], [4, 4.5, 5, 6, 8, 7], [9, 9.8, 10, 9.5, 8, 6])
+    np.testing.assert_allclose(series.gain, [-1, -0.5, 0, 1, 3, 2])
+    np.testing.assert_allclose(series.loss, [1, 0.2, 0, 0.5, 2, 4])
+    # m=0 (no loss), m=1 and m=2 are undominated; m=3 is dominated by m=2, m=-1 and m=-2 by m=0
+    assert series.pareto.tolist() == [False, False, True, True, True, False]
+
+
+def test_frontier_view_clips_and_counts():
+    from easyedit_split.evaluation.report import frontier_series, frontier_view
+
+    good = frontier_series("good", [0, 1, 2], [0, 1, 2], [0, -0.5, -1])
+    broken = frontier_series("broken", [0, 1, 2, 3], [0, 1, 5, 9], [0, -2, -60, -130])
+    view = frontier_view([good, broken], budget=3.0)
+    assert view["max_loss"] == 6.0                    # furthest Pareto loss 130, capped at 2 x budget
+    assert view["clipped"] == {"good": 0, "broken": 2}  # losses 60 and 130
+    assert view["xlim"][0] < 0 < 6.0 < view["xlim"][1]
+    assert view["ylim"][1] > 2.0 and view["ylim"][1] < 5.0  # gains of the clipped points do not stretch the axis
+
+
+def test_report_files_carry_the_source_numbers(tmp_path):
+    from easyedit_split.evaluation.report import EvaluationReport
+
+    m = np.linspace(-8, 8, 17)
+    rng = np.random.default_rng(0)
+    decay = (1.0, 20.0, 1.5, -0.5, 10.0, 1.0)
+    from easyedit_split.evaluation.fits import preference_curve, utility_curve
+
+    pref = preference_curve(m, 1.0, 0.5, -0.2, *decay) + rng.normal(0, 0.02, m.size)
+    util = utility_curve(m, 4.0, -3.0, *decay) + rng.normal(0, 0.02, m.size)
+    result = _hand_result("smooth", m, pref, util)
+    short = _hand_result("short", [-1, 0, 1], [-1, 0, 2], [-3, -1, -4])   # too few points: not fitted
+    EvaluationReport([result, short], {"n_examples": 10}).write(tmp_path)
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["method"] == "smooth"]
+    assert [float(r["multiplier"]) for r in rows] == m.tolist()
+    assert [float(r["pref_odds_mean"]) for r in rows] == pytest.approx(pref.tolist(), abs=1e-12)
+    assert [float(r["util_odds_ci_high"]) for r in rows] == pytest.approx((util + 0.5).tolist(), abs=1e-12)
+    text = (tmp_path / "report.md").read_text()
+    fit_row = next(line for line in text.splitlines() if line.startswith("| smooth |") and "k=" in line)
+    cells = [c.strip() for c in fit_row.strip("|").split("|")]
+    assert float(cells[1]) == pytest.approx(result.fits.preference.adjusted_r2, abs=5e-4)
+    assert float(cells[2]) == pytest.approx(result.fits.preference.loo_rmse, abs=5e-4)
+    assert float(cells[4]) == pytest.approx(result.fits.utility.adjusted_r2, abs=5e-4)
+    assert cells[3] == "full, k=9" and cells[6] == "full, k=8"
+    summary_row = next(line for line in text.splitlines() if line.startswith("| smooth |") and "k=" not in line
+                       and "±" not in line)
+    area = float(summary_row.strip("|").split("|")[4].split()[0])
+    assert area == pytest.approx(result.fits.headline.frontier_area, abs=5e-3)
+    short_row = next(line for line in text.splitlines() if line.startswith("| short |") and "needs" in line)
+    assert "3 points" in short_row and "interpolation*" in short_row
+    assert "\\* short:" in text and "not fitted" in text
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

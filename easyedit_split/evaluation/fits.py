@@ -1,52 +1,78 @@
-"""The paper's curve fits and the one-line summaries that compare methods (DESIGN 1.3).
+"""The paper's curve fits of a multiplier sweep, their goodness of fit, and the comparison summaries.
 
-Validity decay, an asymmetric rational quadratic (its own parameters on each side of m = 0):
+Model (see docs/fits.md for the reasoning). With g_s(m) = (1 + (m - m_s)^2 / L_s)^(-p_s),
+s = + for m >= 0 and s = - for m < 0, the validity decay is normalised per side:
 
-    D(m) = (1 + (m - m_s)^2 / L_s)^(-p_s),   s = + for m >= 0, s = - for m < 0
+    D(m) = g_s(m) / g_s(0)          so D(0) = 1 from both sides: one value at m = 0
+    PrefOdds(m) ~ (alpha * m + beta) * D(m) + b
+    UtilOdds(m) ~ beta_u * D(m) + b_u
 
-    PrefOdds(m) ~ (alpha * m + beta) * D(m) + b        (8 parameters)
-    UtilOdds(m) ~ beta_u * D(m) + b_u                 (8 parameters)
+Centres stay on their own side of the swept range (0 <= m_+ <= max m, min m <= m_- <= 0), and each
+side's bump is at most MAX_PEAK = 100 times D(0) (a penalty in the search).
+Free parameters k (decay + linear head):
 
-Fitted with `scipy.optimize.curve_fit` (bounded trust-region least squares) from several
-starting points; the best start (lowest squared error) is kept and its R^2 reported.
+    shape "full":   m_+, L_+, p_+, m_-, L_-, p_-   -> preference k = 9, utility k = 8
+    shape "shared": m_+, m_-, one L, one p          -> preference k = 7, utility k = 6
 
-Summaries (all relative to the unsteered model, m = 0; computed on a dense grid of a curve,
-either the fit or the piecewise-linear interpolation of the measured means, never outside
-the swept range):
-- utility loss at m: `U(0) - U(m)`.
-- `drop_multiplier(delta, direction)`: the multiplier closest to 0 on the side `direction`
-  (+1 or -1) where the utility loss first reaches `delta` nats; None if it never does.
-- `preference_gain(delta)`: the largest `P(m) - P(0)` over the interval around 0 on which the
-  utility loss stays below `delta` (bounded by the drop multipliers on both sides).
-- `frontier_area(max_loss)`: the area under the preference-utility frontier,
-  `integral_0^max_loss preference_gain(delta) d(delta)` (nats^2): the gain a method buys for
-  each amount of utility it gives up, accumulated up to `max_loss`. Larger is better.
+A sweep with points on one side of 0 only fits that side's centre, L and p (k = 6 and 5).
+`shape="auto"` takes "full" when the sweep has n >= k_full + 2 points, else "shared"; a fit needs
+n >= k + 2 (two residual degrees of freedom) and is otherwise refused: the result says
+`fitted=False` with the reason, and the summaries come from interpolation alone.
+
+Fitting uses variable projection: for given decay parameters the linear head is the exact least
+squares solution, so `scipy.optimize.least_squares` searches only the decay parameters (L and p
+in log space), from several starts. Goodness of fit: R^2, adjusted R^2 (`1 - (1 - R^2)(n - 1)/(n - k)`,
+k counting every free parameter including the offset), and leave-one-multiplier-out error (each
+point predicted by a fit without it: RMSE and the predictive R^2 `1 - PRESS / SST`).
+
+Summaries (relative to the unsteered model, m = 0; evaluated on a dense grid of a curve inside the
+swept range): utility loss `U(0) - U(m)`; `drop_multiplier`: the m nearest 0 on one side where the
+loss first reaches delta; `preference_gain`: the largest `P(m) - P(0)` while the loss stays below
+delta; `frontier_area`: `integral_0^max_loss preference_gain(delta) d(delta)` (nats^2). They are
+computed from the piecewise-linear interpolation of the measured means always, and from the fits
+when both are good and the utility fit resolves the loss budget (`fit_and_summarize`); the
+headline is the fit only then, else interpolation, with the reason recorded.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 DECAY_PARAMS = ("m_pos", "L_pos", "p_pos", "m_neg", "L_neg", "p_neg")
-PREFERENCE_PARAMS = ("alpha", "beta", "b") + DECAY_PARAMS
-UTILITY_PARAMS = ("beta_u", "b_u") + DECAY_PARAMS
+PREFERENCE_HEAD = ("alpha", "beta", "b")
+UTILITY_HEAD = ("beta_u", "b_u")
+PREFERENCE_PARAMS = PREFERENCE_HEAD + DECAY_PARAMS
+UTILITY_PARAMS = UTILITY_HEAD + DECAY_PARAMS
+SHAPES = ("auto", "full", "shared")
+MIN_RESIDUAL_DOF = 2
+"""A fit needs n >= k + MIN_RESIDUAL_DOF points."""
+GOOD_ADJUSTED_R2 = 0.9
+GOOD_LOO_R2 = 0.7
+"""A fit is good when its adjusted R^2 and predictive (leave-one-out) R^2 reach these."""
+UTILITY_RESOLUTION = 0.25
+"""The fits' summaries are used only when the utility fit's RMSE is at most this share of the utility-loss budget."""
+
+_P_RANGE = (0.05, 20.0)
+MAX_PEAK = 100.0
+"""Largest allowed D at a side's centre (D(0) = 1): a soft bound, so a far centre with a tiny L cannot
+make the curve explode between or beyond the points."""
 
 
 def validity_decay(m, m_pos, L_pos, p_pos, m_neg, L_neg, p_neg):
-    """`D(m) = (1 + (m - m_s)^2 / L_s)^(-p_s)` with s chosen by the sign of m."""
+    """`D(m) = g_s(m) / g_s(0)`, `g_s(m) = (1 + (m - m_s)^2 / L_s)^(-p_s)`, s the sign side of m; D(0) = 1."""
     m = np.asarray(m, dtype=np.float64)
     positive = m >= 0
-    shift = np.where(positive, m_pos, m_neg)
+    centre = np.where(positive, m_pos, m_neg)
     scale = np.where(positive, L_pos, L_neg)
     power = np.where(positive, p_pos, p_neg)
-    return (1.0 + (m - shift) ** 2 / scale) ** (-power)
+    # log-space ratio g(m)/g(0): stays finite for large p
+    return np.exp(-power * (np.log1p((m - centre) ** 2 / scale) - np.log1p(centre ** 2 / scale)))
 
 
 def preference_curve(m, alpha, beta, b, *decay):
@@ -62,97 +88,258 @@ def utility_curve(m, beta_u, b_u, *decay):
 
 @dataclass
 class CurveFit:
-    """Fitted parameters (by name), R^2, and whether the fit converged."""
+    """One fitted curve with its goodness of fit, or a refusal (`fitted=False`, reason in `message`)."""
 
-    kind: str
+    kind: str                      # "preference" | "utility"
+    shape: str                     # "full" | "shared" | "none"
     params: dict
-    r2: float
-    converged: bool
+    n_points: int
+    n_params: int
+    r2: float = float("nan")
+    rmse: float = float("nan")     # in-sample residual RMSE (nats)
+    adjusted_r2: float = float("nan")
+    loo_rmse: float = float("nan")
+    loo_r2: float = float("nan")
+    fitted: bool = False
     message: str = ""
+    at_bounds: tuple = ()          # parameters that ended on a bound of the search
 
     def __call__(self, m):
-        values = [self.params[name] for name in (PREFERENCE_PARAMS if self.kind == "preference" else UTILITY_PARAMS)]
-        return (preference_curve if self.kind == "preference" else utility_curve)(m, *values)
+        if not self.fitted:
+            return np.full(np.shape(m), np.nan)
+        names = PREFERENCE_PARAMS if self.kind == "preference" else UTILITY_PARAMS
+        curve = preference_curve if self.kind == "preference" else utility_curve
+        return curve(m, *(self.params[name] for name in names))
+
+    @property
+    def is_good(self) -> bool:
+        return bool(self.fitted and _num(self.adjusted_r2) is not None and self.adjusted_r2 >= GOOD_ADJUSTED_R2
+                    and _num(self.loo_r2) is not None and self.loo_r2 >= GOOD_LOO_R2)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "params": {k: float(v) for k, v in self.params.items()}, "r2": _num(self.r2),
-                "converged": self.converged, "message": self.message}
+        return {"kind": self.kind, "shape": self.shape, "params": {k: _num(v) for k, v in self.params.items()},
+                "n_points": self.n_points, "n_params": self.n_params, "r2": _num(self.r2), "rmse": _num(self.rmse),
+                "adjusted_r2": _num(self.adjusted_r2), "loo_rmse": _num(self.loo_rmse), "loo_r2": _num(self.loo_r2),
+                "fitted": self.fitted, "good": self.is_good, "message": self.message,
+                "at_bounds": list(self.at_bounds)}
 
 
-def r_squared(observed: np.ndarray, predicted: np.ndarray) -> float:
+def r_squared(observed, predicted) -> float:
+    """`1 - SSE / SST` (1 for a perfect fit of constant data)."""
     observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
     total = ((observed - observed.mean()) ** 2).sum()
     residual = ((observed - predicted) ** 2).sum()
     return float(1.0 - residual / total) if total > 0 else (1.0 if residual == 0 else 0.0)
 
 
-def _decay_starts(span: float) -> list[list[float]]:
-    starts = []
-    for l_factor, power in itertools.product((0.05, 0.3, 2.0), (0.5, 2.0)):
-        scale = max(span * span * l_factor, 1e-3)
-        starts.append([0.0, scale, power, 0.0, scale, power])
-    return starts
+def adjusted_r_squared(r2: float, n_points: int, n_params: int) -> float:
+    """`1 - (1 - R^2)(n - 1)/(n - k)`, k free parameters including the constant offset; NaN when n <= k."""
+    if n_points <= n_params:
+        return float("nan")
+    return float(1.0 - (1.0 - r2) * (n_points - 1) / (n_points - n_params))
 
 
-def _decay_bounds(multipliers: np.ndarray, span: float) -> tuple[list[float], list[float]]:
-    low_m, high_m = multipliers.min() - span, multipliers.max() + span
-    big = max(span, 1.0) ** 2 * 1e4
-    return ([low_m, 1e-4, 1e-3, low_m, 1e-4, 1e-3], [high_m, big, 50.0, high_m, big, 50.0])
+def parameter_count(kind: str, shape: str, sides: int = 2) -> int:
+    """Free parameters of a model: linear head (3 preference, 2 utility) + decay (6 full, 4 shared; 3 one-sided)."""
+    head = len(PREFERENCE_HEAD if kind == "preference" else UTILITY_HEAD)
+    if sides == 1:
+        return head + 3
+    return head + {"full": 6, "shared": 4}[shape]
 
 
-def _fit(kind: str, multipliers: Sequence[float], values: Sequence[float], max_evaluations: int = 2000) -> CurveFit:
-    from scipy.optimize import curve_fit
+# ============================================================================ fitting
 
+
+@dataclass
+class _Layout:
+    """How the searched vector (centres, log L, log p) expands to the six decay parameters."""
+
+    shape: str
+    has_pos: bool
+    has_neg: bool
+
+    @property
+    def names(self) -> list[str]:
+        if not (self.has_pos and self.has_neg):
+            return ["m_pos" if self.has_pos else "m_neg", "log_L", "log_p"]
+        if self.shape == "shared":
+            return ["m_pos", "m_neg", "log_L", "log_p"]
+        return ["m_pos", "log_L_pos", "log_p_pos", "m_neg", "log_L_neg", "log_p_neg"]
+
+    def expand(self, theta: np.ndarray) -> dict:
+        v = dict(zip(self.names, theta))
+        out = {"m_pos": v.get("m_pos", 0.0), "m_neg": v.get("m_neg", 0.0)}
+        for side in ("pos", "neg"):
+            out[f"L_{side}"] = float(np.exp(v.get(f"log_L_{side}", v.get("log_L", 0.0))))
+            out[f"p_{side}"] = float(np.exp(v.get(f"log_p_{side}", v.get("log_p", 0.0))))
+        return {name: float(out[name]) for name in DECAY_PARAMS}
+
+
+def _design(kind: str, m: np.ndarray, decay: dict) -> np.ndarray:
+    d = validity_decay(m, *(decay[n] for n in DECAY_PARAMS))
+    columns = [m * d, d, np.ones_like(m)] if kind == "preference" else [d, np.ones_like(m)]
+    return np.stack(columns, axis=1)
+
+
+def _head(kind: str, m: np.ndarray, y: np.ndarray, decay: dict) -> np.ndarray:
+    return np.linalg.lstsq(_design(kind, m, decay), y, rcond=None)[0]
+
+
+def _peak_excess(decay: dict) -> np.ndarray:
+    """How far each side's bump height `log(g_s(m_s) / g_s(0))` exceeds `log(MAX_PEAK)` (0 when within)."""
+    heights = [decay[f"p_{s}"] * np.log1p(decay[f"m_{s}"] ** 2 / decay[f"L_{s}"]) for s in ("pos", "neg")]
+    return np.maximum(0.0, np.asarray(heights) - np.log(MAX_PEAK))
+
+
+def _search(kind: str, m: np.ndarray, y: np.ndarray, layout: _Layout, starts: list[np.ndarray],
+            bounds: tuple[np.ndarray, np.ndarray]) -> Optional[tuple[float, np.ndarray]]:
+    """Best (SSE, theta) over the starts; None if every start failed."""
+    from scipy.optimize import least_squares
+
+    weight = 10.0 * max(float(np.sqrt(((y - y.mean()) ** 2).sum())), 1e-6)
+
+    def residual(theta):
+        decay = layout.expand(theta)
+        design = _design(kind, m, decay)
+        fitted = design @ np.linalg.lstsq(design, y, rcond=None)[0] - y
+        return np.concatenate([fitted, weight * _peak_excess(decay)])
+
+    best = None
+    for start in starts:
+        try:
+            solution = least_squares(residual, np.clip(start, *bounds), bounds=bounds, max_nfev=400)
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        sse = float((solution.fun ** 2).sum())   # includes the peak penalty, so over-tall bumps lose
+        if np.isfinite(sse) and (best is None or sse < best[0]):
+            best = (sse, solution.x)
+    return best
+
+
+def _bounds_and_starts(m: np.ndarray, layout: _Layout) -> tuple[tuple[np.ndarray, np.ndarray], list[np.ndarray]]:
+    span = float(max(m.max() - m.min(), 1e-6))
+    log_l = (np.log((span / 100.0) ** 2), np.log((span * 10.0) ** 2))
+    log_p = tuple(np.log(_P_RANGE))
+    ranges = {"m_pos": (0.0, max(float(m.max()), 0.0)), "m_neg": (min(float(m.min()), 0.0), 0.0)}
+    low, high, choices = [], [], []
+    for name in layout.names:
+        if name.startswith("m_"):
+            lo, hi = ranges[name]
+            low.append(lo), high.append(hi + 1e-9 if hi == lo else hi)
+            choices.append((0.0, 0.3 * (lo + hi)))
+        elif name.startswith("log_L"):
+            low.append(log_l[0]), high.append(log_l[1])
+            choices.append(tuple(np.log((span * f) ** 2) for f in (0.1, 0.4, 1.5)))
+        else:
+            low.append(log_p[0]), high.append(log_p[1])
+            choices.append((np.log(0.7), np.log(3.0)))
+    bounds = (np.array(low), np.array(high))
+    starts = [np.array(c, dtype=float) for c in itertools.product(*choices)]
+    if len(starts) > 48:  # full shape: tie the two sides' starting shapes to keep the search small
+        names = layout.names
+        starts = [s for s in starts if s[names.index("log_L_pos")] == s[names.index("log_L_neg")]
+                  and s[names.index("log_p_pos")] == s[names.index("log_p_neg")]]
+    return bounds, starts
+
+
+def _layout_for(m: np.ndarray, shape: str) -> _Layout:
+    return _Layout(shape, bool((m >= 0).any()), bool((m < 0).any()))
+
+
+def _fit_points(kind: str, m: np.ndarray, y: np.ndarray, layout: _Layout,
+                warm_start: Optional[np.ndarray] = None) -> Optional[tuple[np.ndarray, np.ndarray, tuple]]:
+    """(theta, head, bounds) of the best fit of one curve; None if the search failed.
+
+    With `warm_start` (a refit of nearly the same data) the search starts there and from every
+    twelfth default start only.
+    """
+    bounds, starts = _bounds_and_starts(m, layout)
+    if warm_start is not None:
+        starts = [np.asarray(warm_start, float)] + starts[::12]
+    best = _search(kind, m, y, layout, starts, bounds)
+    if best is None:
+        return None
+    theta = best[1]
+    return theta, _head(kind, m, y, layout.expand(theta)), bounds
+
+
+def fit_curve(kind: str, multipliers, values, shape: str = "auto", leave_one_out: bool = True) -> CurveFit:
+    """Fit one curve (`kind` "preference" or "utility") to per-multiplier means; see the module docstring.
+
+    Returns a `CurveFit` with `fitted=False` and the reason when there are too few finite points
+    for the model (n < k + 2) or the search fails; this never raises for bad data.
+    """
+    if kind not in ("preference", "utility"):
+        raise ValueError(f"fit kind must be 'preference' or 'utility', got {kind!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"fit shape must be one of {SHAPES}, got {shape!r}")
     m = np.asarray(multipliers, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
-    keep = np.isfinite(y)
+    if m.shape != y.shape:
+        raise ValueError(f"{kind} fit: {m.size} multipliers but {y.size} values")
+    keep = np.isfinite(y) & np.isfinite(m)
     m, y = m[keep], y[keep]
+    n = int(m.size)
     names = PREFERENCE_PARAMS if kind == "preference" else UTILITY_PARAMS
-    if m.size < 3:
-        return CurveFit(kind, {n: float("nan") for n in names}, float("nan"), False, f"only {m.size} finite points")
-    span = float(max(m.max() - m.min(), 1e-6))
-    y_span = float(max(y.max() - y.min(), 1e-6))
-    low_d, high_d = _decay_bounds(m, span)
-    if kind == "preference":
-        slope = float(np.polyfit(m, y, 1)[0]) if m.size > 1 else 0.0
-        big = 1e3 * y_span / span
-        lower, upper = [-big, -1e3 * y_span, -1e3 * y_span] + low_d, [big, 1e3 * y_span, 1e3 * y_span] + high_d
-        heads = [[slope, 0.0, float(np.interp(0.0, np.sort(m), y[np.argsort(m)]))], [slope, y_span, float(y.min())]]
-        function = preference_curve
-    else:
-        lower, upper = [-1e3 * y_span, -1e3 * y_span - abs(y.min())] + low_d, [1e3 * y_span, 1e3 * y_span + abs(y.max())] + high_d
-        heads = [[y_span, float(y.min())], [-y_span, float(y.max())]]
-        function = utility_curve
-    best: Optional[tuple[float, np.ndarray]] = None
-    message = ""
-    for head, decay in itertools.product(heads, _decay_starts(span)):
-        start = np.clip(np.asarray(head + decay, dtype=np.float64), lower, upper)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                params, _ = curve_fit(function, m, y, p0=start, bounds=(lower, upper), maxfev=max_evaluations, x_scale="jac")
-        except (RuntimeError, ValueError) as error:
-            message = str(error)
-            continue
-        sse = float(((function(m, *params) - y) ** 2).sum())
-        if best is None or sse < best[0]:
-            best = (sse, params)
-        if sse <= 1e-10 * max(float(((y - y.mean()) ** 2).sum()), 1e-30):
-            break  # exact fit: no better start exists
-    if best is None:
-        return CurveFit(kind, {n: float("nan") for n in names}, float("nan"), False, message or "no start converged")
-    params = best[1]
-    return CurveFit(kind, dict(zip(names, map(float, params))), r_squared(y, function(m, *params)), True)
+    empty = {name: float("nan") for name in names}
+    sides = int((m >= 0).any()) + int((m < 0).any())
+    if shape == "auto":
+        shape = "full" if n >= parameter_count(kind, "full", sides) + MIN_RESIDUAL_DOF else "shared"
+    k = parameter_count(kind, shape, max(sides, 1))
+    if n < k + MIN_RESIDUAL_DOF or sides == 0:
+        message = (f"not fitted: {n} finite points, the {shape} {kind} model has {k} parameters and needs "
+                   f"at least {k + MIN_RESIDUAL_DOF} (use more multipliers)")
+        logger.warning("%s", message)
+        return CurveFit(kind, "none", empty, n, k, message=message)
+    layout = _layout_for(m, shape)
+    found = _fit_points(kind, m, y, layout)
+    if found is None:
+        message = "not fitted: the least-squares search failed from every start"
+        logger.warning("%s fit %s", kind, message)
+        return CurveFit(kind, "none", empty, n, k, message=message)
+    theta, head, bounds = found
+    params = dict(zip(names, list(map(float, head)) + [layout.expand(theta)[p] for p in DECAY_PARAMS]))
+    fit = CurveFit(kind, shape, params, n, k, fitted=True)
+    fit.r2 = r_squared(y, fit(m))
+    fit.rmse = float(np.sqrt(np.mean((fit(m) - y) ** 2)))
+    fit.adjusted_r2 = adjusted_r_squared(fit.r2, n, k)
+    width = bounds[1] - bounds[0]
+    fit.at_bounds = tuple(name for name, value, lo, hi, w in zip(layout.names, theta, *bounds, width)
+                          if not name.startswith("m_") and min(value - lo, hi - value) <= 1e-6 * max(w, 1.0))
+    if leave_one_out:
+        fit.loo_rmse, fit.loo_r2 = _leave_one_out(kind, m, y, shape, theta)
+    if not fit.is_good:
+        fit.message = (f"poor fit (adjusted R^2 {_fmt(fit.adjusted_r2)}, leave-one-out R^2 {_fmt(fit.loo_r2)}; "
+                       f"good needs {GOOD_ADJUSTED_R2:g} and {GOOD_LOO_R2:g})")
+    return fit
 
 
-def fit_preference(multipliers, pref_means) -> CurveFit:
+def _leave_one_out(kind: str, m: np.ndarray, y: np.ndarray, shape: str, theta: np.ndarray) -> tuple[float, float]:
+    """RMSE and predictive R^2 (`1 - PRESS/SST`) of predicting each point from a fit without it."""
+    errors = []
+    for i in range(m.size):
+        rest = np.arange(m.size) != i
+        layout = _layout_for(m[rest], shape)
+        warm = theta if layout == _layout_for(m, shape) else None
+        found = _fit_points(kind, m[rest], y[rest], layout, warm)
+        if found is None:
+            return float("nan"), float("nan")
+        theta_i, head_i, _ = found
+        errors.append(float((_design(kind, m[i:i + 1], layout.expand(theta_i)) @ head_i)[0]) - y[i])
+    errors = np.asarray(errors)
+    total = float(((y - y.mean()) ** 2).sum())
+    press = float((errors ** 2).sum())
+    return float(np.sqrt(np.mean(errors ** 2))), (1.0 - press / total) if total > 0 else float("nan")
+
+
+def fit_preference(multipliers, pref_means, shape: str = "auto") -> CurveFit:
     """Fit `PrefOdds(m) ~ (alpha*m + beta) * D(m) + b` to per-multiplier means."""
-    return _fit("preference", multipliers, pref_means)
+    return fit_curve("preference", multipliers, pref_means, shape)
 
 
-def fit_utility(multipliers, util_means) -> CurveFit:
+def fit_utility(multipliers, util_means, shape: str = "auto") -> CurveFit:
     """Fit `UtilOdds(m) ~ beta_u * D(m) + b_u` to per-multiplier means."""
-    return _fit("utility", multipliers, util_means)
+    return fit_curve("utility", multipliers, util_means, shape)
 
 
 # ============================================================================ summaries
@@ -189,7 +376,7 @@ class Summaries:
 def _grid(multipliers, points: int = 2001) -> np.ndarray:
     m = np.asarray(multipliers, float)
     grid = np.linspace(m.min(), m.max(), points)
-    return np.unique(np.concatenate([grid, [0.0]] if m.min() <= 0 <= m.max() else [grid]))
+    return np.unique(np.concatenate([grid, m, [0.0]] if m.min() <= 0 <= m.max() else [grid, m]))
 
 
 def _reference_multiplier(multipliers) -> float:
@@ -222,9 +409,11 @@ def preference_gain(preference: Callable, utility: Callable, multipliers, delta:
     low = drop_multiplier(utility, multipliers, delta, -1)
     inside = (grid >= (low if low is not None else -np.inf)) & (grid <= (high if high is not None else np.inf))
     inside &= (float(utility(ref)) - utility(grid)) <= delta + 1e-12 * max(1.0, abs(delta))
-    if not inside.any():
+    # the drop multipliers themselves (loss = delta) bound the interval: include them, not only grid points
+    candidates = np.concatenate([grid[inside], [x for x in (low, high) if x is not None]])
+    if not candidates.size:
         return 0.0
-    return float(max(0.0, (preference(grid[inside]) - float(preference(ref))).max()))
+    return float(max(0.0, (preference(candidates) - float(preference(ref))).max()))
 
 
 def frontier_area(preference: Callable, utility: Callable, multipliers, max_loss: float, points: int = 201) -> float:
@@ -252,27 +441,62 @@ def summarize_curves(preference: Callable, utility: Callable, multipliers, sourc
 
 @dataclass
 class FitReport:
+    """Both fits and the summaries: "interpolation" always, "fit" when both fits are good; `headline` picks one."""
+
     preference: CurveFit
     utility: CurveFit
     summaries: dict = field(default_factory=dict)   # source ("fit"/"interpolation") -> Summaries
 
+    headline_reason: str = ""
+
+    @property
+    def headline(self) -> Summaries:
+        """The fit's summaries when both fits are good, else the interpolation's."""
+        return self.summaries.get("fit") or self.summaries["interpolation"]
+
     def to_dict(self) -> dict:
         return {"preference": self.preference.to_dict(), "utility": self.utility.to_dict(),
-                "summaries": {k: v.to_dict() for k, v in self.summaries.items()}}
+                "summaries": {k: v.to_dict() for k, v in self.summaries.items()},
+                "headline_source": self.headline.source, "headline_reason": self.headline_reason}
+
+
+def _fit_usable(pref_fit: CurveFit, util_fit: CurveFit, utility_loss: float) -> str:
+    """Why the fits cannot give the summaries ("" when they can)."""
+    for fit in (pref_fit, util_fit):
+        if not fit.fitted:
+            return f"{fit.kind}: {fit.message}"
+        if not fit.is_good:
+            return f"{fit.kind}: {fit.message}"
+    if not util_fit.rmse <= UTILITY_RESOLUTION * utility_loss:
+        return (f"utility fit RMSE {util_fit.rmse:.3g} exceeds {UTILITY_RESOLUTION:g} x the utility-loss budget "
+                f"{utility_loss:g} (too coarse for the summaries)")
+    return ""
 
 
 def fit_and_summarize(multipliers, pref_means, util_means, utility_loss: float = 1.0,
-                      frontier_max_loss: float = 3.0) -> FitReport:
-    """Both fits plus the summaries from the fit (when it converged) and from interpolation."""
-    pref_fit = fit_preference(multipliers, pref_means)
-    util_fit = fit_utility(multipliers, util_means)
+                      frontier_max_loss: float = 3.0, shape: str = "auto") -> FitReport:
+    """Both fits, the interpolation's summaries, and the fits' summaries when the fits are usable.
+
+    Usable: both fitted, both good (`CurveFit.is_good`), and the utility fit's RMSE at most
+    `UTILITY_RESOLUTION` x `utility_loss`. Otherwise `headline_reason` says why interpolation is used.
+    """
+    m = np.asarray(multipliers, float)
+    pref_fit = fit_preference(m, pref_means, shape)
+    util_fit = fit_utility(m, util_means, shape)
     report = FitReport(pref_fit, util_fit)
     report.summaries["interpolation"] = summarize_curves(
-        interpolated(multipliers, pref_means), interpolated(multipliers, util_means), multipliers,
-        "interpolation", utility_loss, frontier_max_loss)
-    if pref_fit.converged and util_fit.converged:
-        report.summaries["fit"] = summarize_curves(pref_fit, util_fit, multipliers, "fit", utility_loss, frontier_max_loss)
+        interpolated(m, pref_means), interpolated(m, util_means), m, "interpolation", utility_loss, frontier_max_loss)
+    report.headline_reason = _fit_usable(pref_fit, util_fit, utility_loss)
+    if not report.headline_reason:
+        report.summaries["fit"] = summarize_curves(pref_fit, util_fit, m, "fit", utility_loss, frontier_max_loss)
+    else:
+        logger.info("summaries from interpolation: %s", report.headline_reason)
     return report
+
+
+def _fmt(value) -> str:
+    number = _num(value)
+    return "n/a" if number is None else f"{number:.3f}"
 
 
 def _num(value):

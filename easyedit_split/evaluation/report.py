@@ -1,7 +1,9 @@
 """Reports of one or several evaluated methods: results.json, results.csv, PNG plots, report.md.
 
 Every file is written atomically (temporary file + rename), so an interrupted run never leaves
-a half-written report.
+a half-written report. The fit table shows the penalised goodness of fit (adjusted R^2 and
+leave-one-multiplier-out RMSE, docs/fits.md); frontier.png plots what the summaries measure:
+preference gain against utility loss, both relative to m = 0, with each method's Pareto frontier.
 """
 from __future__ import annotations
 
@@ -33,6 +35,60 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if not np.isfinite(number) else f"{number:.{digits}f}"
 
 
+def _accuracy(metrics: Any) -> np.ndarray:
+    """Share of pairs with PrefOdds > 0 per multiplier (`preference_accuracy`, formerly `accuracy`)."""
+    value = getattr(metrics, "preference_accuracy", None)
+    return np.asarray(metrics.accuracy if value is None else value, dtype=float)
+
+
+@dataclass
+class FrontierSeries:
+    """Plot data of one method: gain `P(m) - P(0)` and loss `U(0) - U(m)` per multiplier, and its Pareto set."""
+
+    name: str
+    multipliers: np.ndarray
+    loss: np.ndarray
+    gain: np.ndarray
+    pareto: np.ndarray          # bool per multiplier: no other point has >= gain at <= loss (one strictly)
+
+
+def frontier_series(name: str, multipliers: Sequence[float], pref_means: Sequence[float],
+                    util_means: Sequence[float]) -> FrontierSeries:
+    """Gain and loss relative to the multiplier nearest 0, and the Pareto-optimal points (finite ones only)."""
+    m = np.asarray(multipliers, float)
+    pref, util = np.asarray(pref_means, float), np.asarray(util_means, float)
+    ref = int(np.argmin(np.abs(m)))
+    gain, loss = pref - pref[ref], util[ref] - util
+    finite = np.isfinite(gain) & np.isfinite(loss)
+    pareto = np.zeros(m.size, dtype=bool)
+    for i in np.nonzero(finite)[0]:
+        others = finite & (np.arange(m.size) != i)
+        dominated = others & (gain >= gain[i]) & (loss <= loss[i]) & ((gain > gain[i]) | (loss < loss[i]))
+        pareto[i] = not dominated.any()
+    return FrontierSeries(name, m, loss, gain, pareto)
+
+
+def frontier_view(series: Sequence[FrontierSeries], budget: float, margin: float = 0.08) -> dict:
+    """Axis limits that keep the frontiers readable, and what falls outside them.
+
+    The loss axis reaches the furthest Pareto point but at most `2 * budget` (the summaries'
+    frontier budget) and at least `budget`; the gain axis spans the points inside that loss range.
+    Returns {"xlim", "ylim", "clipped": {name: count}, "max_loss"}.
+    """
+    pareto_losses = [float(l) for s in series for l in s.loss[s.pareto]]
+    max_loss = max(budget, min(max(pareto_losses, default=budget), 2.0 * budget))
+    losses = [float(l) for s in series for l in s.loss[np.isfinite(s.loss)]]
+    min_loss = min(0.0, min(losses, default=0.0))
+    min_loss = max(min_loss, -max_loss)   # utility gains beyond the loss range are clipped too
+    shown = [(s, (s.loss >= min_loss) & (s.loss <= max_loss) & np.isfinite(s.gain)) for s in series]
+    gains = [float(g) for s, keep in shown for g in s.gain[keep]] + [0.0]
+    low, high = min(gains), max(gains)
+    pad_x, pad_y = (max_loss - min_loss) * margin, ((high - low) * margin) or 1.0
+    clipped = {s.name: int((~keep & np.isfinite(s.loss)).sum()) for s, keep in shown}
+    return {"xlim": (min_loss - pad_x, max_loss + pad_x), "ylim": (low - pad_y, high + pad_y),
+            "clipped": clipped, "max_loss": max_loss, "min_loss": min_loss}
+
+
 @dataclass
 class EvaluationReport:
     """Results of several methods on the same pairs, plus what was scored (`context`)."""
@@ -55,46 +111,62 @@ class EvaluationReport:
                 writer.writerow([
                     r.name, multiplier, m.preference.mean[k], m.preference.se[k], m.preference.ci_low[k],
                     m.preference.ci_high[k], m.utility.mean[k], m.utility.se[k], m.utility.ci_low[k],
-                    m.utility.ci_high[k], m.accuracy[k], int(m.undefined_utility[k]), m.matching_nll_mean[k],
+                    m.utility.ci_high[k], _accuracy(m)[k], int(m.undefined_utility[k]), m.matching_nll_mean[k],
                     m.not_matching_nll_mean[k],
                 ])
         return buffer.getvalue()
 
     def markdown_table(self) -> str:
-        """One line per method: fits' R^2 and the comparison summaries, then per-multiplier means."""
+        """Fit quality and comparison summaries per method, then per-multiplier means."""
         ctx = self.context
-        loss = next((s.utility_loss for r in self.results for s in r.fits.summaries.values()), 1.0)
-        area_loss = next((s.frontier_max_loss for r in self.results for s in r.fits.summaries.values()), 3.0)
+        first = next((r.fits.headline for r in self.results), None)
+        loss = first.utility_loss if first else 1.0
+        area_loss = first.frontier_max_loss if first else 3.0
         lines = [
             f"Scored: {ctx.get('n_examples', '?')} pairs of `{ctx.get('dataset')}`, {ctx.get('nll_mode')} NLL, "
             f"chat template {'on' if ctx.get('chat_template') else 'off'}, layout {ctx.get('layout')}. "
             f"Join rule: {ctx.get('join_rule')}.",
             "",
-            f"| method | R^2 pref | R^2 util | pref gain @ util loss {loss:g} | m (util -{loss:g}) + | m (util -{loss:g}) - "
-            f"| frontier area (loss <= {area_loss:g}) | acc @ m=0 | acc max |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "Fits (docs/fits.md): adjusted R^2 / leave-one-multiplier-out RMSE (nats), model shape and "
+            "parameter count k; '-' = not fitted (too few multipliers).",
+            "",
+            "| method | pref adj R^2 | pref LOO RMSE | pref model | util adj R^2 | util LOO RMSE | util model "
+            "| summaries from |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in self.results:
-            summary = r.fits.summaries.get("fit") or r.fits.summaries["interpolation"]
-            inter = r.fits.summaries["interpolation"]
-            acc = r.metrics.accuracy
+            p, u = r.fits.preference, r.fits.utility
+            lines.append(f"| {r.name} | {_fmt(p.adjusted_r2, 3)} | {_fmt(p.loo_rmse, 3)} | {_model(p)} "
+                         f"| {_fmt(u.adjusted_r2, 3)} | {_fmt(u.loo_rmse, 3)} | {_model(u)} | {_source(r.fits)} |")
+        lines += [f"\n\\* {r.name}: {r.fits.headline_reason}" for r in self.results
+                  if getattr(r.fits, "headline_reason", "")]
+        lines += [
+            "",
+            f"| method | pref gain @ util loss {loss:g} | m (util -{loss:g}) + | m (util -{loss:g}) - "
+            f"| frontier area (loss <= {area_loss:g}) | pref. acc @ m=0 | pref. acc max |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in self.results:
+            summary, inter = r.fits.headline, r.fits.summaries["interpolation"]
+            note = (lambda key: f" (interp {_fmt(getattr(inter, key))})") if summary is not inter else (lambda key: "")
+            acc = _accuracy(r.metrics)
             zero = np.nonzero(r.metrics.multipliers == 0)[0]
             lines.append(
-                f"| {r.name} | {_fmt(r.fits.preference.r2, 3)} | {_fmt(r.fits.utility.r2, 3)} "
-                f"| {_fmt(summary.preference_gain)} (interp {_fmt(inter.preference_gain)}) "
+                f"| {r.name} | {_fmt(summary.preference_gain)}{note('preference_gain')} "
                 f"| {_fmt(summary.drop_multiplier_pos)} | {_fmt(summary.drop_multiplier_neg)} "
-                f"| {_fmt(summary.frontier_area)} (interp {_fmt(inter.frontier_area)}) "
-                f"| {_fmt(acc[zero[0]]) if zero.size else '-'} | {_fmt(acc.max())} |"
+                f"| {_fmt(summary.frontier_area)}{note('frontier_area')} "
+                f"| {_fmt(acc[zero[0]]) if zero.size else '-'} | {_fmt(np.nanmax(acc))} |"
             )
-        lines += ["", "Per multiplier: PrefOdds mean ± SE / UtilOdds mean ± SE / accuracy", ""]
+        lines += ["", "Per multiplier: PrefOdds mean ± SE / UtilOdds mean ± SE / preference accuracy", ""]
         multipliers = self.results[0].metrics.multipliers if self.results else []
         lines.append("| method | " + " | ".join(f"m={m:g}" for m in multipliers) + " |")
         lines.append("|---|" + "---|" * len(multipliers))
         for r in self.results:
             m = r.metrics
+            acc = _accuracy(m)
             cells = [
                 f"{_fmt(m.preference.mean[k])}±{_fmt(m.preference.se[k])} / {_fmt(m.utility.mean[k])}±{_fmt(m.utility.se[k])}"
-                f" / {_fmt(m.accuracy[k])}" + (f" ({int(m.undefined_utility[k])} undef.)" if m.undefined_utility[k] else "")
+                f" / {_fmt(acc[k])}" + (f" ({int(m.undefined_utility[k])} undef.)" if m.undefined_utility[k] else "")
                 for k in range(len(m.multipliers))
             ]
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
@@ -119,9 +191,9 @@ class EvaluationReport:
             for ax, stat, fit in ((axes[0], m.preference, r.fits.preference), (axes[1], m.utility, r.fits.utility)):
                 line = ax.errorbar(m.multipliers, stat.mean, yerr=[stat.mean - stat.ci_low, stat.ci_high - stat.mean],
                                    fmt="o", capsize=3, label=r.name)
-                if fit.converged:
-                    ax.plot(grid, fit(grid), "-", color=line[0].get_color(), alpha=0.7,
-                            label=f"{r.name} fit (R²={fit.r2:.2f})")
+                if fit.fitted:
+                    ax.plot(grid, fit(grid), "-" if fit.is_good else ":", color=line[0].get_color(), alpha=0.7,
+                            label=f"{r.name} fit (adj. R²={fit.adjusted_r2:.2f}{'' if fit.is_good else ', poor'})")
         axes[0].set(xlabel="multiplier m", ylabel="PrefOdds = L_n - L_p (nats)", title="Preference")
         axes[1].set(xlabel="multiplier m", ylabel="UtilOdds = log p - log(1-p)", title="Utility")
         for ax in axes:
@@ -130,18 +202,7 @@ class EvaluationReport:
         fig.tight_layout()
         written.append(_save_figure(fig, out_dir / "preference_utility.png"))
         plt.close(fig)
-        # frontier
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for r in self.results:
-            m = r.metrics
-            ax.plot(m.utility.mean, m.preference.mean, "o-", label=r.name)
-            for k, multiplier in enumerate(m.multipliers):
-                ax.annotate(f"{multiplier:g}", (m.utility.mean[k], m.preference.mean[k]), fontsize=6)
-        ax.set(xlabel="UtilOdds", ylabel="PrefOdds", title="Preference-utility frontier (labels: m)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(_save_figure(fig, out_dir / "frontier.png"))
-        plt.close(fig)
+        written.append(self._plot_frontier(out_dir, plt))
         # utility vs manifold distance
         with_manifold = [r for r in self.results if r.manifold is not None]
         if with_manifold:
@@ -162,6 +223,44 @@ class EvaluationReport:
             plt.close(fig)
         return written
 
+    def frontier_series(self) -> list[FrontierSeries]:
+        return [frontier_series(r.name, r.metrics.multipliers, r.metrics.preference.mean, r.metrics.utility.mean)
+                for r in self.results]
+
+    def _plot_frontier(self, out_dir: Path, plt: Any) -> Path:
+        """Preference gain vs utility loss (relative to m = 0): Pareto frontiers as lines, other points faint."""
+        series = self.frontier_series()
+        budget = next((r.fits.headline.frontier_max_loss for r in self.results), 3.0)
+        view = frontier_view(series, budget)
+        fig, ax = plt.subplots(figsize=(6.5, 5))
+        for s in series:
+            order = np.argsort(s.loss[s.pareto])
+            line, = ax.plot(s.loss[s.pareto][order], s.gain[s.pareto][order], "o-", label=f"{s.name} (Pareto frontier)")
+            ax.plot(s.loss[~s.pareto], s.gain[~s.pareto], "o", color=line.get_color(), alpha=0.25, ms=4)
+            for multiplier, x, y, best in zip(s.multipliers, s.loss, s.gain, s.pareto):
+                if view["min_loss"] <= x <= view["max_loss"]:
+                    ax.annotate(f"{multiplier:g}", (x, y), fontsize=7 if best else 5, alpha=1.0 if best else 0.4,
+                                xytext=(3, 3), textcoords="offset points", color=line.get_color())
+        ax.axvline(budget, color="grey", ls="--", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(*view["xlim"])
+        ax.set_ylim(*view["ylim"])
+        clipped = [f"{name} {count}" for name, count in view["clipped"].items() if count]
+        if clipped:
+            outside = f"> {view['max_loss']:.3g}" + (f" or < {view['min_loss']:.3g}" if view["min_loss"] < 0 else "")
+            ax.text(0.99, 0.01, f"points with utility loss {outside} not shown: " + ", ".join(clipped),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgrey")
+        ax.set(xlabel="utility loss U(0) - U(m) (nats)", ylabel="preference gain P(m) - P(0) (nats)",
+               title=f"Preference-utility frontier, relative to m = 0\nlines: Pareto frontiers; faint: dominated points; "
+                     f"labels: m; dashed: area budget {budget:g}")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = _save_figure(fig, out_dir / "frontier.png")
+        plt.close(fig)
+        return path
+
     # ------------------------------------------------------------------ everything
     def write(self, out_dir: Union[str, Path], plots: bool = True) -> dict:
         """Write results.json, results.csv, report.md and the PNG plots; returns {kind: path}."""
@@ -175,6 +274,19 @@ class EvaluationReport:
             for path in self.plot(out_dir):
                 paths[path.stem] = path
         return paths
+
+
+def _source(fits: Any) -> str:
+    return fits.headline.source + ("*" if getattr(fits, "headline_reason", "") else "")
+
+
+def _model(fit: Any) -> str:
+    if fit.fitted:
+        bound = f", {'/'.join(fit.at_bounds)} at bound" if fit.at_bounds else ""
+        return f"{fit.shape}, k={fit.n_params}{bound}"
+    if fit.n_points < fit.n_params + 2:
+        return f"- ({fit.n_points} points, k={fit.n_params} needs {fit.n_params + 2})"
+    return "- (search failed)"
 
 
 def _data_limits(stats: Sequence[Any], margin: float = 0.08) -> tuple[float, float]:
