@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from . import cli_evaluate
 from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
 from .errors import EasyEditSplitError
-from .hparams import CAAHyperParams
+from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
 
 
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
-    editor = SteerEditor(CAAHyperParams(model_name_or_path=args.model, layers=[], use_chat_template=not args.no_chat_template))
+    editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
     editor.load(args.vectors, concept_id=args.concept_id)
     texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
     for m, outputs in texts.items():

@@ -210,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      "(run under `accelerate launch --num_processes N`), merged into EasyEdit's layout.")
     parser.add_argument("--hparams", required=True, help="a generate_<method>_<intervention>.yaml file")
     parser.add_argument("--data", required=True, help="multi-concept pairs (AxBench parquet, or any supported file)")
-    parser.add_argument("--output_dir", required=True, help="method directory, e.g. vectors/<model>/axbench/spilt_vector")
+    parser.add_argument("--output_dir", required=True, help="method directory, e.g. vectors/<model>/axbench/<alg>_vector (EasyEdit's directory names)")
     parser.add_argument("--model_name_or_path", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     parser.add_argument("--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="KEY=VALUE")

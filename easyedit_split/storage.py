@@ -347,7 +347,7 @@ from typing import Iterable  # noqa: E402
 
 from .constants import easyedit_alg_dir_name  # noqa: E402
 
-EASYEDIT_EXPERIMENT_DIR = Path("hparams/Steer/experiment_hparams/spilt_experiment")
+EASYEDIT_EXPERIMENT_DIR = Path("hparams/Steer/experiment_hparams") / f"{easyedit_alg_dir_name('split')}_experiment"
 """EasyEdit's hparams tree of the SPLIT experiments, relative to its checkout."""
 LOSS_CSV_NAME = "train_losses.csv"
 PER_EXAMPLE_CSV_NAME = "per_example_nll.csv"

@@ -32,6 +32,7 @@ from ..errors import DatasetError, HparamsError
 from ..evaluation.scoring import score_pairs
 from ..generation import GenerationSettings, generate_steered
 from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
+from ..hparams.reading import keep_known_keys
 from ..interventions import DynamicWeightUpdate
 from ..models import load_model_and_tokenizer
 from ..prompts import PromptFormat
@@ -291,6 +292,5 @@ def per_example_csv_text(rows: LossRows) -> str:
 
 def with_overrides(hparams: Any, overrides: Mapping[str, Any]) -> Any:
     """A copy of `hparams` with the `overrides` keys its class has (others are skipped, as EasyEdit does)."""
-    valid = set(type(hparams).__dataclass_fields__)
-    chosen = {k: v for k, v in overrides.items() if k in valid}
+    chosen = keep_known_keys(type(hparams), overrides)
     return replace(hparams, **chosen) if chosen else hparams
