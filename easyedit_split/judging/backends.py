@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from ..errors import EasyEditSplitError
+from .rubrics import RATING_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +196,20 @@ class OpenAICompatibleJudge:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+FORCED_MARK = "(forced choice)"
+"""Appended to a LocalJudge answer whose rating was forced (see `LocalJudge`)."""
+
+
 class LocalJudge:
     """A Hugging Face chat model as judge: chat template, greedy decoding, batches of `batch_size`.
 
     Pass `model` and `tokenizer`, or `model_name_or_path` (loaded with the package's loader, so the
     default model works offline). Generation runs in a worker thread, one batch at a time.
+
+    Small models rarely end with a well-formed ``Rating: N`` line. With `force_rating`, an answer
+    without a valid rating is continued with ``"\\nRating: "`` and the judge's most likely next token
+    among ``0``, ``1``, ``2`` is taken; the answer then ends ``Rating: N (forced choice)``, so reports
+    can tell forced ratings from written ones. Without it, such answers stay unparsed (missing).
     """
 
     deterministic = True
@@ -211,6 +221,7 @@ class LocalJudge:
         model_name_or_path: Optional[str] = None,
         max_new_tokens: int = 128,
         batch_size: int = 4,
+        force_rating: bool = False,
         model_id: Optional[str] = None,
     ):
         if model is None or tokenizer is None:
@@ -223,8 +234,9 @@ class LocalJudge:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.force_rating = force_rating
         name = model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-        self.model_id = model_id or f"local:{name}"
+        self.model_id = model_id or (f"local:{name}" + (":forced" if force_rating else ""))
         self._lock: Optional[asyncio.Lock] = None
 
     def _encode(self, prompt: str) -> list[int]:
@@ -236,9 +248,28 @@ class LocalJudge:
             return list(ids)
         return list(self.tokenizer(prompt)["input_ids"])
 
+    def _digit_ids(self) -> list[int]:
+        ids = [self.tokenizer(str(d), add_special_tokens=False)["input_ids"] for d in range(RATING_MAX + 1)]
+        if any(len(one) != 1 for one in ids):
+            raise JudgeConfigError(f"{self.model_id}: the digits 0..{RATING_MAX} are not single tokens; "
+                                   "use force_rating=False")
+        return [one[0] for one in ids]
+
+    def forced_rating(self, context: Sequence[int]) -> int:
+        """argmax over the digit tokens after ``context + "\\nRating: "`` (one forward pass)."""
+        import torch
+
+        suffix = self.tokenizer("\nRating: ", add_special_tokens=False)["input_ids"]
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([list(context) + suffix], device=device)).logits[0, -1]
+        return int(torch.argmax(logits.float()[self._digit_ids()]).item())
+
     def generate_batch(self, prompts: Sequence[str]) -> list[str]:
         """Greedy answers to `prompts` (blocking), left-padded so every row ends at its prompt."""
         import torch
+
+        from .parsing import parse_rating
 
         encoded = [self._encode(prompt) for prompt in prompts]
         width = max(len(ids) for ids in encoded)
@@ -254,7 +285,17 @@ class LocalJudge:
                 max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
                 temperature=None, top_p=None, top_k=None,
             )
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output.cpu()]
+        stop = {pad_id, self.tokenizer.eos_token_id}
+        answers = []
+        for ids, row in zip(encoded, output.cpu().tolist()):
+            generated = row[width:]
+            while generated and generated[-1] in stop:
+                generated.pop()
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if self.force_rating and parse_rating(text) is None:
+                text = f"{text}\nRating: {self.forced_rating(ids + generated)} {FORCED_MARK}"
+            answers.append(text)
+        return answers
 
     async def rate_batch(self, prompts: Sequence[str]) -> list[str]:
         if self._lock is None:
