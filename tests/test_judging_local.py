@@ -26,8 +26,8 @@ def test_tiny_model_judge_returns_text_and_is_deterministic(tiny_chat_model, def
     assert together == [judge.generate_batch([prompt])[0] for prompt in prompts]  # left padding is harmless
 
 
-@pytest.mark.parametrize("digit", [0, 1, 2])
-def test_forced_rating_takes_the_judges_most_likely_digit(tiny_chat_model, default_tokenizer, digit):
+@pytest.mark.parametrize("digit,max_new_tokens", [(0, 4), (1, 4), (2, 4), (1, 0)])
+def test_forced_rating_takes_the_judges_most_likely_digit(tiny_chat_model, default_tokenizer, digit, max_new_tokens):
     digit_id = default_tokenizer(str(digit), add_special_tokens=False)["input_ids"][0]
 
     def favour_digit(module, inputs, output):
@@ -36,7 +36,7 @@ def test_forced_rating_takes_the_judges_most_likely_digit(tiny_chat_model, defau
 
     handle = tiny_chat_model.lm_head.register_forward_hook(favour_digit)
     try:
-        judge = LocalJudge(tiny_chat_model, default_tokenizer, max_new_tokens=4, force_rating=True)
+        judge = LocalJudge(tiny_chat_model, default_tokenizer, max_new_tokens=max_new_tokens, force_rating=True)
         answer = judge.generate_batch(["Rate this text: hello."])[0]
     finally:
         handle.remove()
@@ -50,6 +50,12 @@ def test_local_judge_needs_a_model():
         LocalJudge()
     with pytest.raises(JudgeConfigError, match="local:MODEL_OR_PATH"):
         make_judge("local:")
+
+
+def test_rating_only_mode_needs_forcing(tiny_chat_model, default_tokenizer):
+    judge = LocalJudge(tiny_chat_model, default_tokenizer, max_new_tokens=0)
+    with pytest.raises(JudgeConfigError, match="force_rating=True"):
+        judge.generate_batch(["Rate this."])
 
 
 @pytest.mark.default_model

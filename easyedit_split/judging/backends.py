@@ -210,6 +210,7 @@ class LocalJudge:
     without a valid rating is continued with ``"\\nRating: "`` and the judge's most likely next token
     among ``0``, ``1``, ``2`` is taken; the answer then ends ``Rating: N (forced choice)``, so reports
     can tell forced ratings from written ones. Without it, such answers stay unparsed (missing).
+    ``max_new_tokens=0`` with `force_rating` skips the justification: one forward pass per question.
     """
 
     deterministic = True
@@ -279,12 +280,15 @@ class LocalJudge:
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
         device = next(self.model.parameters()).device
-        with torch.no_grad():
-            output = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
-                max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
-                temperature=None, top_p=None, top_k=None,
-            )
+        if self.max_new_tokens == 0:  # rating only: no justification, the forced digit right after the prompt
+            output = input_ids
+        else:
+            with torch.no_grad():
+                output = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=False,
+                    max_new_tokens=self.max_new_tokens, pad_token_id=pad_id,
+                    temperature=None, top_p=None, top_k=None,
+                )
         stop = {pad_id, self.tokenizer.eos_token_id}
         answers = []
         for ids, row in zip(encoded, output.cpu().tolist()):
@@ -292,6 +296,8 @@ class LocalJudge:
             while generated and generated[-1] in stop:
                 generated.pop()
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if self.max_new_tokens == 0 and not self.force_rating:
+                raise JudgeConfigError("LocalJudge: max_new_tokens=0 needs force_rating=True")
             if self.force_rating and parse_rating(text) is None:
                 text = f"{text}\nRating: {self.forced_rating(ids + generated)} {FORCED_MARK}"
             answers.append(text)
