@@ -53,9 +53,8 @@ def test_local_judge_needs_a_model():
 
 
 def test_rating_only_mode_needs_forcing(tiny_chat_model, default_tokenizer):
-    judge = LocalJudge(tiny_chat_model, default_tokenizer, max_new_tokens=0)
     with pytest.raises(JudgeConfigError, match="force_rating=True"):
-        judge.generate_batch(["Rate this."])
+        LocalJudge(tiny_chat_model, default_tokenizer, max_new_tokens=0)
 
 
 @pytest.mark.default_model

@@ -225,6 +225,8 @@ class LocalJudge:
         force_rating: bool = False,
         model_id: Optional[str] = None,
     ):
+        if max_new_tokens == 0 and not force_rating:
+            raise JudgeConfigError("LocalJudge: max_new_tokens=0 needs force_rating=True (a rating with no text)")
         if model is None or tokenizer is None:
             if model_name_or_path is None:
                 raise JudgeConfigError("LocalJudge needs model and tokenizer, or model_name_or_path")
@@ -296,8 +298,6 @@ class LocalJudge:
             while generated and generated[-1] in stop:
                 generated.pop()
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if self.max_new_tokens == 0 and not self.force_rating:
-                raise JudgeConfigError("LocalJudge: max_new_tokens=0 needs force_rating=True")
             if self.force_rating and parse_rating(text) is None:
                 text = f"{text}\nRating: {self.forced_rating(ids + generated)} {FORCED_MARK}"
             answers.append(text)
