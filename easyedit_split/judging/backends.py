@@ -197,7 +197,10 @@ class OpenAICompatibleJudge:
 
 
 FORCED_MARK = "(forced choice)"
-"""Appended to a LocalJudge answer whose rating was forced (see `LocalJudge`)."""
+"""Appended to a LocalJudge answer whose rating was forced with ``force_rating="argmax"``."""
+EXPECTED_MARK = "(expected over digits)"
+"""Appended to a LocalJudge answer whose rating was forced with ``force_rating="expected"``."""
+FORCE_MODES = ("off", "argmax", "expected")
 
 
 class LocalJudge:
@@ -207,10 +210,13 @@ class LocalJudge:
     default model works offline). Generation runs in a worker thread, one batch at a time.
 
     Small models rarely end with a well-formed ``Rating: N`` line. With `force_rating`, an answer
-    without a valid rating is continued with ``"\\nRating: "`` and the judge's most likely next token
-    among ``0``, ``1``, ``2`` is taken; the answer then ends ``Rating: N (forced choice)``, so reports
-    can tell forced ratings from written ones. Without it, such answers stay unparsed (missing).
-    ``max_new_tokens=0`` with `force_rating` skips the justification: one forward pass per question.
+    without a valid rating is continued with ``"\\nRating: "`` and the judge's next-token distribution
+    over ``0``, ``1``, ``2`` is read: ``"argmax"`` takes the likeliest digit (``Rating: N (forced
+    choice)``), ``"expected"`` the probability-weighted mean ``sum_d p(d) * d`` renormalised over the
+    three digits (``Rating: 0.734 (expected over digits)``), a graded score that a small judge's argmax
+    flattens to one digit. The marks let reports tell forced ratings from written ones; ``"off"``
+    leaves such answers unparsed (missing). ``max_new_tokens=0`` (forcing only) skips the
+    justification: one forward pass per question.
     """
 
     deterministic = True
@@ -222,11 +228,13 @@ class LocalJudge:
         model_name_or_path: Optional[str] = None,
         max_new_tokens: int = 128,
         batch_size: int = 4,
-        force_rating: bool = False,
+        force_rating: str = "off",
         model_id: Optional[str] = None,
     ):
-        if max_new_tokens == 0 and not force_rating:
-            raise JudgeConfigError("LocalJudge: max_new_tokens=0 needs force_rating=True (a rating with no text)")
+        if force_rating not in FORCE_MODES:
+            raise JudgeConfigError(f"LocalJudge: force_rating must be one of {FORCE_MODES}, got {force_rating!r}")
+        if max_new_tokens == 0 and force_rating == "off":
+            raise JudgeConfigError("LocalJudge: max_new_tokens=0 needs force_rating='argmax' or 'expected'")
         if model is None or tokenizer is None:
             if model_name_or_path is None:
                 raise JudgeConfigError("LocalJudge needs model and tokenizer, or model_name_or_path")
@@ -239,7 +247,7 @@ class LocalJudge:
         self.batch_size = batch_size
         self.force_rating = force_rating
         name = model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-        self.model_id = model_id or (f"local:{name}" + (":forced" if force_rating else ""))
+        self.model_id = model_id or (f"local:{name}" + ("" if force_rating == "off" else f":forced-{force_rating}"))
         self._lock: Optional[asyncio.Lock] = None
 
     def _encode(self, prompt: str) -> list[int]:
@@ -258,15 +266,20 @@ class LocalJudge:
                                    "use force_rating=False")
         return [one[0] for one in ids]
 
-    def forced_rating(self, context: Sequence[int]) -> int:
-        """argmax over the digit tokens after ``context + "\\nRating: "`` (one forward pass)."""
+    def forced_rating(self, context: Sequence[int]) -> str:
+        """The rating text read from the digit tokens after ``context + "\\nRating: "`` (one forward pass)."""
         import torch
 
         suffix = self.tokenizer("\nRating: ", add_special_tokens=False)["input_ids"]
         device = next(self.model.parameters()).device
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([list(context) + suffix], device=device)).logits[0, -1]
-        return int(torch.argmax(logits.float()[self._digit_ids()]).item())
+        digit_logits = logits.float()[self._digit_ids()]
+        if self.force_rating == "argmax":
+            return f"{int(torch.argmax(digit_logits).item())} {FORCED_MARK}"
+        probabilities = torch.softmax(digit_logits, dim=-1)
+        expected = float((probabilities * torch.arange(len(probabilities), dtype=torch.float32)).sum())
+        return f"{expected:.3f} {EXPECTED_MARK}"
 
     def generate_batch(self, prompts: Sequence[str]) -> list[str]:
         """Greedy answers to `prompts` (blocking), left-padded so every row ends at its prompt."""
@@ -298,8 +311,8 @@ class LocalJudge:
             while generated and generated[-1] in stop:
                 generated.pop()
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if self.force_rating and parse_rating(text) is None:
-                text = f"{text}\nRating: {self.forced_rating(ids + generated)} {FORCED_MARK}"
+            if self.force_rating != "off" and parse_rating(text) is None:
+                text = f"{text}\nRating: {self.forced_rating(ids + generated)}"
             answers.append(text)
         return answers
 
