@@ -11,6 +11,7 @@ judges), `cache` (JSONL answer cache), `rating` (ask through the cache), `scorin
 per-multiplier means, factor selection on a dev split), `answers` (Yes/No and A/B accuracy),
 `lexical` (distinct-n, perplexity under the unsteered model). Nothing heavy is imported here.
 """
+from .answers import AnswerAccuracy, answer_accuracy, answer_matches, parse_answer, reference_label
 from .backends import (
     BatchJudgeBackend, JudgeBackend, JudgeConfigError, JudgeRequestError, LocalJudge, OpenAICompatibleJudge, make_judge,
 )
@@ -24,6 +25,7 @@ from .scoring import (
 )
 
 __all__ = [
+    "AnswerAccuracy", "answer_accuracy", "answer_matches", "parse_answer", "reference_label",
     "BatchJudgeBackend", "JudgeBackend", "JudgeConfigError", "JudgeRequestError", "LocalJudge",
     "OpenAICompatibleJudge", "make_judge", "JudgeCache", "JudgeCacheError", "cache_key", "parse_rating",
     "ItemRatings", "JudgeItem", "RubricRating", "count_missing", "rate_items", "rate_items_async", "RATING_MAX",

@@ -195,6 +195,14 @@ async def rate_items_async(
     return results
 
 
-def rate_items(backend: JudgeBackend, items: Sequence[JudgeItem], **options) -> list[ItemRatings]:
-    """Synchronous wrapper of `rate_items_async` (runs its own event loop)."""
-    return asyncio.run(rate_items_async(backend, items, **options))
+def rate_items(
+    backend: JudgeBackend,
+    items: Sequence[JudgeItem],
+    rubrics: Sequence[str] = RUBRIC_NAMES,
+    cache: Optional[JudgeCache] = None,
+    parse_attempts: int = 3,
+    retry_missing: bool = False,
+    progress: bool = True,
+) -> list[ItemRatings]:
+    """Synchronous wrapper of `rate_items_async` (runs its own event loop; not callable inside one)."""
+    return asyncio.run(rate_items_async(backend, items, rubrics, cache, parse_attempts, retry_missing, progress))
