@@ -94,7 +94,7 @@ def test_server_down_gives_missing_ratings_with_the_reason():
 
 def test_authentication_failure_stops_the_run(server):
     with pytest.raises(JudgeConfigError, match="401"):
-        rate_items(judge_for(server), [item("[[401]]")], progress=False)
+        rate_items(judge_for(server), [item("[[401]]")], rubrics=("fluency",), progress=False)
     assert server.count("[[401]]") == 1  # not retried
 
 
