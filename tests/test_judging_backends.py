@@ -99,7 +99,7 @@ def test_authentication_failure_stops_the_run(server):
 
 
 def test_concurrency_limit_is_respected(server):
-    server.slow_seconds = 0.3
+    server.slow_seconds = 0.6
     judge = judge_for(server, concurrency=2)
     in_flight, peak = 0, 0
     original = judge._post
@@ -159,8 +159,10 @@ class DyingCache(JudgeCache):
 def test_killed_run_resumes_without_reasking_cached_items(server, tmp_path):
     path = tmp_path / "judge_cache.jsonl"
     items = [item(f"score:{n % 3},2,2 number {n}") for n in range(5)]
+    dying_judge = judge_for(server, concurrency=1)
     with pytest.raises(KilledRun):
-        rate_items(judge_for(server, concurrency=1), items, cache=DyingCache(path, survive=4), progress=False)
+        rate_items(dying_judge, items, cache=DyingCache(path, survive=4), progress=False)
+    dying_judge.close(wait=True)  # a request sent before the kill still reaches the server: count it here
     first_run = list(server.requests)
     lines = path.read_text().splitlines()
     assert len(lines) == 4

@@ -192,8 +192,9 @@ class OpenAICompatibleJudge:
                 await asyncio.sleep(wait)
         raise JudgeRequestError(f"{self.endpoint}: gave up after {self.max_retries + 1} tries: {last_error}")
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the request threads (`wait`: until a request already sent has returned)."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
 FORCED_MARK = "(forced choice)"
