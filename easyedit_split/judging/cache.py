@@ -1,0 +1,92 @@
+"""A disk cache of judge answers: one JSONL file, one line per answer, appended as answers arrive.
+
+Key: (judge model id, rubric version, rubric name, sha256 of the rendered prompt). The prompt holds
+the item's text (generation, instruction, concept), so the same generation judged again, in a
+re-run or a resumed run, is read from disk instead of asked again.
+
+Each line is written with one ``write`` followed by flush and fsync, so a killed run leaves at most
+one partial last line. That line is dropped (with a warning) when the file is opened; any other
+malformed line is an error naming the file and line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import EasyEditSplitError
+
+logger = logging.getLogger(__name__)
+
+
+class JudgeCacheError(EasyEditSplitError, ValueError):
+    """The cache file is malformed somewhere other than a truncated last line."""
+
+
+def prompt_hash(prompt: str) -> str:
+    """sha256 hex digest of the rendered judge prompt (the item's text)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def cache_key(judge_id: str, rubric_version: str, rubric: str, prompt: str) -> str:
+    """The cache key of one judge question."""
+    return "\x1f".join((judge_id, rubric_version, rubric, prompt_hash(prompt)))
+
+
+class JudgeCache:
+    """Append-only JSONL store: key -> {"answer": str, "rating": float | None, ...}."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        complete_end = data.rfind(b"\n") + 1
+        if complete_end < len(data):
+            logger.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted run",
+                           self.path, len(data) - complete_end)
+            with open(self.path, "r+b") as handle:
+                handle.truncate(complete_end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for number, line in enumerate(data[:complete_end].decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                key = entry["key"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise JudgeCacheError(f"{self.path}: line {number} is not a cache entry ({error}); "
+                                      "delete the line or the file to re-ask those items") from error
+            self._entries[key] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> Optional[dict[str, Any]]:
+        """The stored entry for `key`, or None."""
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Store `entry` under `key` and append it to the file durably (flush + fsync)."""
+        record = {**entry, "key": key}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._entries[key] = record

@@ -1,0 +1,62 @@
+"""distinct-n against hand counts; perplexity against a prefix-by-prefix hand computation on a tiny Llama."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from easyedit_split.judging.lexical import completion_nlls, distinct_1_2_3, distinct_n, perplexities, perplexity
+from conftest import build_tiny_model
+
+
+def test_distinct_n_by_hand():
+    text = "the cat saw the cat"
+    # unigrams: the cat saw the cat -> 3 distinct of 5; bigrams: (the cat)(cat saw)(saw the)(the cat) -> 3 of 4
+    # trigrams: (the cat saw)(cat saw the)(saw the cat) -> 3 of 3
+    assert distinct_1_2_3(text) == {"distinct_1": 3 / 5, "distinct_2": 3 / 4, "distinct_3": 1.0}
+    # EasyEdit's normalisation: distinct n-grams over words
+    assert distinct_n(text, 2, normalize_by="words") == 3 / 5
+    # pooled over texts: "a b" + "a b" -> unigrams {a, b} of 4, bigrams {(a b)} of 2
+    assert distinct_n(["a b", "a b"], 1) == 0.5 and distinct_n(["a b", "a b"], 2) == 0.5
+    assert distinct_n("loop loop loop loop", 1) == 0.25
+
+
+def test_distinct_n_of_too_short_text_is_missing_not_zero():
+    assert distinct_n("", 1) is None
+    assert distinct_n("one two", 3) is None
+    with pytest.raises(ValueError):
+        distinct_n("a b", 0)
+
+
+def hand_perplexity(model, prompt, completion):
+    """One forward pass per completion token on the bare prefix, no padding, no masks."""
+    total = 0.0
+    for j, token in enumerate(completion):
+        prefix = torch.tensor([prompt + completion[:j]])
+        with torch.no_grad():
+            logits = model(prefix).logits[0, -1].double()
+        total -= torch.log_softmax(logits, dim=-1)[token].item()
+    return math.exp(total / len(completion))
+
+
+def test_perplexity_matches_a_hand_computation_and_ignores_prompt_tokens():
+    model = build_tiny_model("llama", seed=3)
+    rows = [([1, 5, 9], [12, 40, 7, 7]), ([1, 30], [2]), ([1, 4, 4, 4, 8, 60], [11, 12])]
+    nlls = completion_nlls(model, [p for p, _ in rows], [c for _, c in rows], pad_token_id=0, batch_size=2)
+    for (prompt, completion), (nll, count) in zip(rows, nlls):
+        assert count == len(completion)
+        assert math.exp(nll / count) == pytest.approx(hand_perplexity(model, prompt, completion), rel=1e-4)
+    # prompt tokens are context only: the same completion after another prompt scores differently,
+    # and changing only the prompt's length does not change the token count
+    other = completion_nlls(model, [[1, 6]], [rows[0][1]])[0]
+    assert other[1] == 4 and other[0] != pytest.approx(nlls[0][0])
+
+
+def test_text_interface_and_empty_completion(default_tokenizer, tiny_chat_model):
+    prompt, completion = "Hello there.", " How are you today?"
+    got = perplexity(tiny_chat_model, default_tokenizer, prompt, completion)
+    prompt_ids = default_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = default_tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert got == pytest.approx(hand_perplexity(tiny_chat_model, prompt_ids, completion_ids), rel=1e-4)
+    assert perplexities(tiny_chat_model, default_tokenizer, [prompt, prompt], ["", completion])[0] is None
