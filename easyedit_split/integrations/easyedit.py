@@ -32,6 +32,7 @@ EasyEdit's steer framework is not on PyPI; the checkout is found on `sys.path` o
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -212,15 +213,27 @@ def _hf_model_and_tokenizer(model: Any, hparams: Any) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (EasyEdit assigns top-level config values as they are) as plain lists/dicts."""
+    if type(value).__name__ in ("ListConfig", "DictConfig"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _our_hparams(hparams: Any, kind: str) -> Any:
     from ..hparams import APPLY_HPARAMS, TRAIN_HPARAMS, HyperParams
 
     if isinstance(hparams, HyperParams):
-        return hparams
+        # EasyEdit sets e.g. `steer_train_dataset = top_cfg.steer_train_dataset` (a ListConfig) after construction
+        changes = {name: _plain(getattr(hparams, name)) for name in hparams.__dataclass_fields__
+                   if _plain(getattr(hparams, name)) is not getattr(hparams, name)}
+        return dataclasses.replace(hparams, **changes) if changes else hparams
     table = TRAIN_HPARAMS if kind == "train" else APPLY_HPARAMS
     cls = table["split"]
     data = hparams.to_dict() if hasattr(hparams, "to_dict") else dict(vars(hparams))
-    return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    return cls(**{k: _plain(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _output_root(directory: Union[str, Path], dataset_name: Optional[str]) -> tuple[str, str]:
