@@ -46,10 +46,11 @@ class Host:
         return path
 
     def method_file(self, method: str) -> Path:
-        """The package's smollm2 SPLIT file, made tiny (1 epoch over 4 pairs, 64 tokens, layer 3)."""
+        """The package's smollm2 SPLIT file, made tiny (one optimizer step over the 4 pairs, 64 tokens, layer 3)."""
         data = yaml.safe_load((REPO / "hparams/sentiment/smollm2-135m-instruct/spilt" /
                                f"generate_spilt_{method}.yaml").read_text(encoding="utf-8"))
-        data.update(layers=[LAYER], n_epochs=1, batch_size=2, output_length=64, model_name_or_path=self.model_path)
+        data.update(layers=[LAYER], n_epochs=1, batch_size=4, gradient_accumulation_steps=1, preference_pairs=["orig_add"], output_length=64,
+                    model_name_or_path=self.model_path)
         return self.write(f"generate_spilt_{method}.yaml", data)
 
     def editor(self, hparams_file: Path):
@@ -197,7 +198,7 @@ def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, inter
     top = OmegaConf.create(dict(TOP, model_name_or_path=host.model_path, apply_steer_hparam_paths=[str(apply_file)],
                                 steer_vector_load_dir=[str(load_dir)], generation_output_dir=str(host.run / "leak"),
                                 generation_data_size=None, num_responses=1, generate_orig_output=True,
-                                generation_params=GENERATION))
+                                generation_params=GENERATION, vllm_enable=False, save_activations=True))
     applier = BaseVectorApplier(top)
     applier._load_model()
     wrapper = applier.model
@@ -244,7 +245,7 @@ def test_easyedit_evaluator_runs_preference_utility(host):
 
     load_dir = host.run / "eval" / "spilt_vector"
     _save_vector(load_dir, seed=3, norm=4.0)
-    data = host.root / "data/psychopathy/train.jsonl"
+    data = host.root / "data/psychopathy/test.jsonl"  # 2 pairs
     evaluator = Evaluator(eval_methods=["preference_utility"], model_name_or_path=host.model_path,
                           steer_vector_load_dir=str(load_dir), preference_data=str(data), multipliers=[-2.0, 0.0, 2.0],
                           save_results=False, use_chat_template=True)
