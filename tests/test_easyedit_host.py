@@ -177,9 +177,11 @@ def test_vectors_apply_generates_with_and_without_steering(host, monkeypatch):
 # ---------------------------------------------------------------------------- no leaking steering
 
 
-@pytest.mark.parametrize("intervention_method", ["vector", "local_weight"])
-def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, intervention_method):
-    """Through EasyEdit's BaseVectorApplier: ori_generate is unsteered, reset_all() restores the model bit for bit."""
+def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, intervention_method="local_weight"):
+    """Through EasyEdit's BaseVectorApplier: ori_generate is unsteered, reset_all() restores the model bit for bit.
+
+    A local-weight update (it reads the MLP's intermediate activation, which EasyEdit's layer
+    wrapper hands over); the vector case is covered through vectors_apply.py above."""
     from omegaconf import OmegaConf
     from steer.vector_appliers.vector_applier import BaseVectorApplier
 
@@ -202,7 +204,9 @@ def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, inter
     applier = BaseVectorApplier(top)
     applier._load_model()
     wrapper = applier.model
-    ids = applier.tokenizer("Tell me about your day.", return_tensors="pt")["input_ids"]
+    text = applier.tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about your day."}],
+                                                 tokenize=False, add_generation_prompt=True)
+    ids = applier.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]  # past the template prefix
     with torch.no_grad():
         plain = wrapper.model(ids).logits.clone()
     applier.apply_vectors()
