@@ -9,6 +9,7 @@ same inputs: trained files with `SteerEditor.train`, steered and unsteered texts
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import subprocess
@@ -70,7 +71,19 @@ class Host:
                                           "--config-name", config.name, f"hydra.run.dir={self.run / 'hydra'}",
                                           "hydra.output_subdir=null", "hydra/job_logging=disabled",
                                           "hydra/hydra_logging=disabled"])
-        runpy.run_path(str(self.root / script), run_name="__main__")
+        # hydra configures logging (dictConfig disables existing loggers): restore it for later tests' caplog
+        root_logger = logging.getLogger()
+        saved = (root_logger.level, list(root_logger.handlers),
+                 {name: logger.disabled for name, logger in logging.root.manager.loggerDict.items()
+                  if isinstance(logger, logging.Logger)})
+        try:
+            runpy.run_path(str(self.root / script), run_name="__main__")
+        finally:
+            root_logger.setLevel(saved[0])
+            root_logger.handlers[:] = saved[1]
+            for name, logger in logging.root.manager.loggerDict.items():
+                if isinstance(logger, logging.Logger):
+                    logger.disabled = saved[2].get(name, False)
 
 
 @pytest.fixture(scope="module")
