@@ -27,6 +27,21 @@ setup(
         "pandas>=2.0",
         "pyarrow>=14",
     ],
-    extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["easyedit-split=easyedit_split.cli:main"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # what EasyEdit's steer framework imports at import time (steer.datasets, steer.evaluate,
+        # steer.trainer, the CAA generator), for running the package inside an EasyEdit checkout
+        "easyedit": ["datasets>=2.14", "einops>=0.7", "nltk>=3.6", "openai>=1.0", "python-dotenv>=1.0", "pillow>=9"],
+    },
+    entry_points={
+        "console_scripts": ["easyedit-split=easyedit_split.cli:main"],
+        # found by EasyEdit with contrib/easyedit/0003-plugin-discovery-through-entry-points.patch applied
+        "easyedit.steer_methods": [
+            "split = easyedit_split.integrations.easyedit:steer_method",
+            "spilt = easyedit_split.integrations.easyedit:steer_method",
+        ],
+        "easyedit.steer_evaluators": [
+            "preference_utility = easyedit_split.integrations.easyedit:evaluate_plugin",
+        ],
+    },
 )

@@ -1,8 +1,8 @@
-"""register_with_easyedit: against a stand-in `steer` package, a broken checkout, no checkout, and (opt-in) the real one."""
+"""register_with_easyedit: against a stand-in `steer` package, a broken checkout, no checkout, and the real
+EasyEdit snapshot, patched (registers) and as published (fails, naming the import bug)."""
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -12,13 +12,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import build_tiny_model
+from easyedit_host import PATCHES, apply_patches, build_host, snapshot_dir
 from easyedit_split.errors import IntegrationError
 from easyedit_split.hparams import ApplySplitHyperParams, SplitHyperParams
 from easyedit_split.integrations import easyedit as bridge
 
 FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_easyedit"
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
-REAL_EASYEDIT_ROOT = os.environ.get("EASYEDIT_ROOT")
 
 
 def _forget_steer():
@@ -199,17 +199,58 @@ def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_check
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])
 
 
-@pytest.mark.skipif(not REAL_EASYEDIT_ROOT, reason="set EASYEDIT_ROOT to an EasyEdit checkout to run")
-def test_real_easyedit_checkout(clean_steer):
-    """Against a real checkout. At zjunlp/EasyEdit@14cea82 steer.utils.alg_dict cannot be imported (empty
-    __init__s): the error must then name that cause; the test reports it as an expected failure."""
-    clean_steer.setenv("EASYEDIT_ROOT", REAL_EASYEDIT_ROOT)
-    try:
-        report = bridge.register_with_easyedit()
-    except IntegrationError as error:
-        assert "steer" in str(error)
-        pytest.xfail(f"the checkout cannot be registered: {error}")
-    from steer.utils import alg_dict
+needs_snapshot = pytest.mark.skipif(
+    snapshot_dir() is None,
+    reason="EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82 next to the repo")
 
-    assert alg_dict.METHODS_CLASS_DICT["spilt"]["train"] is bridge.generate_split
-    assert report.methods == ["split", "spilt"]
+
+@needs_snapshot
+def test_patched_easyedit_snapshot_registers(clean_steer, tmp_path, default_tokenizer):
+    """The real EasyEdit (14cea82 + contrib/easyedit patches): registration works and EasyEdit's registry holds ours."""
+    from easyedit_split.models import ensure_default_model_cached
+
+    root = build_host(tmp_path, ensure_default_model_cached())
+    report = bridge.register_with_easyedit(easyedit_root=root, tokenizer=default_tokenizer)
+    from steer.utils import alg_dict
+    from steer.evaluate.evaluate import plugin_evaluators
+
+    assert Path(alg_dict.__file__).resolve().is_relative_to(root.resolve())
+    assert report.methods == ["split", "spilt"] and report.evaluator == "preference_utility"
+    for name in ("split", "spilt"):
+        assert alg_dict.METHODS_CLASS_DICT[name]["train"] is bridge.generate_split
+        assert alg_dict.METHODS_CLASS_DICT[name]["apply"] is bridge.apply_split
+    assert plugin_evaluators()["preference_utility"] is bridge.evaluate_plugin  # plugin table, no monkeypatching
+    assert "caa" in alg_dict.METHODS_CLASS_DICT
+    assert report.warnings == []  # patch 0002: EasyEdit's prefix helper agrees with ours under transformers 5
+
+
+@needs_snapshot
+def test_unpatched_easyedit_snapshot_names_the_import_bug(clean_steer, tmp_path):
+    """EasyEdit 14cea82 as published: registration fails, and the error names the empty __init__s."""
+    from easyedit_split.models import ensure_default_model_cached
+
+    root = build_host(tmp_path, ensure_default_model_cached(), patched=False)
+    with pytest.raises(IntegrationError) as caught:
+        bridge.register_with_easyedit(easyedit_root=root)
+    message = str(caught.value)
+    assert "importing steer.utils.alg_dict failed" in message
+    assert "steer/vector_generators/__init__.py, which does not export" in message
+    assert "steer/vector_appliers/__init__.py, which does not export" in message
+
+
+def test_each_patch_applies_cleanly_to_the_unmodified_snapshot(tmp_path):
+    """The series applies in order to a fresh copy (git apply --check before each)."""
+    source = snapshot_dir()
+    if source is None:
+        pytest.skip("EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82")
+    import shutil
+    import subprocess
+
+    root = tmp_path / "EasyEdit"
+    shutil.copytree(source, root)
+    assert len(PATCHES) == 3
+    for patch in PATCHES:
+        subprocess.run(["git", "apply", "--check", str(patch)], cwd=root, check=True, capture_output=True)
+        apply_patches(root, [patch])
+    assert "chat_template_ids" in (root / "steer/utils/templates.py").read_text()
+    assert "easyedit.steer_methods" in (root / "steer/utils/alg_dict.py").read_text()

@@ -19,11 +19,20 @@ What is added:
   `steer.evaluate.PreferenceUtilityEvaluator`; EasyEdit's `Evaluator.evaluate` (its dispatch over
   `eval_methods`) learns the method name `preference_utility` (see `_patch_evaluator`).
 
+Inside EasyEdit's model wrapper the updates occupy EasyEdit's own per-layer intervention slot
+(`EasyEditUpdate`), so EasyEdit's `ori_generate` is unsteered and its `reset_all()` removes them.
+
+With EasyEdit's plugin patch (`contrib/easyedit/0003-*.patch`) nothing needs registering: this
+package declares the entry points `easyedit.steer_methods` (`split`, `spilt` -> `steer_method`) and
+`easyedit.steer_evaluators` (`preference_utility` -> `evaluate_plugin`), which EasyEdit scans when
+it builds its registry. `register_with_easyedit()` remains for unpatched checkouts.
+
 EasyEdit's steer framework is not on PyPI; the checkout is found on `sys.path` or through
 `EASYEDIT_ROOT`. Every failure is an `IntegrationError` that says what failed and what to do.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -204,62 +213,164 @@ def _hf_model_and_tokenizer(model: Any, hparams: Any) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (EasyEdit assigns top-level config values as they are) as plain lists/dicts."""
+    if type(value).__name__ in ("ListConfig", "DictConfig"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def _our_hparams(hparams: Any, kind: str) -> Any:
     from ..hparams import HyperParams, keep_known_keys
     from ..registry import hparams_class
 
     if isinstance(hparams, HyperParams):
-        return hparams
+        # EasyEdit sets e.g. `steer_train_dataset = top_cfg.steer_train_dataset` (a ListConfig) after construction
+        changes = {name: _plain(getattr(hparams, name)) for name in hparams.__dataclass_fields__
+                   if _plain(getattr(hparams, name)) is not getattr(hparams, name)}
+        return dataclasses.replace(hparams, **changes) if changes else hparams
     cls = hparams_class("split", kind)
     data = hparams.to_dict() if hasattr(hparams, "to_dict") else dict(vars(hparams))
-    return cls(**keep_known_keys(cls, data))
+    return cls(**{k: _plain(v) for k, v in keep_known_keys(cls, data).items()})
+
+
+def _output_root(directory: Union[str, Path], dataset_name: Optional[str]) -> tuple[str, str]:
+    """(root, dataset) such that `<root>/<dataset>` is `directory`: EasyEdit's generator has already
+    appended the dataset name to `steer_vector_output_dir`, the package appends it itself."""
+    text = str(directory).rstrip("/\\")
+    if dataset_name and text.endswith(str(dataset_name)) and len(text) > len(str(dataset_name)):
+        return text[: -len(str(dataset_name))], str(dataset_name)
+    return str(Path(text).parent), Path(text).name
 
 
 def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: Optional[str] = None) -> dict:
     """EasyEdit's train entry (`METHODS_CLASS_DICT[alg]['train']`): train SPLIT and save like EasyEdit.
 
+    Runs `SteerEditor.train` (same seeding, same trainer, same files as the package's own path).
     Files go to `<hparams.steer_vector_output_dir>/spilt_<intervention_method>/layer_<L>.pt`
     (EasyEdit's generator has already appended the dataset name). Returns
     `{"layer_<L>": payload}`, or `{"layer_<L>": {concept_id: payload}}` for multi-concept data.
     """
-    from ..producing import train_and_save
+    from ..editor import SteerEditor
     from ..storage import update_to_payload
 
     hp = _our_hparams(hparams, "train")
     pairs = pairs_from_easyedit(dataset, dataset_name)
     hf_model, tokenizer = _hf_model_and_tokenizer(model, hp)
-    directory = None
-    if getattr(hp, "save_vectors", True) and getattr(hp, "steer_vector_output_dir", None):
-        directory = Path(hp.steer_vector_output_dir) / f"spilt_{hp.intervention_method}"
-    trained = train_and_save(hp, pairs, hf_model, tokenizer, directory, dataset_name)
+    editor = SteerEditor(hp, model=hf_model, tokenizer=tokenizer)
+    save = bool(getattr(hp, "save_vectors", True) and getattr(hp, "steer_vector_output_dir", None))
+    if save:
+        root, name = _output_root(hp.steer_vector_output_dir, dataset_name)
+        trained = editor.train(pairs, save=True, output_dir=root, dataset_name=name)
+    else:
+        trained = editor.train(pairs, save=False, dataset_name=dataset_name)
     result = {}
-    for layer, value in trained.items():
-        if isinstance(value, dict):
-            result[f"layer_{layer}"] = {cid: update_to_payload(u, cid) for cid, u in value.items()}
+    for layer in trained:
+        if len(trained.concepts) > 1:
+            result[f"layer_{layer}"] = {cid: update_to_payload(updates[layer], cid)
+                                        for cid, updates in sorted(trained.concepts.items())}
         else:
-            result[f"layer_{layer}"] = update_to_payload(value)
+            result[f"layer_{layer}"] = update_to_payload(trained[layer])
     return result
 
 
+EASYEDIT_SLOT = "spilt"
+"""The key of EasyEdit's per-layer `intervention_dict` the package's updates occupy. EasyEdit's
+decoder-layer wrapper hands a LoRA/local-weight intervention its component input only under
+the names 'reps', 'sft' and 'spilt', and its `reset('spilt')`, `reset_all()` and `ori_generate`
+treat that slot like EasyEdit's own SPLIT."""
+
+
+class EasyEditUpdate(nn.Module):
+    """A package update placed in EasyEdit's intervention slot, so that EasyEdit manages it.
+
+    EasyEdit's layer wrapper calls `forward(layer_output, **layer_kwargs)` (plus `args=` the
+    component input for LoRA/local weight); the update adds `delta(x)` at the positions the
+    package steers everywhere else: from the first token after the chat template's common
+    prefix (`position_ids >= prefix_length`), every generated token included. No hooks are
+    attached to the model, so EasyEdit's `ori_generate` (which empties the slots while it
+    runs) is unsteered and `reset_all()` removes the update.
+    """
+
+    def __init__(self, update: Any, prefix_length: int) -> None:
+        super().__init__()
+        self.update = update
+        self.prefix_length = int(prefix_length)
+        self.intervention_method = update.method  # read by EasyEdit's wrapper
+        self.intervention_components = update.component
+
+    def forward(self, base: Any, **kwargs: Any) -> Any:
+        import torch
+
+        x = kwargs.get("args") if self.update.reads_input else None
+        if self.update.reads_input and x is None:
+            raise IntegrationError(
+                f"{self.update.method} update at '{self.update.component}': EasyEdit's layer wrapper passed no component "
+                "input (args=); this EasyEdit revision does not capture it for this component")
+        delta = self.update.delta(x, torch.ones((), device=base.device), base.dtype)
+        position_ids = kwargs.get("position_ids")
+        if self.prefix_length and position_ids is not None:
+            steered = (position_ids >= self.prefix_length).to(device=base.device)
+            delta = delta * steered.to(delta.dtype).unsqueeze(-1)
+        elif self.prefix_length and base.shape[1] > 1:  # no position ids: an unpadded prompt pass
+            steered = torch.arange(base.shape[1], device=base.device) >= self.prefix_length
+            delta = delta * steered.to(delta.dtype).view(1, -1, 1)
+        return base + delta
+
+
+def _easyedit_layers(pipline: Any) -> Optional[Sequence[Any]]:
+    """EasyEdit's wrapped decoder layers (with `intervention_dict`), or None for a bare model."""
+    layers = getattr(pipline, "_decoder_layers", None)
+    if not callable(layers) or not callable(getattr(pipline, "set_intervention", None)):
+        return None
+    layers = list(layers())
+    return layers if all(isinstance(getattr(layer, "intervention_dict", None), dict) for layer in layers) else None
+
+
 def reset_split(pipline: Any) -> None:
-    """Remove the hooks `apply_split` put on a model wrapper (EasyEdit's `reset('spilt')` does not know them)."""
+    """Remove everything `apply_split` put on a model wrapper (EasyEdit's `reset_all()` does too)."""
     for handle in getattr(pipline, HANDLE_ATTRIBUTE, None) or []:
         handle.remove()
     try:
         setattr(pipline, HANDLE_ATTRIBUTE, [])
     except AttributeError:
         pass
+    for layer in _easyedit_layers(pipline) or []:
+        if isinstance(layer.intervention_dict.get(EASYEDIT_SLOT), EasyEditUpdate):
+            del layer.intervention_dict[EASYEDIT_SLOT]
+
+
+def _check_widths(update: Any, hf_model: nn.Module, layer: int) -> None:
+    """The update's widths against the model's config (EasyEdit's wrapped layers hide the modules)."""
+    from ..models import hidden_size, num_layers
+
+    config = getattr(hf_model.config, "text_config", None) or hf_model.config
+    if not 0 <= layer < num_layers(hf_model):
+        raise IntegrationError(f"apply_split: layer {layer} is outside the model ({num_layers(hf_model)} layers)")
+    if update.hidden_size != hidden_size(hf_model):
+        raise IntegrationError(f"apply_split: layer {layer} update has output width {update.hidden_size}, "
+                               f"the model's hidden size is {hidden_size(hf_model)}")
+    if update.reads_input:
+        expected = int(config.intermediate_size) if update.component == "mlp_mid" else hidden_size(hf_model)
+        if update.input_size != expected:
+            raise IntegrationError(f"apply_split: layer {layer} update reads '{update.component}' of width "
+                                   f"{update.input_size}, the model's is {expected}")
 
 
 def apply_split(hparams: Any, pipline: Any = None, vector: Any = None) -> Any:
-    """EasyEdit's apply entry (`METHODS_CLASS_DICT[alg]['apply']`): hook SPLIT updates into the model.
+    """EasyEdit's apply entry (`METHODS_CLASS_DICT[alg]['apply']`): put SPLIT updates on the model.
 
     Reads `layer_<L>.pt` from `hparams.steer_vector_load_dir` (or the `vector` dict a generate
     step returned), picks `concept_id`, scales by `multipliers`, and returns `pipline` (loaded
-    with EasyEdit's `get_model` when None). Applying again replaces the previous SPLIT hooks.
+    with EasyEdit's `get_model` when None). On EasyEdit's model wrapper the updates go into its
+    per-layer intervention slots (see `EasyEditUpdate`), so EasyEdit's unsteered generation and
+    resets work; on a bare model they are attached with hooks. Applying again replaces them.
     """
     from ..apply import load_for_apply, per_layer_multipliers, scaled_updates
     from ..interventions import attach
+    from ..prompts import PromptFormat, steering_prefix_length
     from ..storage import payload_to_update
 
     if pipline is None:
@@ -277,14 +388,32 @@ def apply_split(hparams: Any, pipline: Any = None, vector: Any = None) -> Any:
         updates = {layer: payload_to_update(vector[f"layer_{layer}"], concept_id, source=f"vector['layer_{layer}']")
                    for layer in layers}
         updates = scaled_updates(updates, per_layer_multipliers(layers, list(hparams.multipliers)))
-    else:
-        updates = load_for_apply(hf_model, hparams)
-    handle = attach(hf_model, updates, 1.0)
-    try:
-        setattr(pipline, HANDLE_ATTRIBUTE, [handle])
-    except AttributeError:
-        pass
+    easyedit_layers = _easyedit_layers(pipline)
+    if vector is None:
+        # EasyEdit's wrappers hide the modules the package's shape checks look up; widths are checked below
+        updates = load_for_apply(hf_model if easyedit_layers is None else None, hparams)
+    if easyedit_layers is None:
+        handle = attach(hf_model, updates, 1.0)
+        try:
+            setattr(pipline, HANDLE_ATTRIBUTE, [handle])
+        except AttributeError:
+            pass
+        return pipline
+    tokenizer = getattr(pipline, "tokenizer", None)
+    prefix = steering_prefix_length(tokenizer, PromptFormat.from_hparams(hparams)) if tokenizer is not None else 0
+    device = next(hf_model.parameters()).device
+    for layer, update in updates.items():
+        _check_widths(update, hf_model, layer)
+        pipline.set_intervention(layer, EasyEditUpdate(update, prefix).to(device).eval(), EASYEDIT_SLOT)
     return pipline
+
+
+def steer_method() -> dict:
+    """The `easyedit.steer_methods` entry point (EasyEdit with the plugin patch): SPLIT's registry entry."""
+    from ..hparams import SplitHyperParams
+
+    return {"hparams": {"train": SplitHyperParams, "apply": _easyedit_apply_class()},
+            "methods": {"train": generate_split, "apply": apply_split}}
 
 
 # ============================================================================ evaluator
@@ -321,6 +450,13 @@ def evaluate_preference_utility(options: Mapping[str, Any], dataset_name: str) -
             "fits": result.fits.to_dict(),
         }
     }
+
+
+def evaluate_plugin(options: Mapping[str, Any], results: Any, dataset_name: str, concept: Optional[str] = None) -> dict:
+    """The `easyedit.steer_evaluators` entry point (EasyEdit with the plugin patch): EasyEdit's
+    `Evaluator(**options)` calls it for `eval_methods=['preference_utility']`. The generations in
+    `results` are not needed: preference and utility are scored on `preference_data` pairs."""
+    return evaluate_preference_utility(options, dataset_name)
 
 
 def _patch_evaluator(evaluate_module: Any) -> bool:
@@ -393,7 +529,13 @@ def register_with_easyedit(
             registry[EVALUATOR_NAME] = PreferenceUtilityEvaluator
             evaluate_package.PreferenceUtilityEvaluator = PreferenceUtilityEvaluator
             try:
-                patched = _patch_evaluator(_import("steer.evaluate.evaluate"))
+                evaluate_module = _import("steer.evaluate.evaluate")
+                plugins = getattr(evaluate_module, "plugin_evaluators", None)
+                if callable(plugins):  # EasyEdit with the plugin patch: no monkeypatching needed
+                    plugins()[EVALUATOR_NAME] = evaluate_plugin
+                    patched = True
+                else:
+                    patched = _patch_evaluator(evaluate_module)
             except Exception as error:
                 patched = False
                 report.warnings.append(f"steer.evaluate.evaluate could not be imported ({type(error).__name__}: {error})")
