@@ -16,12 +16,6 @@ from easyedit_split import constants
 PACKAGE = Path(__file__).resolve().parents[1] / "easyedit_split"
 HOME = PACKAGE / "constants.py"
 
-# Files other branches of the same redesign are still moving to constants.py (storage and pipeline
-# spell `spilt` themselves; interventions and pipeline list the forms). Remove entries as they land.
-PENDING = {
-    "integrations/easyedit.py",
-}
-
 SWEEP = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
 FORMS = ("vector", "lora", "local_weight")
 COMPONENTS = ("mlp_mid", "mlp", "attn", "block")
@@ -99,8 +93,5 @@ _FILES = sorted(p for p in PACKAGE.rglob("*.py") if p != HOME)
 
 
 @pytest.mark.parametrize("path", _FILES, ids=[str(p.relative_to(PACKAGE)) for p in _FILES])
-def test_no_module_redefines_a_shared_fact(path, request):
-    relative = path.relative_to(PACKAGE).as_posix()
-    if relative in PENDING:
-        request.applymarker(pytest.mark.xfail(reason="moved to constants on another branch of the redesign"))
+def test_no_module_redefines_a_shared_fact(path):
     assert duplicated_facts(path.read_text(encoding="utf-8")) == []

@@ -43,9 +43,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
+from ..constants import ALG_ALIASES, easyedit_alg_dir_name
 from ..errors import IntegrationError
 
-ALG_NAMES = ("split", "spilt")
+ALG_NAMES = ("split",) + tuple(alias for alias, name in ALG_ALIASES.items() if name == "split")
 EVALUATOR_NAME = "preference_utility"
 HANDLE_ATTRIBUTE = "_easyedit_split_handles"
 INSTALL_HINT = (
@@ -276,7 +277,7 @@ def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: 
     return result
 
 
-EASYEDIT_SLOT = "spilt"
+EASYEDIT_SLOT = easyedit_alg_dir_name("split")
 """The key of EasyEdit's per-layer `intervention_dict` the package's updates occupy. EasyEdit's
 decoder-layer wrapper hands a LoRA/local-weight intervention its component input only under
 the names 'reps', 'sft' and 'spilt', and its `reset('spilt')`, `reset_all()` and `ori_generate`
