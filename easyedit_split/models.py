@@ -224,7 +224,7 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
         return target
     gguf = locate_default_gguf()
     logger.info("Converting %s to a cached safetensors model at %s (once, ~20 s)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = _tokenizer_as_gguf_declares(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), gguf)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = copy.deepcopy(quantized.config)
     if hasattr(config, "quantization_config"):
@@ -250,6 +250,47 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _gguf_tokenizer_metadata(gguf: Path) -> dict[str, Any]:
+    """The `tokenizer.ggml.*` scalars of a GGUF file (special-token ids, add_bos/eos flags)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    keys = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "add_bos_token", "add_eos_token")
+    return {key: fields[f"tokenizer.ggml.{key}"].contents() for key in keys if f"tokenizer.ggml.{key}" in fields}
+
+
+def _tokenizer_as_gguf_declares(tokenizer: Any, gguf: Path) -> Any:
+    """A plain fast tokenizer with the special tokens and BOS/EOS rule the GGUF file declares.
+
+    transformers' GGUF readers disagree: 4.x makes SmolLM2's EOS `<|im_start|>`, prepends it as
+    BOS and has no pad token, while 5.x follows the file (EOS and pad `<|im_end|>`, no BOS). Rebuilt
+    from the file's metadata, both versions produce the same token ids.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    meta = _gguf_tokenizer_metadata(gguf)
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+
+    def token(key: str) -> Optional[str]:
+        return backend.id_to_token(int(meta[key])) if key in meta else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    first = [bos] if meta.get("add_bos_token") and bos else []
+    last = [eos] if meta.get("add_eos_token") and eos else []
+    backend.post_processor = processors.TemplateProcessing(
+        single=" ".join(first + ["$A"] + last),
+        pair=" ".join(first + ["$A"] + last + [f"{t}:1" for t in first] + ["$B:1"] + [f"{t}:1" for t in last]),
+        special_tokens=[(t, backend.token_to_id(t)) for t in sorted(set(first + last))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=token("unknown_token_id"),
+        pad_token=token("padding_token_id"), chat_template=tokenizer.chat_template,
+        clean_up_tokenization_spaces=False, model_max_length=tokenizer.model_max_length,
+        model_input_names=["input_ids", "attention_mask"],  # causal LMs take no token_type_ids
+    )
 
 
 def _is_clean_checkpoint(directory: Path) -> bool:
