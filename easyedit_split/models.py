@@ -407,7 +407,7 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         hint = "" if Path(source).is_dir() else f" {_how_to_get(source)}"
-        raise ModelError(f"model_name_or_path: cannot load '{source}': {error}.{hint}") from error
+        raise ModelError(f"model_name_or_path: cannot load '{source}': {str(error).rstrip('.')}.{hint}") from error
     if device != "auto":
         model.to(device)
     model.eval()
