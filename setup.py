@@ -15,7 +15,7 @@ setup(
     # used by the tests live in install.sh / CI. See docs/models.md for how the bounds were checked.
     install_requires=[
         "torch>=2.6",
-        "transformers>=4.57",
+        "transformers>=4.56",
         "huggingface_hub>=0.34",
         "tokenizers>=0.22",
         "peft>=0.12",
