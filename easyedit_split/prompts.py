@@ -144,11 +144,32 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
 
-def collate(encoded: Sequence[EncodedCompletion], pad_token_id: int, max_length: Optional[int] = None) -> TokenBatch:
-    """Right-pad encoded completions into one batch (right padding keeps positions unchanged)."""
+def pad_token_id_of(tokenizer: Any) -> int:
+    """The id to fill padding with: the pad token, else EOS, else 0.
+
+    Tokenizers need not have a pad token (SmolLM2 converted under transformers 4 has none). The
+    value never matters for the result, because padded positions are masked out of attention
+    and labels; it only has to be a valid id.
+    """
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def collate(
+    encoded: Sequence[EncodedCompletion], pad_token_id: Optional[int], max_length: Optional[int] = None,
+) -> TokenBatch:
+    """Right-pad encoded completions into one batch (right padding keeps positions unchanged).
+
+    Padding is marked by `attention_mask` and IGNORE_INDEX labels, never by the pad id, so a
+    missing pad id (None) pads with 0.
+    """
     rows = [e.input_ids[:max_length] if max_length else e.input_ids for e in encoded]
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), 0 if pad_token_id is None else int(pad_token_id), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for i, (row, enc) in enumerate(zip(rows, encoded)):
@@ -164,4 +185,4 @@ def encode_batch(
 ) -> TokenBatch:
     """Tokenize (question, completion) rows into a padded, prompt-masked batch."""
     encoded = [encode_completion(tokenizer, fmt, q, c) for q, c in zip(questions, completions)]
-    return collate(encoded, tokenizer.pad_token_id, max_length)
+    return collate(encoded, pad_token_id_of(tokenizer), max_length)

@@ -84,8 +84,8 @@ def test_unknown_family_is_a_clear_error():
         architecture_of(Mystery())
 
 
-def test_missing_local_path_never_downloads(tmp_path):
-    with pytest.raises(ModelError, match="never downloads"):
+def test_missing_local_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="directory .*nope' does not exist"):
         load_model_and_tokenizer(str(tmp_path / "nope"))
 
 

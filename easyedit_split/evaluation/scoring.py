@@ -33,7 +33,10 @@ from tqdm.auto import tqdm
 
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import hidden_to_logits, model_device, num_layers
-from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, steering_prefix_length
+from ..prompts import (
+    IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, pad_token_id_of,
+    steering_prefix_length,
+)
 from ..recording import record_activations
 from ..replay import CapturedInputs, capture_layer_inputs, capture_prefix, replay_hidden_after_prefix, shared_prefix_length
 
@@ -352,7 +355,7 @@ def score_pairs(
     **kwargs: Any,
 ) -> PairScores:
     """Tokenize `PolarityPair`s (JOIN_RULE, chat template per `fmt`) and score them; see `score_encoded_pairs`."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id_of(tokenizer)
     kwargs.setdefault("steer_from", steering_prefix_length(tokenizer, fmt))
     return score_encoded_pairs(model, encode_pairs(tokenizer, fmt, pairs), updates, multipliers,
                                pad_token_id=pad, **kwargs)
