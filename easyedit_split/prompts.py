@@ -116,6 +116,27 @@ class PromptFormat:
         return text if self.uses_template(tokenizer) else " " + text
 
 
+def conventions_for(
+    dataset: Any = None, hparams: Any = None, steer_positions: Optional[str] = None,
+    completion_join: Optional[str] = None,
+) -> dict[str, str]:
+    """The two rules of a run without a train file at hand (the `evaluate` command): explicit
+    values win, then an hparams file (a key it lacks means EasyEdit's rule), then the dataset:
+    the package's shipped datasets get `PACKAGE_CONVENTIONS`, any other file EasyEdit's."""
+    if hparams is not None:
+        chosen = PromptFormat.from_hparams(hparams).conventions()
+    else:
+        from .data import list_datasets  # here: data imports nothing from prompts, but keep prompts light
+
+        shipped = isinstance(dataset, str) and dataset in list_datasets()
+        chosen = dict(PACKAGE_CONVENTIONS if shipped else EASYEDIT_CONVENTIONS)
+    if steer_positions is not None:
+        chosen["steer_positions"] = steer_positions
+    if completion_join is not None:
+        chosen["completion_join"] = completion_join
+    return chosen
+
+
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     length = 0
     for x, y in zip(a, b):
