@@ -9,7 +9,7 @@ import textwrap
 from typing import Optional, Sequence
 
 from . import cli_evaluate
-from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
 from .errors import EasyEditSplitError
 from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
@@ -95,14 +95,11 @@ def cmd_cache_model(args: argparse.Namespace) -> int:
     return 0
 
 
-STEER_POSITION_CHOICES = ("easyedit", "after_prefix", "all")
-
-
 def add_convention_flags(parser: argparse.ArgumentParser) -> None:
     """--steer-positions / --completion-join: override the hparams file's rules (docs/conventions.md)."""
-    parser.add_argument("--steer-positions", choices=STEER_POSITION_CHOICES, default=None,
+    parser.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
                         help="which positions are steered; default: the file's key, else easyedit")
-    parser.add_argument("--completion-join", choices=("as_stored", "strip_leading_space"), default=None,
+    parser.add_argument("--completion-join", choices=COMPLETION_JOINS, default=None,
                         help="how completions follow the prompt; default: the file's key, else as_stored")
 
 
@@ -144,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=40)
     generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
     generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
-    generate.add_argument("--steer-positions", choices=STEER_POSITION_CHOICES, default=None,
+    generate.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
                           help="prompt positions steered (docs/conventions.md); default easyedit: every position")
     generate.set_defaults(func=cmd_generate)
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from .multipliers import parse_multipliers
 
@@ -51,10 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="score without the chat template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
     parser.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
-    parser.add_argument("--steer-positions", choices=("easyedit", "after_prefix", "all"), default=None,
+    parser.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
                         help="which positions are steered (docs/conventions.md); default: the hparams file's, else "
                              "after_prefix for the shipped datasets and easyedit for other files")
-    parser.add_argument("--completion-join", choices=("as_stored", "strip_leading_space"), default=None,
+    parser.add_argument("--completion-join", choices=COMPLETION_JOINS, default=None,
                         help="how completions follow the prompt (docs/conventions.md); default as for --steer-positions "
                              "(strip_leading_space for the shipped datasets, as_stored otherwise)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")

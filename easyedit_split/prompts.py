@@ -25,9 +25,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .constants import COMPLETION_JOINS, STEER_POSITIONS
+from .data import list_datasets
+
 IGNORE_INDEX = -100
-STEER_POSITIONS = ("easyedit", "after_prefix", "all")
-COMPLETION_JOINS = ("as_stored", "strip_leading_space")
 STEERING_PATHS = ("training", "scoring", "generation")
 EASYEDIT_CONVENTIONS = {"steer_positions": "easyedit", "completion_join": "as_stored"}
 """What a run driven by an EasyEdit file uses (hparams without these keys)."""
@@ -126,8 +127,6 @@ def conventions_for(
     if hparams is not None:
         chosen = PromptFormat.from_hparams(hparams).conventions()
     else:
-        from .data import list_datasets  # here: data imports nothing from prompts, but keep prompts light
-
         shipped = isinstance(dataset, str) and dataset in list_datasets()
         chosen = dict(PACKAGE_CONVENTIONS if shipped else EASYEDIT_CONVENTIONS)
     if steer_positions is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, List, Optional, Union
 
-from ..constants import ALG_ALIASES, INTERVENTION_COMPONENTS, INTERVENTION_METHODS
+from ..constants import (
+    ALG_ALIASES, CAA_TOKEN_SETS, COMPLETION_JOINS, INTERVENTION_COMPONENTS, INTERVENTION_METHODS, STEER_POSITIONS,
+)
 from ..errors import HparamsError
 from .base import HyperParams
 from .reading import apply_value_aliases, check_choice, check_min, check_unit_interval
@@ -20,9 +22,6 @@ INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
 PREFERENCE_PAIRS = ("orig_add", "orig_sub", "steered_add", "steered_sub")
 SFT_PREFERENCE_TYPES = ("winning_only", "losing_only")
-STEER_POSITIONS = ("easyedit", "after_prefix", "all")  # prompts.STEER_POSITIONS (no torch import here)
-COMPLETION_JOINS = ("as_stored", "strip_leading_space")  # prompts.COMPLETION_JOINS
-CAA_TOKEN_SETS = ("easyedit", "completion_and_suffix")
 
 
 def _check_conventions(params: Any) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..constants import CAA_TOKEN_SETS
 from ..data import PolarityPair
 from ..interventions import DynamicWeightUpdate
 from ..models import check_layer, model_device
@@ -27,8 +28,6 @@ from ..prompts import IGNORE_INDEX, EncodedCompletion, PromptFormat, TokenBatch,
 from ..recording import record_activations
 
 logger = logging.getLogger(__name__)
-
-CAA_TOKEN_SETS = ("easyedit", "completion_and_suffix")
 
 
 def mean_completion_activations(
