@@ -64,7 +64,8 @@ class TrainHyperParams(HyperParams):
     Intervention (the dynamic weight update ``delta(x; m) = m * (x @ dW + db)``):
         intervention_method: ``vector`` (db only), ``lora`` (dW = A @ B) or ``local_weight`` (full dW).
         intervention_components: where ``x`` is read: ``mlp_mid``, ``mlp``, ``attn``, ``block``.
-        intervention_positions: positions steered (``all`` = whole prompt and completion).
+        intervention_positions: EasyEdit's positions key; the trainer supports ``all`` (every
+            position from the first steered one on); where that is, is ``steer_positions``.
         intervention_positions_dropout: share of positions left unsteered at random while training.
         intervention_type: ``addition`` (add the delta) or ``clamping``.
         low_rank_dimension: rank ``r`` of a ``lora`` intervention (rows of a vector).
