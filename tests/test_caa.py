@@ -2,13 +2,14 @@
 both token sets (docs/conventions.md)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from easyedit_split.data import PolarityPair, load_dataset
-from easyedit_split.hparams import CAAHyperParams
+from easyedit_split.hparams import CAAHyperParams, load_hparams
 from easyedit_split.methods import caa
 from easyedit_split.methods.caa import compute_caa_vectors
 from easyedit_split.prompts import PromptFormat, encode_completion
@@ -51,7 +52,9 @@ def test_caa_from_easyedit_psychopathy_file_is_easyedits_rule(tiny_chat_model, d
     counted by hand below: the vector is the mean of last-position differences."""
     pairs = load_dataset(PSYCHOPATHY)
     assert pairs[0].matching == " Yes"  # stored with the leading space
-    hparams = CAAHyperParams(layers=[0, 2], use_chat_template=True)  # an EasyEdit file: no convention keys
+    # EasyEdit's own CAA file (no convention keys), on the tiny model's layers and with its chat template
+    easyedit_file = load_hparams(Path(__file__).parent / "fixtures" / "easyedit_hparams" / "psychopathy_qwen_generate_caa.yaml")
+    hparams = dataclasses.replace(easyedit_file, layers=[0, 2], use_chat_template=True)
     assert hparams.caa_token_set == "easyedit" and hparams.completion_join == "as_stored"
     vectors = caa.train(hparams, pairs, tiny_chat_model, default_tokenizer)
     fmt = PromptFormat()
