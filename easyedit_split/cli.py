@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import textwrap
 from typing import Optional, Sequence
 
 from . import cli_evaluate
-from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
 from .errors import EasyEditSplitError
 from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
@@ -66,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
     overrides = {"model_name_or_path": args.model} if args.model else {}
+    overrides.update({key: getattr(args, key) for key in ("steer_positions", "completion_join") if getattr(args, key)})
     editor = SteerEditor.from_hparams(args.hparams, **overrides)
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
@@ -76,6 +78,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
     editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
+    if args.steer_positions:
+        editor.prompt_format = dataclasses.replace(editor.prompt_format, steer_positions=args.steer_positions)
     editor.load(args.vectors, concept_id=args.concept_id)
     texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
     for m, outputs in texts.items():
@@ -89,6 +93,14 @@ def cmd_cache_model(args: argparse.Namespace) -> int:
 
     print(ensure_default_model_cached())
     return 0
+
+
+def add_convention_flags(parser: argparse.ArgumentParser) -> None:
+    """--steer-positions / --completion-join: override the hparams file's rules (docs/conventions.md)."""
+    parser.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
+                        help="which positions are steered; default: the file's key, else easyedit")
+    parser.add_argument("--completion-join", choices=COMPLETION_JOINS, default=None,
+                        help="how completions follow the prompt; default: the file's key, else as_stored")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
                             "(default: the file's steer_vector_output_dir, else the current directory)")
     train.add_argument("--model", default=None)
+    add_convention_flags(train)
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")
@@ -128,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=40)
     generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
     generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
+    generate.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
+                          help="prompt positions steered (docs/conventions.md); default easyedit: every position")
     generate.set_defaults(func=cmd_generate)
 
     cache = sub.add_parser("cache-model", help="convert the offline default model once and print its cache path")

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from .multipliers import parse_multipliers
 
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split of a shipped dataset (default: test)")
     parser.add_argument("--multipliers", nargs="+", default=None,
                         help="values and start:stop:step ranges, e.g. -2,0,2 or --multipliers=-8:8:2 (write '=' before a "
-                             f"value that starts with '-' and holds ':'); default {','.join(f'{m:g}' for m in DEFAULT_SWEEP)}")
+                             f"value that starts with '-' and holds ':'); default: each method's form sweep "
+                             "(21 points up to 20 for vectors, 2 for lora/local_weight; evaluation/config.py)")
     parser.add_argument("--output-dir", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
     parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
     parser.add_argument("--model", default=None, help=f"model name or path (default: the hparams' or {DEFAULT_MODEL_NAME})")
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat-template", action="store_true", help="score without the chat template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
     parser.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
+    parser.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
+                        help="which positions are steered (docs/conventions.md); default: the hparams file's, else "
+                             "after_prefix for the shipped datasets and easyedit for other files")
+    parser.add_argument("--completion-join", choices=COMPLETION_JOINS, default=None,
+                        help="how completions follow the prompt (docs/conventions.md); default as for --steer-positions "
+                             "(strip_leading_space for the shipped datasets, as_stored otherwise)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -113,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluation import PreferenceUtilityEvaluator
     from .models import load_model_and_tokenizer
-    from .prompts import PromptFormat
+    from .prompts import PromptFormat, conventions_for
     from .storage import load_interventions
 
     try:
@@ -146,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     if hparams is not None and use_template:
         use_template = hparams.use_chat_template  # an hparams file decides, as in EasyEdit
     system_prompt = args.system_prompt if args.system_prompt is not None else (hparams.system_prompt if hparams else "")
-    fmt = PromptFormat(use_chat_template=use_template, system_prompt=system_prompt)
+    fmt = PromptFormat(use_chat_template=use_template, system_prompt=system_prompt,
+                       **conventions_for(args.dataset, hparams, args.steer_positions, args.completion_join))
 
     pairs = load_dataset(args.dataset, args.split)
     if len({p.concept_id for p in pairs}) > 1:

@@ -26,7 +26,16 @@ INTERVENTION_COMPONENTS = ("mlp_mid", "mlp", "attn", "block")
 """Where a ``lora``/``local_weight`` update reads its input ``x`` (the delta is always added to the layer output)."""
 
 DEFAULT_SWEEP = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
-"""Default multipliers of a preference-utility sweep (the demo's budget; see docs for per-form ranges)."""
+"""The demo's 9-point sweep (its time budget); the evaluator's default is per form (evaluation/config.py)."""
+
+STEER_POSITIONS = ("easyedit", "after_prefix", "all")
+"""Values of ``steer_positions``: which positions each path steers (docs/conventions.md)."""
+
+COMPLETION_JOINS = ("as_stored", "strip_leading_space")
+"""Values of ``completion_join``: how a completion follows its prompt (docs/conventions.md)."""
+
+CAA_TOKEN_SETS = ("easyedit", "completion_and_suffix")
+"""Values of ``caa_token_set``: which positions CAA averages (docs/conventions.md)."""
 
 
 def canonical_alg_name(alg_name: str) -> str:

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .constants import DEFAULT_MODEL_NAME, easyedit_alg_dir_name
+from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP, easyedit_alg_dir_name
 from .data import load_dataset
 from .editor import SteerEditor
 from .evaluation import EvaluationReport, EvaluatorConfig, PreferenceUtilityEvaluator
 from .hparams import CAAHyperParams, load_hparams
+from .prompts import PACKAGE_CONVENTIONS
 from .registry import canonical_name
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 DEMO_PROMPTS = ("How was your trip to the city?", "What do you think about Mondays?")
 DEMO_LAYER = 15
 DEMO_MULTIPLIERS = (-2.0, 0.0, 2.0)
+# The package's own data: its join, positions and CAA token set (docs/conventions.md says why).
+DEMO_CAA_KEYS = {**PACKAGE_CONVENTIONS, "caa_token_set": "completion_and_suffix"}
 
 
 @dataclass
@@ -49,7 +52,7 @@ def run_steering_demo(
 ) -> DemoResult:
     """CAA vector from `dataset` at `layer`, then greedy generation at each multiplier (default `DEMO_MULTIPLIERS`)."""
     multipliers = DEMO_MULTIPLIERS if multipliers is None else multipliers
-    hparams = CAAHyperParams(layers=[layer], model_name_or_path=model_name_or_path, use_chat_template=True)
+    hparams = CAAHyperParams(layers=[layer], model_name_or_path=model_name_or_path, use_chat_template=True, **DEMO_CAA_KEYS)
     editor = editor or SteerEditor(hparams)
     pairs = load_dataset(dataset, split="train")
     pairs = pairs[:max_pairs] if max_pairs else pairs
@@ -89,14 +92,15 @@ def run_main_job(
     2. SFT and SPLIT vectors trained with the package's demo hparams (`configs/demo/`: the
        `hparams/sentiment/smollm2-135m-instruct` values, 1 epoch on 48 pairs);
     3. the preference-utility evaluation of all three on the held-out split over `multipliers`
-       (default: `EvaluatorConfig`'s sweep): `results.json`, CSV, markdown table and PNG plots in `out_dir`.
+       (default: the 9-point `constants.DEFAULT_SWEEP`, the demo's time budget): `results.json`, CSV, markdown table and PNG plots in `out_dir`.
     """
-    config = EvaluatorConfig(manifold=manifold)
+    config = EvaluatorConfig(manifold=manifold, multipliers=DEFAULT_SWEEP)  # the demo's 9-point budget
     if multipliers is not None:
         config = config.replace(multipliers=multipliers)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    editor = SteerEditor(CAAHyperParams(layers=[DEMO_LAYER], model_name_or_path=model_name_or_path, use_chat_template=True))
+    editor = SteerEditor(CAAHyperParams(layers=[DEMO_LAYER], model_name_or_path=model_name_or_path, use_chat_template=True,
+                                        **DEMO_CAA_KEYS))
     seconds["load model"] = time.perf_counter() - started
 
     mark = time.perf_counter()

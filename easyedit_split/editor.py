@@ -19,7 +19,6 @@ from torch import nn
 
 from .data import PolarityPair, load_dataset
 from .errors import HparamsError
-from .constants import DEFAULT_SWEEP
 from .hparams import ApplyHyperParams, HyperParams, TrainHyperParams, load_hparams
 from .generation import GenerationSettings, generate_steered, texts_by_multiplier
 from .interventions import DynamicWeightUpdate, InterventionHandle, Multiplier, steer
@@ -197,16 +196,17 @@ class SteerEditor:
         self,
         dataset: Pairs = "sentiment",
         split: str = "test",
-        multipliers: Sequence[float] = DEFAULT_SWEEP,
+        multipliers: Optional[Sequence[float]] = None,
         updates: Optional[Mapping[int, DynamicWeightUpdate]] = None,
         name: Optional[str] = None,
         evaluator: str = "preference_utility",
         **evaluator_options: Any,
     ) -> Any:
-        """Run an evaluator from the registry (default: the preference-utility evaluator)."""
+        """Run an evaluator from the registry (default: the preference-utility evaluator); `multipliers`
+        None = the form's default sweep (`evaluation.config.form_sweep`)."""
         evaluator_class = get_evaluator(evaluator)
-        instance = evaluator_class(
-            self.model, self.tokenizer, prompt_format=self.prompt_format, multipliers=list(multipliers), **evaluator_options
-        )
+        if multipliers is not None:
+            evaluator_options["multipliers"] = list(multipliers)
+        instance = evaluator_class(self.model, self.tokenizer, prompt_format=self.prompt_format, **evaluator_options)
         method_name = self.hparams.alg_name if isinstance(self.hparams, (TrainHyperParams, ApplyHyperParams)) else "method"
         return instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)

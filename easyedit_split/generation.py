@@ -4,9 +4,10 @@
 
 Every (multiplier, prompt) row runs in left-padded batches; each row carries its own multiplier,
 so a whole sweep costs one `model.generate` call per batch. The prompt is rendered with the chat
-template (`PromptFormat`), and only the positions after the template's common prefix are
-steered in the prompt pass (`prompts.steered_prompt_positions`), as in training and evaluation;
-every generated token is steered. `SteerEditor.generate` and the EasyEdit pipeline
+template (`PromptFormat`); the prompt pass is steered where `prompt_format.steer_positions` says
+(`prompts.steered_prompt_positions`: every position with `easyedit` and `all`, as EasyEdit's
+apply step; after the template's common prefix with `after_prefix`; docs/conventions.md);
+every generated token is steered. Each record names the rule it was generated under. `SteerEditor.generate` and the EasyEdit pipeline
 (`integrations.pipeline`) both call `generate_steered`.
 """
 from __future__ import annotations
@@ -96,6 +97,8 @@ class GenerationRecord:
     """The new tokens, decoded without special tokens."""
     complete_output: str
     """Rendered prompt + generation with special tokens, without padding (EasyEdit's `complete_output`)."""
+    steer_positions: str = ""
+    """The `steer_positions` rule of the prompt pass (docs/conventions.md)."""
 
 
 def _update_sets(updates: Updates) -> list[UpdateSet]:
@@ -153,6 +156,7 @@ def generate_steered(
                         prompt_index=index, prompt=prompts[index], multiplier=multiplier, sample=sample,
                         text=tokenizer.decode(ids[width:], skip_special_tokens=True),
                         complete_output=tokenizer.decode(ids[padding:], skip_special_tokens=False),
+                        steer_positions=prompt_format.steer_positions,
                     ))
     finally:
         tokenizer.padding_side = padding_side

@@ -11,7 +11,10 @@ The multiplier `m` is a float or a tensor with one value per batch row, so a swe
 multipliers runs as one batched forward. A vector update has a second operator, null-it-out
 (RePS's subtraction rows): `h <- h - relu(h . v) / |v|^2 * v` removes the positive component of
 `h` along `v`, chosen per row (`DynamicWeightUpdate.apply`). Hooks never replace modules: removing the handle
-restores the plain Hugging Face model.
+restores the plain Hugging Face model. `m = 0` adds nothing (bit-identical logits); which positions
+a hook steers is the caller's `positions` mask, built from the `steer_positions` rule. `lora_alpha`
+scales nothing, as in EasyEdit. The conventions, and where EasyEdit differs (multiplier 0,
+`mlp_mid` of non-gated MLPs), are in docs/conventions.md.
 """
 from __future__ import annotations
 

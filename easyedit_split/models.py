@@ -38,6 +38,12 @@ class ArchitectureSpec:
     Paths are dotted attribute paths; component paths are relative to one decoder layer.
     `mlp_mid` is the module whose *input* is the MLP's intermediate activation (width
     `intermediate_size`), i.e. the down projection; None where the family has none (MoE).
+    For gated MLPs (Llama, Gemma, Qwen2) that is EasyEdit's choice too (`act(gate(h)) * up(h)`).
+    For GPT-2 (`c_fc`/`c_proj`), GPT-NeoX, Phi and StarCoder2 EasyEdit reads the up projection's
+    output BEFORE the activation (`c_fc(h)`); here `x` is the input of the down projection, after
+    the activation, so that a `mlp_mid` update is always a change of the down projection (what
+    `export.merged_model` folds into the weights). LoRA / local-weight files that EasyEdit trained
+    on `mlp_mid` of those families therefore act on a different `x` here (docs/conventions.md).
     """
 
     layers: str = "model.layers"

@@ -1,14 +1,20 @@
-"""How a question and a completion become token ids: chat template, joining, prompt masking.
+"""How a question and a completion become token ids: chat template, joining, prompt masking,
+and which positions are steered. The rules are written out in docs/conventions.md.
 
-Decisions (DESIGN 3, 7):
 - With a chat template the prompt is the templated user turn plus the generation prompt (the
   `system_prompt` as a system turn when non-empty, else the template's default), and the
   completion is followed by the template's end-of-turn suffix (`<|im_end|>\\n` for SmolLM2), as
   EasyEdit builds its training sequences.
-- Completions are joined without their leading whitespace after a generation prompt: the
-  assistant turn starts on a new line, and a leading-space token there is off-distribution
-  (" Yes" costs SmolLM2 ~12 nats more than "Yes"). Without a chat template a single space joins
-  prompt and completion. `JOIN_RULE` records this so reports can say what was scored.
+- `completion_join` (one of `COMPLETION_JOINS`): `as_stored` places the completion exactly as
+  the file holds it (EasyEdit: psychopathy's `" Yes"` keeps its space); `strip_leading_space`
+  drops leading whitespace after a generation prompt (a leading-space token there is
+  off-distribution: " Yes" costs SmolLM2 ~12 nats more than "Yes") and joins with one space
+  without a template.
+- `steer_positions` (one of `STEER_POSITIONS`): `easyedit` steers as EasyEdit does (vector
+  training and scoring from the end of the chat template's common prefix, LoRA / local-weight
+  training and scoring at every position, generation at every position); `after_prefix` steers
+  after the prefix on every path; `all` steers every position on every path.
+  `first_steered_position` is the one place the rule is turned into a position.
 - Prompt and completion are tokenized separately and concatenated, so the boundary between
   them is exact and the loss covers completion (+ suffix) tokens only.
 """
@@ -19,12 +25,33 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .constants import COMPLETION_JOINS, STEER_POSITIONS
+from .data import list_datasets
+
 IGNORE_INDEX = -100
-JOIN_RULE = (
-    "chat template: templated prompt + completion.lstrip() + end-of-turn suffix; "
-    "plain: prompt + ' ' + completion.lstrip()"
-)
+STEERING_PATHS = ("training", "scoring", "generation")
+EASYEDIT_CONVENTIONS = {"steer_positions": "easyedit", "completion_join": "as_stored"}
+"""What a run driven by an EasyEdit file uses (hparams without these keys)."""
+PACKAGE_CONVENTIONS = {"steer_positions": "after_prefix", "completion_join": "strip_leading_space"}
+"""What the package's own datasets, hparams/sentiment files and demo use (docs/conventions.md says why)."""
+_JOIN_RULES = {
+    "strip_leading_space": (
+        "chat template: templated prompt + completion.lstrip() + end-of-turn suffix; "
+        "plain: prompt + ' ' + completion.lstrip()"
+    ),
+    "as_stored": (
+        "chat template: templated prompt + completion as stored (leading space kept) + end-of-turn suffix; "
+        "plain: prompt + completion as stored"
+    ),
+}
+JOIN_RULE = _JOIN_RULES["strip_leading_space"]
+"""The text of the package's join rule (kept for callers of the old constant; see `PromptFormat.join_rule`)."""
 _PROBE = "\u2063PROBE\u2063"
+
+
+def _check_rule(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(choices)} (see docs/conventions.md)")
 
 
 @dataclass(frozen=True)
@@ -34,13 +61,31 @@ class PromptFormat:
     use_chat_template: bool = True
     system_prompt: str = ""
     include_suffix: bool = True
+    completion_join: str = PACKAGE_CONVENTIONS["completion_join"]
+    steer_positions: str = PACKAGE_CONVENTIONS["steer_positions"]
+
+    def __post_init__(self) -> None:
+        _check_rule("completion_join", self.completion_join, COMPLETION_JOINS)
+        _check_rule("steer_positions", self.steer_positions, STEER_POSITIONS)
 
     @classmethod
     def from_hparams(cls, hparams: Any) -> "PromptFormat":
+        """An hparams file without `completion_join` / `steer_positions` is an EasyEdit file: EasyEdit's rules."""
         return cls(
             use_chat_template=bool(getattr(hparams, "use_chat_template", True)),
             system_prompt=getattr(hparams, "system_prompt", "") or "",
+            completion_join=getattr(hparams, "completion_join", None) or EASYEDIT_CONVENTIONS["completion_join"],
+            steer_positions=getattr(hparams, "steer_positions", None) or EASYEDIT_CONVENTIONS["steer_positions"],
         )
+
+    @property
+    def join_rule(self) -> str:
+        """How completions were placed after prompts, in words (reports record it)."""
+        return f"{self.completion_join}: {_JOIN_RULES[self.completion_join]}"
+
+    def conventions(self) -> dict[str, str]:
+        """The two rules, as recorded in reports and outputs."""
+        return {"completion_join": self.completion_join, "steer_positions": self.steer_positions}
 
     def uses_template(self, tokenizer: Any) -> bool:
         return self.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
@@ -65,9 +110,30 @@ class PromptFormat:
         return rendered.split(_PROBE, 1)[1] if _PROBE in rendered else ""
 
     def join(self, tokenizer: Any, completion: str) -> str:
-        """Completion text as placed after the prompt (see JOIN_RULE)."""
+        """Completion text as placed after the prompt (see `completion_join`)."""
+        if self.completion_join == "as_stored":
+            return completion
         text = completion.lstrip()
         return text if self.uses_template(tokenizer) else " " + text
+
+
+def conventions_for(
+    dataset: Any = None, hparams: Any = None, steer_positions: Optional[str] = None,
+    completion_join: Optional[str] = None,
+) -> dict[str, str]:
+    """The two rules of a run without a train file at hand (the `evaluate` command): explicit
+    values win, then an hparams file (a key it lacks means EasyEdit's rule), then the dataset:
+    the package's shipped datasets get `PACKAGE_CONVENTIONS`, any other file EasyEdit's."""
+    if hparams is not None:
+        chosen = PromptFormat.from_hparams(hparams).conventions()
+    else:
+        shipped = isinstance(dataset, str) and dataset in list_datasets()
+        chosen = dict(PACKAGE_CONVENTIONS if shipped else EASYEDIT_CONVENTIONS)
+    if steer_positions is not None:
+        chosen["steer_positions"] = steer_positions
+    if completion_join is not None:
+        chosen["completion_join"] = completion_join
+    return chosen
 
 
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -91,11 +157,32 @@ def steering_prefix_length(tokenizer: Any, fmt: PromptFormat, exclude_bos: bool 
     return 1 if bos is not None and ids and ids[0] == bos else 0
 
 
+def first_steered_position(
+    tokenizer: Any, fmt: PromptFormat, intervention_method: str, path: str, exclude_bos: bool = True
+) -> int:
+    """The first steered position of a sequence under `fmt.steer_positions` (every later one is steered).
+
+    `path` is `training`, `scoring` or `generation`. `easyedit`: generation steers every position
+    (EasyEdit's apply step), training and scoring steer a `vector` from the end of the chat
+    template's common prefix (its `prefix_length`) and `lora` / `local_weight` at every position
+    (EasyEdit's weight interventions ignore `intervention_locations`); `after_prefix`: from the
+    prefix's end on every path; `all`: 0 on every path.
+    """
+    _check_rule("steer_positions", fmt.steer_positions, STEER_POSITIONS)
+    _check_rule("path", path, STEERING_PATHS)
+    rule = fmt.steer_positions
+    if rule == "all":
+        return 0
+    if rule == "easyedit" and (path == "generation" or intervention_method != "vector"):
+        return 0
+    return steering_prefix_length(tokenizer, fmt, exclude_bos)
+
+
 def steered_prompt_positions(tokenizer: Any, fmt: PromptFormat, attention_mask: torch.Tensor) -> torch.Tensor:
     """[batch, seq] mask of the positions to steer in a LEFT-padded prompt batch (generation):
-    everything after the chat template's common prefix, as in training and evaluation. Used as
+    from `first_steered_position(..., "generation")` of each row's real tokens on. Used as
     `InterventionHandle.positions`; the tokens generated afterwards are always steered."""
-    prefix = steering_prefix_length(tokenizer, fmt)
+    prefix = first_steered_position(tokenizer, fmt, "vector", "generation")
     first_real = attention_mask.shape[1] - attention_mask.sum(dim=1, keepdim=True)
     position = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
     return position >= first_real + prefix

@@ -18,9 +18,10 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   optimizer steps; an optimizer step after every `gradient_accumulation_steps` batches and at
   the end of each epoch; gradient norm clipped at 1.0; dropout on the intervention's delta
   (`dropout`), the base model frozen in eval mode. The same `seed` gives the same update.
-* Positions. `intervention_positions: all` steers every position from the first token after
-  the chat template's common prefix (EasyEdit's `prefix_length`; with `exclude_bos: false`,
-  from position 0) to the end. `intervention_positions_dropout` drops positions at random.
+* Positions. `intervention_positions: all` steers every position from
+  `prompts.first_steered_position` to the end: with `steer_positions: easyedit` a vector from
+  the first token after the chat template's common prefix (EasyEdit's `prefix_length`; with
+  `exclude_bos: false`, from position 0) and lora / local_weight from position 0, as EasyEdit. `intervention_positions_dropout` drops positions at random.
 * null_it_out. For a vector `v`, a row with factor 0 has the positive part of its
   component along `v` removed at every steered position, as EasyEdit's vector intervention
   does (the null-it-out operator of `interventions.DynamicWeightUpdate.apply`; gradients reach `v`). For `lora` and
@@ -63,7 +64,7 @@ from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, hidden_size, model_device
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, steering_prefix_length
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, first_steered_position
 from .replay import (
     CapturedInputs,
     CompletionNLL,
@@ -256,7 +257,8 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Gradie
             f"pair {example} ({pairs[example].question[:40]!r}...): its completion is cut off by "
             f"output_length={max_length}; raise output_length"
         )
-    prefix = steering_prefix_length(tokenizer, fmt, hparams.exclude_bos)
+    # steer_positions (docs/conventions.md): every position from `prefix` on is steered
+    prefix = first_steered_position(tokenizer, fmt, hparams.intervention_method, "training", hparams.exclude_bos)
     return PreparedPairs(batch, prefix)
 
 

@@ -6,14 +6,28 @@ import math
 import pytest
 
 from easyedit_split.evaluation import ManifoldOptions, PreferenceUtilityEvaluator
-from easyedit_split.evaluation.config import EvaluatorConfig
+from easyedit_split.evaluation.config import EvaluatorConfig, form_sweep
 
 
 def test_defaults():
     config = EvaluatorConfig()
-    assert config.multipliers == (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+    assert config.multipliers is None  # each method's form decides (form_sweep)
     assert (config.nll_mode, config.n_bootstrap, config.batch_size, config.layout) == ("sequence", 1000, 64, "packed")
     assert (config.utility_loss, config.frontier_max_loss, config.confidence) == (1.0, 3.0, 0.95)
+
+
+def test_form_sweeps_follow_the_training_factors():
+    # hand-written: EasyEdit trains vectors at 2..20 and LoRA / local weight at 0.2..2, step = top / 10
+    vector = tuple(float(v) for v in range(-20, 21, 2))
+    weight = tuple(round(v / 10, 10) for v in range(-20, 21, 2))
+    assert form_sweep("vector") == vector and len(vector) == 21
+    assert form_sweep("lora") == weight and form_sweep("local_weight") == weight
+    assert form_sweep("vector", steering_factors=[1, 2, 3, 4, 5, 6, 7, 8]) == tuple(
+        round(v * 0.8, 10) for v in range(-10, 11))
+    assert EvaluatorConfig().sweep_for("lora") == weight
+    assert EvaluatorConfig(multipliers=[-1, 0, 1]).sweep_for("lora") == (-1.0, 0.0, 1.0)  # an explicit sweep wins
+    with pytest.raises(ValueError, match="intervention_method"):
+        form_sweep("prefix")
 
 
 def test_multipliers_are_sorted_floats():
@@ -51,6 +65,6 @@ def test_evaluator_reads_config_and_keyword_overrides():
     assert evaluator.multipliers == [0.0, 1.0]
     assert (evaluator.n_bootstrap, evaluator.nll_mode, evaluator.manifold) == (5, "token", None)
     default = PreferenceUtilityEvaluator(model, None, manifold=False)
-    assert default.multipliers == list(EvaluatorConfig().multipliers)
+    assert default.multipliers is None  # per form: EvaluatorConfig().sweep_for(form)
     with pytest.raises(TypeError, match="multiplier"):
         PreferenceUtilityEvaluator(model, None, multiplier=[1.0])

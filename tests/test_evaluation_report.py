@@ -188,3 +188,32 @@ def test_report_files_carry_the_source_numbers(tmp_path):
     assert "3 points" in short_row and "interpolation*" in short_row
     assert "\\* short:" in text and "not fitted" in text
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_reports_preference_accuracy_at_fixed_multipliers_never_the_max():
+    from easyedit_split.evaluation.report import EvaluationReport, accuracy_multipliers
+
+    m = [-4, -2, 0, 2, 4]
+    result = _hand_result("x", m, [1, 2, 3, 4, 3.5], [0, 0, 0, -0.5, -1])
+    result.metrics.preference_accuracy = np.array([0.10, 0.20, 0.30, 0.97, 0.40])  # the max (0.97) is at m = 2
+    assert accuracy_multipliers(m) == [0.0, -4.0, 4.0]
+    assert accuracy_multipliers(m, chosen=[2]) == [2.0]  # e.g. chosen on a dev split
+    text = EvaluationReport([result], {"dataset": "d"}).markdown_table()
+    summary = next(line for line in text.splitlines() if line.startswith("| x |") and "@ m=" in line)
+    assert "0.30 @ m=0" in summary and "0.10 @ m=-4" in summary and "0.40 @ m=4" in summary
+    assert "0.97" not in summary
+    chosen = EvaluationReport([result], {"dataset": "d", "accuracy_at": [2.0]}).markdown_table()
+    assert "0.97 @ m=2" in chosen
+    csv_header = EvaluationReport([result], {}).csv_text().splitlines()[0]
+    assert "preference_accuracy" in csv_header.split(",") and "accuracy" not in csv_header.split(",")
+
+
+def test_metrics_json_has_the_new_key_and_the_old_one():
+    from easyedit_split.evaluation.metrics import compute_metrics
+    from easyedit_split.evaluation.scoring import PairScores
+
+    scores = PairScores(np.array([0.0]), np.array([[1.0, 3.0]]), np.array([[2.0, 2.0]]), np.ones(2), np.ones(2), "sequence")
+    metrics = compute_metrics(scores, n_bootstrap=0)
+    data = metrics.to_dict()
+    assert data["preference_accuracy"] == [0.5] and data["accuracy"] == [0.5]  # pair 0 prefers matching, pair 1 not
+    assert metrics.accuracy is metrics.preference_accuracy

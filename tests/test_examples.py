@@ -56,7 +56,9 @@ def test_apply_writes_easyedits_generation_records(trained):
     path = trained / "generation/smollm2-135m-instruct/spilt/sentiment/spilt_vector/m2.0/sentiment_results.json"
     records = json.loads(path.read_text())
     assert len(records) == 2
-    assert set(records[0]) == {"input", "orig_pred", "pred", "reference_response", "complete_output"}
+    # EasyEdit's keys, plus the positions rule the texts were generated under (docs/conventions.md)
+    assert set(records[0]) == {"input", "orig_pred", "pred", "reference_response", "complete_output", "steer_positions"}
+    assert records[0]["steer_positions"] in ("easyedit", "after_prefix", "all")
     assert len(records[0]["pred"]) == 1 and records[0]["input"] in records[0]["complete_output"][0]
 
 

@@ -2,6 +2,9 @@
 
     PrefOdds = L_n - L_p                                  log P(matching) / P(not matching)
     UtilOdds = log p - log(1 - p),  p = e^{-L_p} + e^{-L_n}   log-odds of producing a valid answer
+    preference accuracy = share of pairs with PrefOdds > 0   (ties do not count)
+
+(docs/conventions.md has the formulas and what the NLLs cover.)
 
 Everything is computed in log space: `log p = logaddexp(-L_p, -L_n)` and
 `log(1 - p) = log1mexp(log p)`; nothing is exponentiated. With sequence NLLs `p < 1` always
@@ -116,11 +119,16 @@ class SweepMetrics:
     util_odds: np.ndarray
     preference: Statistic
     utility: Statistic
-    accuracy: np.ndarray            # share of examples with PrefOdds > 0, per multiplier
+    preference_accuracy: np.ndarray  # share of examples with PrefOdds > 0, per multiplier
     undefined_utility: np.ndarray   # rows with p >= 1 (per-token mode only), per multiplier
     matching_nll_mean: np.ndarray
     not_matching_nll_mean: np.ndarray
     nll_mode: str
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """Old name of `preference_accuracy` (kept so existing callers work)."""
+        return self.preference_accuracy
 
     @property
     def utility_undefined(self) -> bool:
@@ -131,7 +139,8 @@ class SweepMetrics:
             "multipliers": _jsonable(self.multipliers),
             "preference": self.preference.to_dict(),
             "utility": self.utility.to_dict(),
-            "accuracy": _jsonable(self.accuracy),
+            "preference_accuracy": _jsonable(self.preference_accuracy),
+            "accuracy": _jsonable(self.preference_accuracy),  # compatibility: the old key, same values
             "undefined_utility": _jsonable(self.undefined_utility),
             "utility_undefined": self.utility_undefined,
             "matching_nll_mean": _jsonable(self.matching_nll_mean),
@@ -141,7 +150,7 @@ class SweepMetrics:
 
 
 def compute_metrics(scores: PairScores, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> SweepMetrics:
-    """PrefOdds, UtilOdds, their statistics and accuracy for every multiplier of a scored sweep."""
+    """PrefOdds, UtilOdds, their statistics and preference accuracy for every multiplier of a scored sweep."""
     matching, not_matching = scores.matching_nll, scores.not_matching_nll
     pref = preference_odds(matching, not_matching)
     util, defined = utility_odds(matching, not_matching)
@@ -151,7 +160,7 @@ def compute_metrics(scores: PairScores, n_bootstrap: int = 1000, confidence: flo
         util_odds=util,
         preference=summarize(pref, n_bootstrap, confidence, seed),
         utility=summarize(util, n_bootstrap, confidence, seed),
-        accuracy=(pref > 0).mean(axis=1),
+        preference_accuracy=(pref > 0).mean(axis=1),
         undefined_utility=(~defined).sum(axis=1),
         matching_nll_mean=np.asarray(matching).mean(axis=1),
         not_matching_nll_mean=np.asarray(not_matching).mean(axis=1),

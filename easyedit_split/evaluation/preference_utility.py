@@ -7,7 +7,9 @@
 Per method: the batched sweep (`scoring`), PrefOdds/UtilOdds statistics (`metrics`), the
 paper's curve fits and summaries (`fits`) and, optionally, the activation-manifold probe
 (`manifold`). Multiplier 0 is the unsteered model (EasyEdit's loss mode uses factor 0 for
-"project the direction out" instead; compare numbers with that in mind).
+"project the direction out" instead; compare numbers with that in mind). The formulas, the
+steered positions and the join rule are in docs/conventions.md; each method's sweep defaults
+to its form's (`config.form_sweep`).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch import nn
 from ..constants import DEFAULT_SWEEP
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
-from ..prompts import JOIN_RULE, PromptFormat, steering_prefix_length
+from ..prompts import PromptFormat, first_steered_position
 from ..storage import load_interventions, read_metadata
 from .config import EvaluatorConfig
 from .fits import FitReport, fit_and_summarize
@@ -84,10 +86,10 @@ class PreferenceUtilityEvaluator:
         model, tokenizer: a Hugging Face causal LM and its tokenizer (the tokenizer may be None
             when pairs are given as `EncodedPair`s).
         prompt_format: chat template / system prompt (default: chat template on, no system prompt).
-        config: an `EvaluatorConfig` (default: its defaults, e.g. the sweep `constants.DEFAULT_SWEEP`).
+        config: an `EvaluatorConfig` (default: its defaults, e.g. each form's sweep `config.form_sweep`).
         **options: `EvaluatorConfig` fields that override `config` (`multipliers=`, `nll_mode=`,
-            `n_bootstrap=`, `manifold=`, ...); the steered positions start after the chat
-            template's common prefix unless `steer_from=` says otherwise.
+            `n_bootstrap=`, `manifold=`, ...); the steered positions follow
+            `prompt_format.steer_positions` for each method's form unless `steer_from=` says otherwise.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class PreferenceUtilityEvaluator:
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format or PromptFormat()
-        self.multipliers = list(config.multipliers)
+        self.multipliers = list(config.multipliers) if config.multipliers is not None else None
         self.nll_mode = config.nll_mode
         self.batch_size = int(config.batch_size)
         self.n_bootstrap = int(config.n_bootstrap)
@@ -114,10 +116,15 @@ class PreferenceUtilityEvaluator:
         self.utility_loss = float(config.utility_loss)
         self.frontier_max_loss = float(config.frontier_max_loss)
         self.progress = config.progress
-        steer_from = config.steer_from
-        if steer_from is None:  # as training steers: from the first token after the template's common prefix
-            steer_from = steering_prefix_length(tokenizer, self.prompt_format) if tokenizer is not None else 0
-        self.steer_from = int(steer_from)
+        self.steer_from = config.steer_from
+
+    def steer_from_for(self, intervention_method: str) -> int:
+        """First steered position when scoring a method of this form (docs/conventions.md)."""
+        if self.steer_from is not None:
+            return int(self.steer_from)
+        if self.tokenizer is None:
+            return 0
+        return first_steered_position(self.tokenizer, self.prompt_format, intervention_method, "scoring")
 
     # ------------------------------------------------------------------ inputs
     def _encode(self, pairs: Sequence[Any]) -> list[EncodedPair]:
@@ -137,19 +144,23 @@ class PreferenceUtilityEvaluator:
         return dict(updates_or_dir), {"source": "in-memory"}
 
     def scored_context(self, pairs: Sequence[Any], dataset: Optional[str] = None) -> dict:
-        """What was scored: join rule, NLL mode, chat template, dataset, number of examples."""
+        """What was scored: join rule, steered positions, NLL mode, chat template, dataset, number of examples."""
         tokenizer = self.tokenizer
         return {
-            "join_rule": JOIN_RULE,
+            "join_rule": self.prompt_format.join_rule,
+            "completion_join": self.prompt_format.completion_join,
+            "steer_positions": self.prompt_format.steer_positions,
             "nll_mode": self.nll_mode,
             "chat_template": bool(tokenizer is not None and self.prompt_format.uses_template(tokenizer)),
             "system_prompt": self.prompt_format.system_prompt,
             "end_of_turn_suffix": bool(self.prompt_format.include_suffix),
             "dataset": dataset,
             "n_examples": len(pairs),
-            "multipliers": list(self.multipliers),
+            "multipliers": list(self.multipliers) if self.multipliers is not None else "per form (config.form_sweep)",
+            "accuracy_at": list(self.config.accuracy_at),
             "layout": self.layout,
-            "steered_positions": f"from token {self.steer_from} (after the chat template's common prefix) to the end",
+            "steered_positions": (f"from token {self.steer_from} to the end" if self.steer_from is not None else
+                                  "per method: see each method's info.steered_from (first steered token)"),
             "multiplier_zero": "unsteered model (EasyEdit's loss mode uses factor 0 as null-it-out)",
             "model": getattr(getattr(self.model, "config", None), "_name_or_path", None)
             or type(self.model).__name__,
@@ -167,9 +178,13 @@ class PreferenceUtilityEvaluator:
         """Score, summarize and fit one intervention (a `{layer: update}` dict or a saved directory)."""
         updates, info = self._load(updates_or_dir, concept_id)
         info.update(_describe_updates(updates))
+        form = info["intervention_method"]
+        multipliers = list(self.config.sweep_for(form))
+        steer_from = self.steer_from_for(form)
+        info.update(steered_from=steer_from, steer_positions=self.prompt_format.steer_positions, multipliers=multipliers)
         encoded = self._encode(pairs)
         common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
-                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=self.steer_from)
+                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=steer_from)
         started = time.perf_counter()
         probe = None
         if self.manifold is not None:
@@ -179,7 +194,7 @@ class PreferenceUtilityEvaluator:
                                 activation_hook=probe.collect, desc=f"{name}: manifold reference", **common)
             probe.fit()
         scores = score_encoded_pairs(
-            self.model, encoded, updates, self.multipliers,
+            self.model, encoded, updates, multipliers,
             activation_layers=probe.layers if probe else (), activation_hook=probe.measure if probe else None,
             desc=f"{name}: sweep", **common)
         info["seconds_scoring"] = time.perf_counter() - started
@@ -188,9 +203,9 @@ class PreferenceUtilityEvaluator:
             logger.warning("%s: per-token NLLs make p = e^-L_p + e^-L_n >= 1 for %d rows; UtilOdds is undefined there "
                            "(left out of the statistics, counted in 'undefined_utility')",
                            name, int(metrics.undefined_utility.sum()))
-        fits = fit_and_summarize(self.multipliers, metrics.preference.mean, metrics.utility.mean,
+        fits = fit_and_summarize(multipliers, metrics.preference.mean, metrics.utility.mean,
                                  self.utility_loss, self.frontier_max_loss)
-        manifold = probe.result(self.multipliers, metrics.utility.mean) if probe else None
+        manifold = probe.result(multipliers, metrics.utility.mean) if probe else None
         info["seconds_total"] = time.perf_counter() - started
         return MethodResult(name, scores, metrics, fits, manifold, info)
 

@@ -20,7 +20,7 @@ from ..storage import atomic_write, atomic_write_json, atomic_write_text
 
 CSV_COLUMNS = (
     "method", "multiplier", "pref_odds_mean", "pref_odds_se", "pref_odds_ci_low", "pref_odds_ci_high",
-    "util_odds_mean", "util_odds_se", "util_odds_ci_low", "util_odds_ci_high", "accuracy",
+    "util_odds_mean", "util_odds_se", "util_odds_ci_low", "util_odds_ci_high", "preference_accuracy",
     "undefined_utility", "matching_nll_mean", "not_matching_nll_mean",
 )
 
@@ -33,6 +33,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
     except (TypeError, ValueError):
         return str(value)
     return "-" if not np.isfinite(number) else f"{number:.{digits}f}"
+
+
+def accuracy_multipliers(multipliers: Sequence[float], chosen: Sequence[float] = ()) -> list[float]:
+    """Where the summary reports preference accuracy: `chosen` (e.g. picked on a dev split) when
+    given, else m = 0 and the sweep's two ends. Never the best value on the scored data."""
+    m = sorted(float(v) for v in multipliers)
+    picks = [float(v) for v in chosen] if chosen else [0.0, m[0], m[-1]] if m else []
+    return list(dict.fromkeys(v for v in picks if v in m))
 
 
 def _accuracy(metrics: Any) -> np.ndarray:
@@ -125,7 +133,9 @@ class EvaluationReport:
         lines = [
             f"Scored: {ctx.get('n_examples', '?')} pairs of `{ctx.get('dataset')}`, {ctx.get('nll_mode')} NLL, "
             f"chat template {'on' if ctx.get('chat_template') else 'off'}, layout {ctx.get('layout')}. "
-            f"Join rule: {ctx.get('join_rule')}.",
+            f"Join rule: {ctx.get('join_rule')}. Steered positions: {ctx.get('steer_positions', '-')} "
+            f"(docs/conventions.md). Preference accuracy = share of pairs with PrefOdds > 0, at fixed "
+            f"multipliers{' chosen before scoring' if ctx.get('accuracy_at') else ' (0 and the sweep ends)'}.",
             "",
             "Fits (docs/fits.md): adjusted R^2 / leave-one-multiplier-out RMSE (nats), model shape and "
             "parameter count k; '-' = not fitted (too few multipliers).",
@@ -143,31 +153,35 @@ class EvaluationReport:
         lines += [
             "",
             f"| method | pref gain @ util loss {loss:g} | m (util -{loss:g}) + | m (util -{loss:g}) - "
-            f"| frontier area (loss <= {area_loss:g}) | pref. acc @ m=0 | pref. acc max |",
-            "|---|---|---|---|---|---|---|",
+            f"| frontier area (loss <= {area_loss:g}) | preference accuracy |",
+            "|---|---|---|---|---|---|",
         ]
         for r in self.results:
             summary, inter = r.fits.headline, r.fits.summaries["interpolation"]
             note = (lambda key: f" (interp {_fmt(getattr(inter, key))})") if summary is not inter else (lambda key: "")
             acc = _accuracy(r.metrics)
-            zero = np.nonzero(r.metrics.multipliers == 0)[0]
+            at = accuracy_multipliers(r.metrics.multipliers, ctx.get("accuracy_at") or ())
+            index = {float(v): k for k, v in enumerate(r.metrics.multipliers)}
+            accuracy = ", ".join(f"{_fmt(acc[index[v]])} @ m={v:g}" for v in at) or "-"
             lines.append(
                 f"| {r.name} | {_fmt(summary.preference_gain)}{note('preference_gain')} "
                 f"| {_fmt(summary.drop_multiplier_pos)} | {_fmt(summary.drop_multiplier_neg)} "
-                f"| {_fmt(summary.frontier_area)}{note('frontier_area')} "
-                f"| {_fmt(acc[zero[0]]) if zero.size else '-'} | {_fmt(np.nanmax(acc))} |"
+                f"| {_fmt(summary.frontier_area)}{note('frontier_area')} | {accuracy} |"
             )
         lines += ["", "Per multiplier: PrefOdds mean ± SE / UtilOdds mean ± SE / preference accuracy", ""]
-        multipliers = self.results[0].metrics.multipliers if self.results else []
+        # methods of different forms may have different sweeps: one column per multiplier of any of them
+        multipliers = sorted({float(v) for r in self.results for v in r.metrics.multipliers})
         lines.append("| method | " + " | ".join(f"m={m:g}" for m in multipliers) + " |")
         lines.append("|---|" + "---|" * len(multipliers))
         for r in self.results:
             m = r.metrics
             acc = _accuracy(m)
+            index = {float(v): k for k, v in enumerate(m.multipliers)}
             cells = [
                 f"{_fmt(m.preference.mean[k])}±{_fmt(m.preference.se[k])} / {_fmt(m.utility.mean[k])}±{_fmt(m.utility.se[k])}"
                 f" / {_fmt(acc[k])}" + (f" ({int(m.undefined_utility[k])} undef.)" if m.undefined_utility[k] else "")
-                for k in range(len(m.multipliers))
+                if k is not None else "-"
+                for k in (index.get(v) for v in multipliers)
             ]
             lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"

@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import hidden_to_logits, model_device, num_layers
 from ..prompts import (
-    IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, pad_token_id_of,
-    steering_prefix_length,
+    IGNORE_INDEX, PromptFormat, TokenBatch, encode_completion, encode_prompt, first_steered_position, pad_token_id_of,
 )
 from ..recording import record_activations
 from ..replay import CapturedInputs, capture_layer_inputs, capture_prefix, replay_hidden_after_prefix, shared_prefix_length
@@ -257,8 +256,8 @@ def score_encoded_pairs(
     `batch_size` is the most rows one replayed forward holds (rows = pairs x multipliers, two
     rows per pair with `layout="rows"`). With `activation_hook`, the (steered) outputs of
     `activation_layers` are passed to it for every row chunk. The interventions act on logical
-    positions `>= steer_from` (`prompts.steering_prefix_length`: the chat template's common
-    prefix stays unsteered, as in training and in EasyEdit).
+    positions `>= steer_from` (`prompts.first_steered_position`: the `steer_positions` rule,
+    docs/conventions.md).
     """
     _check_mode(nll_mode)
     if layout not in LAYOUTS:
@@ -356,6 +355,7 @@ def score_pairs(
 ) -> PairScores:
     """Tokenize `PolarityPair`s (JOIN_RULE, chat template per `fmt`) and score them; see `score_encoded_pairs`."""
     pad = pad_token_id_of(tokenizer)
-    kwargs.setdefault("steer_from", steering_prefix_length(tokenizer, fmt))
+    form = next(iter(updates.values())).method if updates else "vector"
+    kwargs.setdefault("steer_from", first_steered_position(tokenizer, fmt, form, "scoring"))  # docs/conventions.md
     return score_encoded_pairs(model, encode_pairs(tokenizer, fmt, pairs), updates, multipliers,
                                pad_token_id=pad, **kwargs)

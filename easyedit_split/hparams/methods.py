@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, List, Optional, Union
 
-from ..constants import ALG_ALIASES, INTERVENTION_COMPONENTS, INTERVENTION_METHODS
+from ..constants import (
+    ALG_ALIASES, CAA_TOKEN_SETS, COMPLETION_JOINS, INTERVENTION_COMPONENTS, INTERVENTION_METHODS, STEER_POSITIONS,
+)
 from ..errors import HparamsError
 from .base import HyperParams
 from .reading import apply_value_aliases, check_choice, check_min, check_unit_interval
@@ -20,6 +22,12 @@ INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
 PREFERENCE_PAIRS = ("orig_add", "orig_sub", "steered_add", "steered_sub")
 SFT_PREFERENCE_TYPES = ("winning_only", "losing_only")
+
+
+def _check_conventions(params: Any) -> None:
+    """The two rules every file may name; missing keys mean EasyEdit's rules (docs/conventions.md)."""
+    check_choice("steer_positions", params.steer_positions, STEER_POSITIONS)
+    check_choice("completion_join", params.completion_join, COMPLETION_JOINS)
 
 
 def _alg_names(alg_name: str) -> tuple:
@@ -56,11 +64,21 @@ class TrainHyperParams(HyperParams):
     Intervention (the dynamic weight update ``delta(x; m) = m * (x @ dW + db)``):
         intervention_method: ``vector`` (db only), ``lora`` (dW = A @ B) or ``local_weight`` (full dW).
         intervention_components: where ``x`` is read: ``mlp_mid``, ``mlp``, ``attn``, ``block``.
-        intervention_positions: positions steered (``all`` = whole prompt and completion).
+        intervention_positions: EasyEdit's positions key; the trainer supports ``all`` (every
+            position from the first steered one on); where that is, is ``steer_positions``.
         intervention_positions_dropout: share of positions left unsteered at random while training.
         intervention_type: ``addition`` (add the delta) or ``clamping``.
         low_rank_dimension: rank ``r`` of a ``lora`` intervention (rows of a vector).
-        lora_alpha: LoRA scale numerator (delta scaled by ``alpha / r``, as peft does).
+        lora_alpha: read and stored for EasyEdit compatibility, but nothing scales by it: the
+            update is ``x @ lora_A @ lora_B`` as in EasyEdit's ``LoraIntervention`` (peft's
+            ``alpha / r`` factor is not applied; `export_peft_adapter` sets the adapter's
+            alpha so peft's scaling is 1).
+    Conventions (docs/conventions.md; a file without these keys gets EasyEdit's rules):
+        steer_positions: ``easyedit`` (vector training and scoring after the chat template's
+            common prefix, lora / local_weight training and scoring and all generation at every
+            position), ``after_prefix`` (after the prefix everywhere) or ``all`` (every position).
+        completion_join: ``as_stored`` (completions exactly as in the file, EasyEdit's join) or
+            ``strip_leading_space`` (the package's own datasets).
     Steering (how the multiplier ``m`` is drawn while training):
         steering_factors: values ``m`` is drawn from per example.
         preference_pairs: which (prompt, completion) pairings to train on:
@@ -86,6 +104,8 @@ class TrainHyperParams(HyperParams):
     intervention_type: str = "addition"
     low_rank_dimension: int = 4
     lora_alpha: int = 32
+    steer_positions: str = "easyedit"
+    completion_join: str = "as_stored"
 
     steering_factors: List[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 10.0])
     preference_pairs: List[str] = field(default_factory=lambda: ["orig_add", "orig_sub"])
@@ -107,6 +127,7 @@ class TrainHyperParams(HyperParams):
         check_min("low_rank_dimension", self.low_rank_dimension, 1)
         check_min("lora_alpha", self.lora_alpha, 0, strict=True)
         check_choice("substraction_type", self.substraction_type, SUBSTRACTION_TYPES)
+        _check_conventions(self)
         if not self.steering_factors:
             raise HparamsError("key 'steering_factors': needs at least one value")
         if not self.preference_pairs:
@@ -124,9 +145,14 @@ class TrainHyperParams(HyperParams):
 class CAAHyperParams(TrainHyperParams):
     """Contrastive activation addition: mean (matching - not matching) activation; no training.
 
-    Extra key:
+    Extra keys:
         multiple_choice: EasyEdit's flag for multiple-choice datasets (the
             activation is read at the answer-letter token).
+        caa_token_set: which positions are averaged (docs/conventions.md): ``easyedit`` (the
+            tokens of ``" " + completion`` after the prompt, tokenized together with it, no
+            end-of-turn suffix: EasyEdit's rule) or ``completion_and_suffix`` (the completion as
+            `completion_join` places it plus the end-of-turn suffix: the tokens training and
+            scoring see; the package's own datasets use it).
     Only ``intervention_method: vector`` is meaningful for CAA.
     """
 
@@ -134,9 +160,11 @@ class CAAHyperParams(TrainHyperParams):
 
     alg_name: str = "caa"
     multiple_choice: bool = False
+    caa_token_set: str = "easyedit"
 
     def _validate(self) -> None:
         super()._validate()
+        check_choice("caa_token_set", self.caa_token_set, CAA_TOKEN_SETS)
         if self.intervention_method != "vector":
             raise HparamsError(
                 f"key 'intervention_method': CAA produces a vector only, got {self.intervention_method!r}; "
@@ -316,6 +344,7 @@ class ApplyHyperParams(HyperParams):
         intervention_method: ``vector``, ``lora`` or ``local_weight`` (how to read the files).
         concept_id: row of a multi-concept file (``[n_concepts, hidden]``) to apply.
             EasyEdit's files spell it ``concepts_id``; that is read with a warning.
+        steer_positions, completion_join: as in the train files (docs/conventions.md).
     """
 
     KIND: ClassVar[str] = "apply"
@@ -326,10 +355,13 @@ class ApplyHyperParams(HyperParams):
     steer_vector_load_dir: Optional[str] = None
     intervention_method: str = "vector"
     concept_id: int = 0
+    steer_positions: str = "easyedit"
+    completion_join: str = "as_stored"
 
     def _validate(self) -> None:
         super()._validate()
         _check_alg_name_and_layers(self)
+        _check_conventions(self)
         self.intervention_method = apply_value_aliases({"intervention_method": self.intervention_method}, None)[
             "intervention_method"
         ]

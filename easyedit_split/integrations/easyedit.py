@@ -447,7 +447,8 @@ def evaluate_preference_utility(options: Mapping[str, Any], dataset_name: str) -
             "multipliers": [float(m) for m in result.multipliers],
             "pref_odds": [float(v) for v in metrics.preference.mean],
             "util_odds": [float(v) for v in metrics.utility.mean],
-            "accuracy": [float(v) for v in metrics.accuracy],
+            "preference_accuracy": [float(v) for v in metrics.preference_accuracy],
+            "accuracy": [float(v) for v in metrics.preference_accuracy],  # old key, same values (docs/conventions.md)
             "fits": result.fits.to_dict(),
         }
     }

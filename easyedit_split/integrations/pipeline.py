@@ -161,7 +161,8 @@ def generate_results(
     Every update set is hooked in at once (as EasyEdit applies all its apply files together) at
     multiplier 1 (the apply files' multipliers are already in the updates); the unsteered texts
     are the rows at multiplier 0 of the same `generation.generate_steered` call. Records:
-    `input`, `orig_pred`, `pred` (one text per response), `reference_response`, `complete_output`.
+    `input`, `orig_pred`, `pred` (one text per response), `reference_response`, `complete_output`,
+    and `steer_positions` (the rule used, docs/conventions.md).
     """
     settings = GenerationSettings.from_params(generation_params or {"max_new_tokens": 100},
                                               num_samples=int(num_responses), seed=int(seed), batch_size=int(batch_size))
@@ -179,7 +180,8 @@ def generate_results(
             orig[record.prompt_index].append(record.text)
     return [
         {"input": e.input, "orig_pred": orig[i], "pred": preds[i],
-         "reference_response": e.reference_response, "complete_output": complete[i]}
+         "reference_response": e.reference_response, "complete_output": complete[i],
+         "steer_positions": prompt_format.steer_positions}  # not in EasyEdit's records: which positions were steered
         for i, e in enumerate(examples)
     ]
 

@@ -1,7 +1,15 @@
 """CAA: the steering vector is the mean over pairs of (activation on matching - on not-matching).
 
 As EasyEdit's CAA (non multiple-choice): the decoder layer's output, averaged over the
-completion tokens of each sequence, per layer in `hparams.layers`. No training.
+completion positions of each sequence, per layer in `hparams.layers`. No training.
+Which positions count is `caa_token_set` (docs/conventions.md):
+
+- `easyedit` (EasyEdit's rule, the default for its files): the prompt text and
+  `" " + completion` are tokenized TOGETHER, and the positions from the prompt's own token
+  count on are averaged; no end-of-turn suffix. The completion is as `completion_join` places
+  it (EasyEdit: as stored, so psychopathy's `" Yes"` becomes `"  Yes"`).
+- `completion_and_suffix`: the completion tokens as training and scoring see them
+  (`prompts.encode_completion`: `completion_join`, then the end-of-turn suffix).
 """
 from __future__ import annotations
 
@@ -12,10 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..constants import CAA_TOKEN_SETS
 from ..data import PolarityPair
 from ..interventions import DynamicWeightUpdate
 from ..models import check_layer, model_device
-from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, encode_batch
+from ..prompts import IGNORE_INDEX, EncodedCompletion, PromptFormat, TokenBatch, collate, encode_batch
 from ..recording import record_activations
 
 logger = logging.getLogger(__name__)
@@ -24,15 +33,41 @@ logger = logging.getLogger(__name__)
 def mean_completion_activations(
     model: nn.Module, batch: TokenBatch, layers: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """Per row, the mean decoder-layer output over the completion tokens: {layer: [batch, hidden]}."""
+    """Per row, the mean decoder-layer output over the labelled positions: {layer: [batch, hidden]}."""
     # the layers above the deepest requested one and the LM head are not needed
     with torch.no_grad(), record_activations(model, layers, stop_after=max(layers)) as record:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     outputs = record.outputs
-    # Completion positions are where labels are set (prompt and padding are IGNORE_INDEX).
+    # Averaged positions are where labels are set (prompt and padding are IGNORE_INDEX).
     mask = (batch.labels != IGNORE_INDEX).unsqueeze(-1).float()
     count = mask.sum(dim=1).clamp_min(1.0)
     return {layer: (hidden.float() * mask).sum(dim=1) / count for layer, hidden in outputs.items()}
+
+
+def encode_easyedit_caa(tokenizer: Any, fmt: PromptFormat, question: str, completion: str) -> EncodedCompletion:
+    """EasyEdit's CAA token set: ids of `prompt + " " + completion` tokenized together; the
+    positions from the prompt's own token count on are the averaged ones."""
+    prompt = fmt.prompt_text(tokenizer, question)
+    add_special_tokens = not fmt.uses_template(tokenizer)
+    prompt_length = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+    answer = completion if fmt.completion_join == "as_stored" else completion.lstrip()
+    ids = tokenizer(prompt + " " + answer, add_special_tokens=add_special_tokens)["input_ids"]
+    if len(ids) <= prompt_length:
+        raise ValueError(f"completion {completion!r} adds no token after the prompt of {question[:40]!r}")
+    return EncodedCompletion(list(ids), prompt_length)
+
+
+def encode_caa_batch(
+    tokenizer: Any, fmt: PromptFormat, questions: Sequence[str], completions: Sequence[str], token_set: str,
+) -> TokenBatch:
+    """A batch whose labelled positions are the ones CAA averages under `token_set`."""
+    if token_set not in CAA_TOKEN_SETS:
+        raise ValueError(f"caa_token_set: {token_set!r} is not one of {', '.join(CAA_TOKEN_SETS)}")
+    if token_set == "completion_and_suffix":
+        return encode_batch(tokenizer, fmt, questions, completions)
+    encoded = [encode_easyedit_caa(tokenizer, fmt, q, c) for q, c in zip(questions, completions)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return collate(encoded, pad)
 
 
 def compute_caa_vectors(
@@ -43,8 +78,9 @@ def compute_caa_vectors(
     prompt_format: Optional[PromptFormat] = None,
     batch_size: int = 8,
     progress: bool = True,
+    token_set: str = "easyedit",
 ) -> dict[int, torch.Tensor]:
-    """Mean difference vectors {layer: [hidden]} over `pairs`."""
+    """Mean difference vectors {layer: [hidden]} over `pairs`, averaging the `token_set` positions."""
     if not pairs:
         raise ValueError("CAA needs at least one polarity pair")
     for layer in layers:
@@ -55,8 +91,8 @@ def compute_caa_vectors(
     for start in tqdm(range(0, len(pairs), batch_size), desc="CAA activations", disable=not progress):
         chunk = pairs[start : start + batch_size]
         questions = [p.question for p in chunk]
-        matching = encode_batch(tokenizer, fmt, questions, [p.matching for p in chunk]).to(device)
-        not_matching = encode_batch(tokenizer, fmt, questions, [p.not_matching for p in chunk]).to(device)
+        matching = encode_caa_batch(tokenizer, fmt, questions, [p.matching for p in chunk], token_set).to(device)
+        not_matching = encode_caa_batch(tokenizer, fmt, questions, [p.not_matching for p in chunk], token_set).to(device)
         positive = mean_completion_activations(model, matching, layers)
         negative = mean_completion_activations(model, not_matching, layers)
         for layer in layers:
@@ -68,5 +104,6 @@ def train(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokeniz
     """EasyEdit's `caa` generate step: one vector per layer, as `vector` updates."""
     vectors = compute_caa_vectors(
         model, tokenizer, pairs, list(hparams.layers), PromptFormat.from_hparams(hparams),
+        token_set=getattr(hparams, "caa_token_set", "easyedit"),
     )
     return {layer: DynamicWeightUpdate.from_vector(vector) for layer, vector in vectors.items()}
