@@ -286,7 +286,9 @@ def test_run_spilt_generate_and_apply(host):
     leaf = tree / "psychopathy" / MODEL_LINK / "spilt"
     leaf.mkdir(parents=True)
     (leaf / "generate_spilt_vector.yaml").write_text(host.method_file("vector").read_text(encoding="utf-8"))
-    (leaf / "apply_spilt.yaml").write_text(yaml.safe_dump({"alg_name": "spilt", "layers": [LAYER], "multipliers": [1.0]}))
+    # the generate file is the package's (steer_positions: after_prefix); the apply file names the same rule
+    (leaf / "apply_spilt.yaml").write_text(yaml.safe_dump({"alg_name": "spilt", "layers": [LAYER], "multipliers": [1.0],
+                                                           "steer_positions": "after_prefix"}))
     for name in ("config.yaml", "apply_config.yaml"):  # CPU-sized top-level values (the scripts' defaults are for GPUs)
         config = yaml.safe_load((tree / name).read_text(encoding="utf-8"))
         config.update(TOP, generation_params=GENERATION, generation_data_size=None)

@@ -288,9 +288,9 @@ class EasyEditUpdate(nn.Module):
     """A package update placed in EasyEdit's intervention slot, so that EasyEdit manages it.
 
     EasyEdit's layer wrapper calls `forward(layer_output, **layer_kwargs)` (plus `args=` the
-    component input for LoRA/local weight); the update adds `delta(x)` at the positions the
-    package steers everywhere else: from the first token after the chat template's common
-    prefix (`position_ids >= prefix_length`), every generated token included. No hooks are
+    component input for LoRA/local weight); the update adds `delta(x)` at the positions the apply
+    file's `steer_positions` rule names for generation (`position_ids >= prefix_length`; 0 for
+    EasyEdit's own files, which steer every position), every generated token included. No hooks are
     attached to the model, so EasyEdit's `ori_generate` (which empties the slots while it
     runs) is unsteered and `reset_all()` removes the update.
     """
@@ -371,7 +371,7 @@ def apply_split(hparams: Any, pipline: Any = None, vector: Any = None) -> Any:
     """
     from ..apply import load_for_apply, per_layer_multipliers, scaled_updates
     from ..interventions import attach
-    from ..prompts import PromptFormat, steering_prefix_length
+    from ..prompts import PromptFormat, first_steered_position
     from ..storage import payload_to_update
 
     if pipline is None:
@@ -401,7 +401,8 @@ def apply_split(hparams: Any, pipline: Any = None, vector: Any = None) -> Any:
             pass
         return pipline
     tokenizer = getattr(pipline, "tokenizer", None)
-    prefix = steering_prefix_length(tokenizer, PromptFormat.from_hparams(hparams)) if tokenizer is not None else 0
+    # the hparams' steer_positions rule (EasyEdit's files: every position, as EasyEdit's own appliers)
+    prefix = first_steered_position(tokenizer, PromptFormat.from_hparams(hparams), "vector", "generation") if tokenizer is not None else 0
     device = next(hf_model.parameters()).device
     for layer, update in updates.items():
         _check_widths(update, hf_model, layer)
