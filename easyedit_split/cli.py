@@ -93,11 +93,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .prompts import check_prompt_length
     from .steering import SteeringInterventions
-    from .storage import listed_layers
+    from .storage import load_interventions
 
     if args.concept_id < 0:
         raise StorageError(f"{args.vectors}: --concept-id must be >= 0, got {args.concept_id}")
-    listed_layers(args.vectors, allow_unmanifested=args.easyedit_dir)  # a broken directory fails before the model loads
+    # a broken directory or file fails before the model loads (then shapes are checked against the model)
+    load_interventions(args.vectors, concept_id=args.concept_id, allow_unmanifested=args.easyedit_dir)
     editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
     editor.interventions = SteeringInterventions.load(args.vectors, concept_id=args.concept_id, model=editor.model,
                                                       allow_unmanifested=args.easyedit_dir)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
+from .errors import StorageError
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from .hparams.reading import read_source
 from .multipliers import parse_multipliers
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from .evaluation import PreferenceUtilityEvaluator
     from .models import load_model_and_tokenizer, num_layers, validate_layers
     from .prompts import PromptFormat
-    from .storage import check_writable, listed_layers, load_interventions
+    from .storage import check_writable, load_interventions
 
     try:
         config = _evaluator_config(args)
@@ -141,8 +142,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--concept-id must be >= 0, got {concept_id}")
         if args.output_dir:
             check_writable(args.output_dir, "report directory")  # before any compute
-        for directory, _ in sources.values():  # a broken directory fails before the model loads
-            listed_layers(directory, allow_unmanifested=args.easyedit_dir)
+        for directory, layers in sources.values():  # a broken directory or file fails before the model loads
+            try:
+                load_interventions(directory, layers=layers, concept_id=concept_id, allow_unmanifested=args.easyedit_dir)
+            except StorageError as error:
+                if layers is None:
+                    raise
+                raise StorageError(f"{args.hparams} (layers {layers}): {error}") from None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
