@@ -162,10 +162,12 @@ def safe_torch_load(path: PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" in str(error).lower() or "unsupported global" in str(error).lower():
-            raise StorageError(f"{path}: refused: the file carries pickled code or objects other than tensors, "
-                               "and intervention files are only loaded as plain tensors and dicts") from None
-        raise StorageError(f"{path}: not a readable torch file (corrupt or truncated)") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise StorageError(f"{path}: refused: the file carries pickled code or objects ({found.group(1)}), not only "
+                               "tensors; intervention files are loaded weights-only, as plain tensors and dicts") from None
+        raise StorageError(f"{path}: refused: not a plain weights-only torch file (a pickle with operations other "
+                           "than tensors and dicts, which may carry code, or a truncated file)") from None
     except Exception as error:  # truncated zip archives, text files, directories
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StorageError(f"{path}: not a readable torch file, it may be truncated ({first_line})") from None
@@ -644,11 +646,13 @@ def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify:
             raise StorageError(f"{directory}: holds no layer_<L>.pt files")
         return present
     source = directory / MANIFEST_FILE
-    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("files"), dict):
+    if manifest.get("format") != MANIFEST_FORMAT:
         raise StorageError(f"{source}: not an easyedit_split manifest (format {manifest.get('format')!r})")
-    if not manifest.get("complete"):
+    if manifest.get("complete") is not True:
         raise StorageError(f"{directory}: incomplete ({MANIFEST_FILE} is marked incomplete): a save was interrupted "
                            f"and the files may be half written; {_WHAT_TO_DO}")
+    if not isinstance(manifest.get("files"), dict):
+        raise StorageError(f"{source}: 'files' must map file names to their size and SHA-256")
     try:
         layers = sorted(int(layer) for layer in manifest.get("layers", []))
     except (TypeError, ValueError):

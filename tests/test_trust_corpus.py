@@ -85,9 +85,8 @@ def test_every_hostile_input_is_rejected_in_process(corpus, tiny_model_dir, caps
     assert not (root / "PWNED").exists(), "a pickle's code ran"
 
 
-SAMPLE = ("generate:vector-nan", "evaluate:stacked-posinf", "generate:torch_pickle_code", "generate:truncated",
-          "generate:name-layer_-1.pt", "evaluate:manifest_incomplete", "generate:half_written", "train:huge_concept",
-          "train-hparams:yaml_nan", "train:escaping_name", "generate-multipliers:nan", "generate-multipliers:empty")
+SAMPLE = ("generate:torch_pickle_code", "evaluate:stacked-posinf", "generate:half_written", "train:huge_concept",
+          "train:escaping_name", "generate-multipliers:empty")
 
 
 @pytest.mark.parametrize("name", SAMPLE)
@@ -101,6 +100,7 @@ def test_sample_is_rejected_by_a_real_cli_process(corpus, tiny_model_dir, name):
     assert result.returncode in (1, 2), result.stderr
     assert "Traceback" not in result.stderr
     assert case.names in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # argparse adds its usage line
+    lines = result.stderr.strip().splitlines()
+    assert "error:" in lines[-1] and case.names in lines[-1], result.stderr  # one line (argparse prints usage above it)
     assert _tree(root) == before
     assert not (root / "PWNED").exists()
