@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 import textwrap
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import cli_evaluate
@@ -73,12 +74,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
     from .errors import LayerError
     from .hparams import load_hparams
-    from .storage import check_writable
+    from .storage import check_writable, intervention_dir
 
     overrides = {"model_name_or_path": args.model} if args.model else {}
     hparams = load_hparams(args.hparams)
-    if args.output_dir or getattr(hparams, "steer_vector_output_dir", None):
-        check_writable(args.output_dir or hparams.steer_vector_output_dir)  # before the model loads
+    output_root = args.output_dir or getattr(hparams, "steer_vector_output_dir", None) or "."
+    # before the model loads: the output must be writable and the dataset's name must keep it inside
+    check_writable(output_root)
+    intervention_dir(output_root, Path(str(args.dataset)).stem, hparams.alg_name)
     try:
         editor = SteerEditor.from_hparams(hparams, **overrides)
     except LayerError as error:
