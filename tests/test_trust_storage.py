@@ -244,3 +244,37 @@ def test_refused_pickle_kept_out_of_pickle_module_errors(tmp_path):
     with pytest.raises(StorageError, match="truncated") as info:
         load_interventions(tmp_path)
     assert str(tmp_path / "layer_1.pt") in str(info.value)
+
+
+def test_ctrl_c_during_multi_concept_training_leaves_a_loadable_unit_and_resumes(tmp_path, monkeypatch):
+    """Interrupted in concept 1: the lock is released, concept 0 loads, and a rerun trains only 1 and 2."""
+    from easyedit_split import training
+    from easyedit_split.producing import train_and_save
+
+    from test_training import LAYER, WordTokenizer, make_hparams, word_pairs
+    from conftest import build_tiny_model
+
+    model = build_tiny_model("llama")
+    pairs = word_pairs(4, 0) + word_pairs(4, 1) + word_pairs(4, 2)
+    hparams = make_hparams(n_epochs=1)
+    out = tmp_path / "spilt_vector"
+    real = training.train_layer
+    trained: list[int] = []
+
+    def interrupted(*args, **kwargs):
+        if kwargs["concept_id"] == 1:
+            raise KeyboardInterrupt
+        trained.append(kwargs["concept_id"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_layer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(hparams, pairs, model, WordTokenizer(), out, progress=False)
+    assert not (out / LOCK_FILE).exists()
+    assert read_manifest(out)["complete"] and read_manifest(out)["n_concepts"] == 1
+    assert sorted(load_interventions(out, concept_id=0)) == [LAYER]
+    monkeypatch.setattr(training, "train_layer", lambda *a, **k: (trained.append(k["concept_id"]), real(*a, **k))[1])
+    train_and_save(hparams, pairs, model, WordTokenizer(), out, progress=False)
+    assert trained == [0, 1, 2]
+    assert read_manifest(out)["n_concepts"] == 3
+    assert sorted(load_interventions(out, concept_id=2)) == [LAYER]
