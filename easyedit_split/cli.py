@@ -58,6 +58,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens)
         _print_demo(result)
         return 0
+    from .storage import check_writable
+
+    check_writable(args.output_dir, "report directory")  # before minutes of training
     print("Main job: CAA, SFT and SPLIT steering vectors on the default model (SmolLM2-135M-Instruct, CPU)\n", flush=True)
     job = run_main_job(out_dir=args.output_dir, model_name_or_path=args.model, multipliers=args.sweep,
                        manifold=not args.no_manifold)

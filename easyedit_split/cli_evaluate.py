@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
-from .errors import StorageError
+from .errors import DatasetError, StorageError
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from .hparams.reading import read_source
 from .multipliers import parse_multipliers
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .evaluation import PreferenceUtilityEvaluator
     from .models import load_model_and_tokenizer, num_layers, validate_layers
-    from .prompts import PromptFormat
+    from .prompts import PromptFormat, check_completion_length
     from .storage import check_writable, load_interventions
 
     try:
@@ -172,6 +172,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.max_examples:
         pairs = pairs[: args.max_examples]
+    for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
+        for completion in (pair.matching, pair.not_matching):
+            try:
+                check_completion_length(tokenizer, fmt, pair.question, completion, model)
+            except DatasetError as error:
+                raise DatasetError(f"{args.dataset} ({args.split}), pair {index}: {error}") from None
 
     updates = {name: load_interventions(directory, layers=layers, concept_id=concept_id, model=model,
                                         allow_unmanifested=args.easyedit_dir)

@@ -151,6 +151,13 @@ def _check_length(length: int, limit: Optional[int], question: str, what: str, e
                            "shorten it" + (" or ask for fewer new tokens" if extra_tokens else ""))
 
 
+def check_completion_length(tokenizer: Any, fmt: PromptFormat, question: str, completion: str, model: Any = None) -> int:
+    """The scored row's token count (prompt + completion + suffix), or a clear error when it exceeds the context."""
+    encoded = encode_completion(tokenizer, fmt, question, completion)
+    _check_length(len(encoded.input_ids), context_length(tokenizer, model), question, "prompt + completion")
+    return len(encoded.input_ids)
+
+
 def check_prompt_length(tokenizer: Any, fmt: PromptFormat, question: str, model: Any = None, extra_tokens: int = 0) -> int:
     """The prompt's token count, or a clear error when it (plus `extra_tokens` to generate) exceeds the context."""
     length = len(encode_prompt(tokenizer, fmt, question))

@@ -244,3 +244,19 @@ def test_scored_rows_longer_than_the_tokenizer_limit_are_refused(default_tokeniz
     encode_completion(default_tokenizer, PromptFormat(), "q", "word " * 20)
     with pytest.raises(DatasetError, match="context of 64"):
         encode_completion(default_tokenizer, PromptFormat(), "q", "word " * 70)
+
+
+def test_evaluate_refuses_rows_longer_than_the_context_naming_the_row(tmp_path, capsys, default_tokenizer):
+    model_dir = tmp_path / "tiny"  # max_position_embeddings 128
+    build_tiny_model("llama", vocab_size=len(default_tokenizer)).save_pretrained(model_dir)
+    default_tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "long.jsonl"
+    rows = [{"question": "short", "matching": "yes", "not_matching": "no"},
+            {"question": "word " * 300, "matching": "yes", "not_matching": "no"}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    vectors = tmp_path / "vectors"
+    SteeringInterventions({1: DynamicWeightUpdate.from_vector(torch.ones(32))}).save(vectors)
+    code = cli.main(["evaluate", str(vectors), "--dataset", str(data), "--model", str(model_dir), "--no-plots",
+                     "--no-manifold", "--no-progress", "--multipliers=0,1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{data} (test), pair 1" in err and "context of 128" in err and "Traceback" not in err
