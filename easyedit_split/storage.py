@@ -612,11 +612,6 @@ def layer_files(directory: PathLike, strict: bool = True) -> list[int]:
     return sorted(layers)
 
 
-def available_layers(directory: PathLike) -> list[int]:
-    """The layers a directory holds: its manifest's list, or (EasyEdit's directories) its layer files."""
-    return listed_layers(directory, allow_unmanifested=True)
-
-
 def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = False) -> list[int]:
     """The layers that may be loaded from `directory`, after checking it is one complete unit.
 
@@ -639,9 +634,9 @@ def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify:
         if ours and not allow_unmanifested:
             reason = ("a save was interrupted (its lock file is still there)" if (directory / LOCK_FILE).exists()
                       else "it was not completely saved, or was written before manifests existed")
-            raise StorageError(f"{directory}: has {METADATA_FILE} but no {MANIFEST_FILE}: {reason}. {_WHAT_TO_DO[0].upper()}"
-                               f"{_WHAT_TO_DO[1:]}; to read it anyway as EasyEdit's files, use allow_unmanifested=True "
-                               "(command line: --easyedit-dir)")
+            raise StorageError(f"{directory}: has {METADATA_FILE} but no {MANIFEST_FILE}: {reason}. Re-run the training "
+                               "that writes it, or delete the directory; to read it anyway as EasyEdit's files, use "
+                               "allow_unmanifested=True (command line: --easyedit-dir)")
         if not present:
             raise StorageError(f"{directory}: holds no layer_<L>.pt files")
         return present
