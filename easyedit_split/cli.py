@@ -6,11 +6,12 @@ import dataclasses
 import logging
 import sys
 import textwrap
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import cli_evaluate
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
-from .errors import EasyEditSplitError
+from .errors import EasyEditSplitError, StorageError
 from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
 
@@ -27,6 +28,13 @@ def add_output_dir(parser: argparse.ArgumentParser, default: Optional[str], help
     """`--output-dir`, with the old `--out` kept as a hidden alias."""
     parser.add_argument("--output-dir", default=default, help=help)
     parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_easyedit_dir(parser: argparse.ArgumentParser) -> None:
+    """`--easyedit-dir`: read directories of ours that lack a complete manifest as EasyEdit's files."""
+    parser.add_argument("--easyedit-dir", action="store_true",
+                        help="load directories without a manifest.json as EasyEdit's files even if they hold our "
+                             "metadata.json (EasyEdit's own directories need no flag); see docs/storage.md")
 
 
 def _print_demo(result) -> None:
@@ -51,6 +59,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens)
         _print_demo(result)
         return 0
+    from .storage import check_writable
+
+    check_writable(args.output_dir, "report directory")  # before minutes of training
     print("Main job: CAA, SFT and SPLIT steering vectors on the default model (SmolLM2-135M-Instruct, CPU)\n", flush=True)
     job = run_main_job(out_dir=args.output_dir, model_name_or_path=args.model, multipliers=args.sweep,
                        manifold=not args.no_manifold)
@@ -65,10 +76,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
+    from .errors import LayerError
+    from .hparams import load_hparams
+    from .storage import check_writable, intervention_dir
 
     overrides = {"model_name_or_path": args.model} if args.model else {}
     overrides.update({key: getattr(args, key) for key in ("steer_positions", "completion_join") if getattr(args, key)})
-    editor = SteerEditor.from_hparams(args.hparams, **overrides)
+    hparams = load_hparams(args.hparams)
+    output_root = args.output_dir or getattr(hparams, "steer_vector_output_dir", None) or "."
+    # before the model loads: the output must be writable and the dataset's name must keep it inside
+    check_writable(output_root)
+    intervention_dir(output_root, Path(str(args.dataset)).stem, hparams.alg_name)
+    try:
+        editor = SteerEditor.from_hparams(hparams, **overrides)
+    except LayerError as error:
+        raise LayerError(f"{args.hparams}: {error}") from None
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0
@@ -77,10 +99,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
+    from .prompts import check_prompt_length
+    from .steering import SteeringInterventions
+    from .storage import load_interventions
+
+    if args.concept_id < 0:
+        raise StorageError(f"{args.vectors}: --concept-id must be >= 0, got {args.concept_id}")
+    # a broken directory or file fails before the model loads (then shapes are checked against the model)
+    load_interventions(args.vectors, concept_id=args.concept_id, allow_unmanifested=args.easyedit_dir)
     editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
     if args.steer_positions:
         editor.prompt_format = dataclasses.replace(editor.prompt_format, steer_positions=args.steer_positions)
-    editor.load(args.vectors, concept_id=args.concept_id)
+    editor.interventions = SteeringInterventions.load(args.vectors, concept_id=args.concept_id, model=editor.model,
+                                                      allow_unmanifested=args.easyedit_dir)
+    for prompt in args.prompt:
+        check_prompt_length(editor.tokenizer, editor.prompt_format, prompt, editor.model, extra_tokens=args.max_new_tokens)
     texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
     for m, outputs in texts.items():
         for prompt, text in zip(args.prompt, outputs):
@@ -143,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
     generate.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
                           help="prompt positions steered (docs/conventions.md); default easyedit: every position")
+    add_easyedit_dir(generate)
     generate.set_defaults(func=cmd_generate)
 
     cache = sub.add_parser("cache-model", help="convert the offline default model once and print its cache path")
@@ -154,14 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def run_command(func, args: argparse.Namespace, verbose: bool = False) -> int:
+    """Run one command with the CLI's error contract: a one-line message, never a traceback.
+
+    The package's own errors (bad input, named file) exit 2; any other failure exits 1 (with
+    the traceback only under `--verbose`); Ctrl-C exits 130. Writes are atomic and sealed by a
+    manifest, so an interrupted command leaves no directory that loads half-written.
+    """
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); nothing half-written was left loadable", file=sys.stderr)
+        return 130
     except EasyEditSplitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # anything else (a library's error on a bad file): one line, no traceback
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        where = f" ({error.filename})" if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error) else ""
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"error: {type(error).__name__}{where}: {text}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_command(args.func, args, verbose=args.verbose)
 
 
 if __name__ == "__main__":

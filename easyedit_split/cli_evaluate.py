@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
+from .errors import DatasetError, StorageError
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
+from .hparams.reading import read_source
 from .multipliers import parse_multipliers
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(strip_leading_space for the shipped datasets, as_stored otherwise)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--easyedit-dir", action="store_true",
+                        help="load directories without a manifest.json as EasyEdit's files even if they hold our "
+                             "metadata.json (EasyEdit's own directories need no flag); see docs/storage.md")
 
 
 def _resolve(path: str, base: Optional[Path]) -> str:
@@ -71,8 +74,7 @@ def _resolve(path: str, base: Optional[Path]) -> str:
 def _from_hparams(path: str) -> tuple[dict[str, tuple[str, list[int]]], ApplyHyperParams, int]:
     """{name: (dir, layers)}, the first method file (model/template keys), concept id."""
     base = Path(path).resolve().parent
-    with open(path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle) or {}
+    raw, _ = read_source(path)
     methods: dict[str, tuple[str, list[int]]] = {}
     if isinstance(raw, dict) and "apply_steer_hparam_paths" in raw:
         config = TopLevelConfig.from_hparams(path)
@@ -119,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
     from .data import load_dataset
     from .evaluation import PreferenceUtilityEvaluator
-    from .models import load_model_and_tokenizer
-    from .prompts import PromptFormat, conventions_for
-    from .storage import load_interventions
+    from .models import load_model_and_tokenizer, num_layers, validate_layers
+    from .prompts import PromptFormat, check_completion_length, conventions_for
+    from .storage import check_writable, load_interventions
 
     try:
         config = _evaluator_config(args)
@@ -143,12 +145,26 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("nothing to evaluate: give intervention directories, --vectors NAME=DIR or --hparams FILE")
         if args.concept_id is not None:
             concept_id = args.concept_id
+        if concept_id < 0:
+            raise ValueError(f"--concept-id must be >= 0, got {concept_id}")
+        if args.output_dir:
+            check_writable(args.output_dir, "report directory")  # before any compute
+        for directory, layers in sources.values():  # a broken directory or file fails before the model loads
+            try:
+                load_interventions(directory, layers=layers, concept_id=concept_id, allow_unmanifested=args.easyedit_dir)
+            except StorageError as error:
+                if layers is None:
+                    raise
+                raise StorageError(f"{args.hparams} (layers {layers}): {error}") from None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
     model_name, dtype, device = _model_keys(args, hparams)
     model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
+    for directory, layers in sources.values():
+        if layers is not None:  # layers named in an hparams file: the error names that file
+            validate_layers(layers, num_layers(model), source=args.hparams)
     use_template = not args.no_chat_template
     if hparams is not None and use_template:
         use_template = hparams.use_chat_template  # an hparams file decides, as in EasyEdit
@@ -164,8 +180,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.max_examples:
         pairs = pairs[: args.max_examples]
+    for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
+        for completion in (pair.matching, pair.not_matching):
+            try:
+                check_completion_length(tokenizer, fmt, pair.question, completion, model)
+            except DatasetError as error:
+                raise DatasetError(f"{args.dataset} ({args.split}), pair {index}: {error}") from None
 
-    updates = {name: load_interventions(directory, layers=layers, concept_id=concept_id, model=model)
+    updates = {name: load_interventions(directory, layers=layers, concept_id=concept_id, model=model,
+                                        allow_unmanifested=args.easyedit_dir)
                for name, (directory, layers) in sources.items()}
     evaluator = PreferenceUtilityEvaluator(model, tokenizer, prompt_format=fmt, config=config)
     report = evaluator.compare(updates, pairs, out_dir=None, dataset=str(args.dataset), concept_id=concept_id)
@@ -179,9 +202,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .cli import run_command  # here: cli imports this module
+
     parser = argparse.ArgumentParser(prog="easyedit-split evaluate", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

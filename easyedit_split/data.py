@@ -430,6 +430,26 @@ def _concept_id(record: dict[str, Any], column: str | None, path: Path, location
     return int(number)
 
 
+MAX_CONCEPT_ID_FLOOR = 20_000
+"""Concept ids are rows of a stacked `[n_concepts, hidden]` file: an id above
+max(this, 64 x the number of concepts present) is taken for a mistake, not a reason to allocate."""
+
+
+def _check_concept_ids(path: Path, located: Sequence[tuple[str, int]]) -> None:
+    """Negative ids, and ids far beyond the number of concepts present, are errors naming the row."""
+    for location, concept_id in located:
+        if concept_id < 0:
+            raise DatasetError(f"{path}, {location}: concept_id {concept_id} is negative; concept ids are 0, 1, 2, ...")
+    distinct = {concept_id for _, concept_id in located}
+    limit = max(MAX_CONCEPT_ID_FLOOR, 64 * len(distinct))
+    for location, concept_id in located:
+        if concept_id >= limit:
+            raise DatasetError(
+                f"{path}, {location}: concept_id {concept_id} is far beyond the {len(distinct)} concepts in the file "
+                f"(ids index the rows of a stacked [n_concepts, hidden] file; at most {limit - 1} is accepted here); "
+                "renumber the concepts from 0")
+
+
 def _keep_axbench_row(record: dict[str, Any], fmap: FieldMap, concept_id: int) -> bool:
     """EasyEdit trains AxBench concepts on rows with category 'positive' and a concept id >= 0."""
     if concept_id < 0:
@@ -458,6 +478,7 @@ def load_pairs_file(
     path, rows = _load_rows(path)
     fmt, fmap = _field_map(dataset_format, rows, path, generation=False)
     pairs: list[PolarityPair] = []
+    located: list[tuple[str, int]] = []
     dropped = 0
     identical = 0
     for location, record in rows:
@@ -465,6 +486,8 @@ def load_pairs_file(
         if fmt == "axbench" and positive_only and not _keep_axbench_row(record, fmap, concept_id):
             dropped += 1
             continue
+        if not (fmt == "axbench" and concept_id == -1):  # AxBench's marker of concept-free (negative) rows
+            located.append((location, concept_id))
         pair = PolarityPair(
             question=_text(record, fmap.question, path, location, fmt),
             matching=_text(record, fmap.matching, path, location, fmt),
@@ -474,6 +497,7 @@ def load_pairs_file(
         )
         identical += pair.matching == pair.not_matching
         pairs.append(pair)
+    _check_concept_ids(path, located)
     if dropped:
         logger.info("%s: kept %d positive AxBench rows, left out %d non-positive rows", path, len(pairs), dropped)
     if identical:
@@ -502,6 +526,9 @@ def load_generation_file(path: str | Path, dataset_format: str | None = None) ->
                 concept=_optional_text(record, fmap.concept),
             )
         )
+    # AxBench generation rows carry concept_id -1 for concept-free prompts, as EasyEdit's data do
+    _check_concept_ids(path, [(location, example.concept_id) for (location, _), example in zip(rows, examples)
+                              if example.concept_id != -1])
     return examples
 
 

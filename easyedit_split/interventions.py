@@ -260,6 +260,8 @@ def _as_multiplier(multiplier: Multiplier) -> torch.Tensor:
     tensor = torch.as_tensor(multiplier, dtype=torch.float32)
     if tensor.dim() > 1:
         raise ValueError(f"multiplier must be a float or a 1-d tensor (one per batch row), got shape {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):  # nan/inf would silently turn every steered output into nan
+        raise ValueError(f"multiplier must be finite, got {tensor.tolist()}")
     return tensor
 
 

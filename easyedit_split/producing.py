@@ -5,6 +5,9 @@ EasyEdit integration and `sharding`. The trainer only trains; saving, the loss l
 metadata and the resume state of multi-concept runs are written here, after each concept, so
 an interrupted run loses at most the concept in progress. CAA (no training) is saved here too,
 one stacked row per concept for multi-concept data.
+
+The method directory is checked for writability and locked (`storage.DirectoryLock`) before any
+compute, so an impossible output path or a second run writing the same directory fails at once.
 """
 from __future__ import annotations
 
@@ -18,18 +21,18 @@ from .data import PolarityPair, group_by_concept
 from .interventions import DynamicWeightUpdate
 from .registry import get_method
 from .storage import (
-    METADATA_FILE,
-    atomic_write_json,
+    DirectoryLock,
     atomic_write_text,
+    check_writable,
     intervention_dir,
     intervention_metadata,
     layer_file,
     payload_to_update,
     read_finished_concepts,
     safe_torch_load,
-    save_concept_update,
     save_interventions,
-    write_train_state,
+    stack_concept_payload,
+    write_directory,
 )
 from .training import TrainingLog, concept_groups
 
@@ -62,18 +65,26 @@ def train_and_save(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module
     not retrained. `metadata` keys are added to `metadata.json`.
     """
     spec = get_method(hparams.alg_name)
-    if not spec.trained:
-        return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, directory, dataset_name, metadata)
-    saver = None if directory is None else ConceptSaver(Path(directory), hparams, pairs, model, dataset_name, metadata)
-    return spec.train_function()(
-        hparams, list(pairs), model, tokenizer, progress=progress,
-        finished=saver.finished() if saver is not None else None,
-        on_trained=saver if saver is not None else _loss_log_writer(hparams),
-    )
+    if directory is None:
+        if getattr(hparams, "loss_output_dir", None):
+            check_writable(hparams.loss_output_dir, "loss_output_dir")
+        if not spec.trained:
+            return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, None, dataset_name, metadata)
+        return spec.train_function()(hparams, list(pairs), model, tokenizer, progress=progress, finished=None,
+                                     on_trained=_loss_log_writer(hparams))
+    directory = check_writable(Path(directory), "intervention directory")
+    if getattr(hparams, "loss_output_dir", None):
+        check_writable(hparams.loss_output_dir, "loss_output_dir")
+    with DirectoryLock(directory):
+        if not spec.trained:
+            return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, directory, dataset_name, metadata)
+        saver = ConceptSaver(directory, hparams, pairs, model, dataset_name, metadata)
+        return spec.train_function()(hparams, list(pairs), model, tokenizer, progress=progress,
+                                     finished=saver.finished(), on_trained=saver)
 
 
 def _write_loss_log(hparams: Any, layer: int, concept_id: int, log: TrainingLog) -> None:
-    if hparams.loss_output_dir:
+    if getattr(hparams, "loss_output_dir", None):
         name = f"train_losses_{hparams.alg_name}_layer_{layer}_concept_{concept_id}.csv"
         atomic_write_text(Path(hparams.loss_output_dir) / name, log.to_csv())
 
@@ -87,7 +98,8 @@ class ConceptSaver:
 
     Single concept: `layer_<L>.pt` and `metadata.json` after each layer. Multi-concept: the
     concept's row (or entry) in the stacked `layer_<L>.pt`, then `metadata.json`, then the resume
-    state `train_state_layer_<L>.json`, each atomically.
+    state `train_state_layer_<L>.json`. Each save is one `storage.write_directory` unit, sealed by
+    the manifest, so between concepts the directory loads with what is finished.
     """
 
     def __init__(self, directory: Path, hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module,
@@ -97,6 +109,7 @@ class ConceptSaver:
         self.multi_concept = len(groups) > 1
         self.concept_names = {cid: group[0].concept for cid, group in groups.items()}
         self.saved: dict[int, dict[int, DynamicWeightUpdate]] = {}
+        self.payloads: dict[int, Any] = {}
 
     def finished(self) -> dict[int, dict[int, DynamicWeightUpdate]]:
         """Concepts an earlier run saved, `{layer: {concept_id: update}}` (multi-concept runs only)."""
@@ -109,6 +122,7 @@ class ConceptSaver:
             if concepts:
                 payload = safe_torch_load(path)
                 done[layer] = {cid: payload_to_update(payload, concept_id=cid, source=str(path)) for cid in concepts}
+                self.payloads[layer] = payload
                 logger.info("%s: concepts %s already trained (resume state); not retrained", path, concepts)
         self.saved = {layer: dict(updates) for layer, updates in done.items()}
         return done
@@ -120,11 +134,11 @@ class ConceptSaver:
             updates = {saved_layer: concepts[concept_id] for saved_layer, concepts in self.saved.items()}
             save_interventions(self.directory, updates, self._metadata(updates))
             return
-        save_concept_update(self.directory, layer, concept_id, update)
+        self.payloads[layer] = stack_concept_payload(self.payloads.get(layer), concept_id, update)
         finished = sorted(self.saved[layer])
-        atomic_write_json(self.directory / METADATA_FILE, self._metadata(
-            self.saved, concepts={str(c): self.concept_names[c] for c in finished}))
-        write_train_state(self.directory, layer, finished, alg_name=self.hparams.alg_name)
+        metadata = self._metadata(self.saved, concepts={str(c): self.concept_names[c] for c in finished})
+        write_directory(self.directory, {layer: self.payloads[layer]}, metadata, layers=sorted(self.saved),
+                        train_state={layer: finished}, alg_name=self.hparams.alg_name)
 
     def _metadata(self, updates: dict, **extra: Any) -> dict:
         return intervention_metadata(updates, alg_name=self.hparams.alg_name, hparams=self.hparams, model=self.model,
@@ -146,11 +160,11 @@ def _compute_and_save(train: Any, hparams: Any, pairs: Sequence[PolarityPair], m
             save_interventions(directory, updates, metadata(updates))
         return updates
     result: dict = {layer: {} for layer in hparams.layers}
+    payloads: dict[int, Any] = {}
     for concept_id, group in groups.items():  # multi-concept CAA: one vector per concept, stacked rows
         for layer, update in train(hparams, group, model, tokenizer).items():
             result[layer][concept_id] = update
-            if directory is not None:
-                save_concept_update(directory, layer, concept_id, update)
+            payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
     if directory is not None:
-        atomic_write_json(Path(directory) / METADATA_FILE, metadata(result, concepts=sorted(groups)))
+        write_directory(directory, payloads, metadata(result, concepts=sorted(groups)))
     return result

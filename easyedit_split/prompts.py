@@ -213,7 +213,43 @@ def encode_completion(tokenizer: Any, fmt: PromptFormat, question: str, completi
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if not answer_ids:
         raise ValueError(f"completion {completion!r} tokenizes to nothing")
+    _check_length(len(prompt_ids) + len(answer_ids), context_length(tokenizer), question, "prompt + completion")
     return EncodedCompletion(list(prompt_ids) + list(answer_ids), len(prompt_ids))
+
+
+_NO_LIMIT = 1_000_000  # tokenizers without a known limit report a huge model_max_length
+
+
+def context_length(tokenizer: Any, model: Any = None) -> Optional[int]:
+    """The longest sequence the model takes: its `max_position_embeddings`, else the tokenizer's limit."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    known = [int(limit) for limit in limits if isinstance(limit, (int, float)) and 0 < limit < _NO_LIMIT]
+    return min(known) if known else None
+
+
+def _check_length(length: int, limit: Optional[int], question: str, what: str, extra_tokens: int = 0) -> None:
+    if limit is not None and length + extra_tokens > limit:
+        from .errors import DatasetError  # here: errors is tiny, but keep this module's imports minimal
+
+        start = question[:40] + ("..." if len(question) > 40 else "")
+        plus = f" + {extra_tokens} new tokens" if extra_tokens else ""
+        raise DatasetError(f"{what} {start!r}: {length} tokens{plus} exceed the model's context of {limit} tokens; "
+                           "shorten it" + (" or ask for fewer new tokens" if extra_tokens else ""))
+
+
+def check_completion_length(tokenizer: Any, fmt: PromptFormat, question: str, completion: str, model: Any = None) -> int:
+    """The scored row's token count (prompt + completion + suffix), or a clear error when it exceeds the context."""
+    encoded = encode_completion(tokenizer, fmt, question, completion)
+    _check_length(len(encoded.input_ids), context_length(tokenizer, model), question, "prompt + completion")
+    return len(encoded.input_ids)
+
+
+def check_prompt_length(tokenizer: Any, fmt: PromptFormat, question: str, model: Any = None, extra_tokens: int = 0) -> int:
+    """The prompt's token count, or a clear error when it (plus `extra_tokens` to generate) exceeds the context."""
+    length = len(encode_prompt(tokenizer, fmt, question))
+    _check_length(length, context_length(tokenizer, model), question, "prompt", extra_tokens)
+    return length
 
 
 @dataclass

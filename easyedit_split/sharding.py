@@ -42,17 +42,15 @@ from .models import load_model_and_tokenizer
 from .producing import train_and_save
 from .registry import get_method
 from .storage import (
-    METADATA_FILE,
-    atomic_torch_save,
-    atomic_write_json,
     atomic_write_text,
-    available_layers,
+    check_writable,
     intervention_metadata,
     layer_file,
+    listed_layers,
     payload_to_update,
     safe_torch_load,
-    update_to_payload,
-    write_train_state,
+    stack_concept_payload,
+    write_directory,
 )
 from .training import concept_groups
 
@@ -119,28 +117,24 @@ def merge_concepts(output_dir: PathLike, concept_ids: Sequence[int], metadata: O
     missing = [c for c in concept_ids if not is_finished(output_dir, c)]
     if missing:
         raise StorageError(f"{output_dir}: concepts {missing} are not finished (no {DONE_MARKER} in shards/concept_<id>/)")
-    layers = available_layers(shard_dir(output_dir, concept_ids[0]))
-    written = []
+    layers = listed_layers(shard_dir(output_dir, concept_ids[0]), verify=True)
     updates: dict[int, dict[int, DynamicWeightUpdate]] = {}
+    payloads: dict[int, Any] = {}
+    for concept_id in concept_ids:
+        directory = shard_dir(output_dir, concept_id)
+        if listed_layers(directory, verify=True) != layers:
+            raise StorageError(f"{directory}: holds layers {listed_layers(directory)}, but concept {concept_ids[0]} "
+                               f"holds {layers}; retrain it (delete the directory)")
     for layer in layers:
         updates[layer] = {}
         for concept_id in concept_ids:
             path = layer_file(shard_dir(output_dir, concept_id), layer)
-            updates[layer][concept_id] = payload_to_update(safe_torch_load(path), source=str(path))
-        payloads = {concept_id: update_to_payload(update, concept_id) for concept_id, update in updates[layer].items()}
-        first = next(iter(payloads.values()))
-        if isinstance(first, torch.Tensor):  # vectors: one row per concept id
-            stacked = torch.zeros(max(concept_ids) + 1, first.shape[0], dtype=first.dtype)
-            for concept_id, vector in payloads.items():
-                stacked[concept_id] = vector
-            merged: Any = stacked
-        else:
-            merged = payloads
-        written.append(atomic_torch_save(merged, layer_file(output_dir, layer)))
-        written.append(write_train_state(output_dir, layer, concept_ids))
+            update = payload_to_update(safe_torch_load(path), source=str(path))
+            updates[layer][concept_id] = update
+            payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
     meta = intervention_metadata(updates, concepts=concept_ids, sharded=True, **(metadata or {}))
-    written.append(atomic_write_json(output_dir / METADATA_FILE, meta))
-    return written
+    return write_directory(output_dir, payloads, meta, train_state={layer: concept_ids for layer in layers},
+                           alg_name=meta.get("alg_name"))
 
 
 def wait_for_concepts(output_dir: PathLike, concept_ids: Sequence[int], timeout: float = 24 * 3600.0, poll: float = 0.5) -> None:
@@ -171,6 +165,7 @@ def train_sharded(
     `hparams.max_concepts` keeps the first concepts (sorted ids), as EasyEdit does.
     """
     info = info or process_info()
+    check_writable(output_dir, "output directory")
     # max_concepts and max_num_of_examples are the trainer's settings; CAA uses every concept and pair
     groups = concept_groups(pairs, hparams) if get_method(hparams.alg_name).trained else group_by_concept(pairs)
     result = ShardResult(info.rank, info.world_size)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .interventions import DynamicWeightUpdate, InterventionHandle, Multiplier, attach
-from .storage import load_interventions, save_concept_update, save_interventions
+from .storage import intervention_metadata, load_interventions, save_interventions, stack_concept_payload, write_directory
 
 PathLike = Union[str, Path]
 Trained = Mapping[int, Union[DynamicWeightUpdate, Mapping[int, DynamicWeightUpdate]]]
@@ -57,19 +57,28 @@ class SteeringInterventions(Mapping[int, DynamicWeightUpdate]):
 
     @classmethod
     def load(cls, directory: PathLike, layers: Optional[Sequence[int]] = None, concept_id: int = 0,
-             model: Optional[nn.Module] = None) -> "SteeringInterventions":
-        """Read `layer_<L>.pt` files (this package's or EasyEdit's); `model` checks shapes and metadata."""
-        updates = load_interventions(directory, list(layers) if layers is not None else None, concept_id, model=model)
+             model: Optional[nn.Module] = None, allow_unmanifested: bool = False) -> "SteeringInterventions":
+        """Read the `layer_<L>.pt` files a saved directory's manifest lists (EasyEdit's directories: its files).
+
+        `model` checks shapes and metadata. A directory of ours without a complete manifest (an
+        interrupted save) is refused unless `allow_unmanifested`; see docs/storage.md.
+        """
+        updates = load_interventions(directory, list(layers) if layers is not None else None, concept_id, model=model,
+                                     allow_unmanifested=allow_unmanifested)
         return cls(updates, concept_id=concept_id)
 
     def save(self, directory: PathLike, metadata: Optional[dict] = None) -> list[Path]:
-        """Write EasyEdit's layout: one `layer_<L>.pt` per layer (concepts stacked as EasyEdit does) and metadata.json."""
-        written = save_interventions(directory, self._updates, metadata, self.concept_id)
-        if len(self.concepts) > 1:
-            for concept_id, updates in sorted(self.concepts.items()):
-                for layer, update in updates.items():
-                    save_concept_update(directory, layer, concept_id, update)
-        return written
+        """Write EasyEdit's layout as one unit: one `layer_<L>.pt` per layer (concepts stacked as EasyEdit
+        does), metadata.json and the manifest; layer files of other layers in `directory` are deleted."""
+        if len(self.concepts) <= 1:
+            return save_interventions(directory, self._updates, metadata, self.concept_id)
+        payloads: dict = {}
+        for concept_id, updates in sorted(self.concepts.items()):
+            for layer, update in updates.items():
+                payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
+        per_layer = {layer: {c: u[layer] for c, u in self.concepts.items() if layer in u} for layer in payloads}
+        meta = {**intervention_metadata(per_layer), "concepts": sorted(self.concepts), **(metadata or {})}
+        return write_directory(directory, payloads, meta)
 
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, layer: int) -> DynamicWeightUpdate:

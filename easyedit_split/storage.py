@@ -1,4 +1,4 @@
-"""Save and load interventions in EasyEdit's on-disk layout; atomic writes, safe loads.
+"""Save and load interventions in EasyEdit's on-disk layout; a saved directory is one unit.
 
 Layout: `<steer_vector_output_dir>/<dataset>/<alg>_<intervention_method>/layer_<L>.pt`
 (CAA: `caa_vector/`). Payloads, as EasyEdit writes and reads them:
@@ -6,57 +6,129 @@ Layout: `<steer_vector_output_dir>/<dataset>/<alg>_<intervention_method>/layer_<
 - lora: `{"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}`;
 - local_weight: `{"weight", "bias", "intervention_components", "concept_id"}`;
 - multi-concept lora/local_weight: `{concept_id: payload}`.
-Next to them `metadata.json` (model, layers, component, method, hparams, package version),
-which EasyEdit ignores. Files are loaded with `torch.load(..., weights_only=True)`: loading a
-steering file never runs pickled code.
+Next to them `metadata.json` (model, layers, component, method, hparams, package version) and
+`manifest.json`, both ignored by EasyEdit. The manifest is written first as "incomplete" and
+rewritten last listing every layer file with its size and SHA-256: loaders load exactly what a
+complete manifest lists, so a half-written, mixed or stale directory never loads. A directory
+with neither metadata nor manifest is EasyEdit's own and loads by its file names. Writers hold
+a lock file (`.easyedit_split.lock`, with the pid): a second writer is refused. See docs/storage.md.
+Files are loaded with `torch.load(..., weights_only=True)`: loading never runs pickled code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import pickle
+import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import __version__
 from .constants import canonical_alg_name, easyedit_alg_dir_name
-from .errors import StorageError
+from .errors import EasyEditSplitError, StorageError
 from .interventions import DynamicWeightUpdate, check_fits_model
 from .models import hidden_size, num_layers
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".easyedit_split.lock"
+MANIFEST_FORMAT = "easyedit_split.manifest"
+MANIFEST_VERSION = 1
 STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
+SAVE_DELAY_ENV = "EASYEDIT_SPLIT_TEST_SAVE_DELAY"
+"""Test hook: seconds to sleep before each layer file is written (the kill-while-saving test)."""
 PathLike = Union[str, Path]
+
+_LAYER_NAME = re.compile(r"^layer_(\d+)\.pt$")
+_STATE_NAME = re.compile(r"^train_state_layer_(\d+)\.json$")
+_WHAT_TO_DO = "re-run the training that writes it, or delete the directory"
+
+
+def check_inside(root: PathLike, path: PathLike, what: str) -> Path:
+    """`path` if it resolves inside `root`; else an error before anything is written.
+
+    Names taken from data or arguments (a dataset called `../../x`, `some/dir/sub/..`) must not
+    move a write out of the output directory the user chose.
+    """
+    root_resolved, resolved = Path(root).resolve(), Path(path).resolve()
+    if resolved == root_resolved or root_resolved not in resolved.parents:
+        raise StorageError(f"{path}: {what} would write outside the output directory {root} "
+                           f"(resolves to {resolved}); use a plain name without '..' or '/'")
+    return Path(path)
 
 
 def intervention_dir(output_dir: PathLike, dataset: Optional[str], alg_name: str, intervention_method: str = "vector") -> Path:
-    """EasyEdit's directory for one method's files: `<out>/<dataset>/<alg>_<method>` (CAA: `caa_vector`)."""
+    """EasyEdit's directory for one method's files: `<out>/<dataset>/<alg>_<method>` (CAA: `caa_vector`).
+
+    The dataset name must keep the directory inside `output_dir` (no `..`, no absolute path).
+    """
     alg = easyedit_alg_dir_name(alg_name)  # EasyEdit's spelling (`spilt`), so its appliers find the files
     leaf = "caa_vector" if alg == "caa" else f"{alg}_{intervention_method}"
+    if dataset is not None and (not str(dataset).strip() or Path(str(dataset)).is_absolute()):
+        raise StorageError(f"dataset name {dataset!r}: not usable as a directory name under {output_dir}")
     base = Path(output_dir) / dataset if dataset else Path(output_dir)
-    return base / leaf
+    directory = base / leaf
+    if dataset:
+        check_inside(output_dir, base, f"dataset name {dataset!r}")
+    return directory
 
 
 def layer_file(directory: PathLike, layer: int) -> Path:
     return Path(directory) / f"layer_{layer}.pt"
 
 
+def check_writable(path: PathLike, what: str = "output directory") -> Path:
+    """Fail now, before any compute, if `path` cannot become a writable directory.
+
+    Walks up to the nearest existing ancestor: a regular file there, or an ancestor this process
+    cannot write to, is an error naming it. Nothing is created.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise StorageError(f"{path}: cannot be the {what}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{path}: cannot be the {what}: {probe} is not writable")
+    return path
+
+
 # ----------------------------------------------------------------------------- atomic writes
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(..., "w")` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: PathLike, write: Any) -> Path:
-    """Run `write(tmp_path)` on a temporary file beside `path`, then rename it onto `path`."""
+    """Run `write(tmp_path)` on a temporary file beside `path`, then rename it onto `path`.
+
+    The file gets the umask's mode (mkstemp alone would make it 0600). A temporary file left by
+    a killed process is a hidden `.<name>.<random>.tmp`; loaders ignore it, writers delete it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -85,12 +157,104 @@ def atomic_write_json(path: PathLike, data: Any) -> Path:
 def safe_torch_load(path: PathLike) -> Any:
     """Load a steering file without unpickling code; errors name the file."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise StorageError(f"{path}: no such intervention file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, truncated files
-        raise StorageError(f"{path}: cannot be loaded as a weights-only torch file ({error})") from error
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise StorageError(f"{path}: refused: the file carries pickled code or objects ({found.group(1)}), not only "
+                               "tensors; intervention files are loaded weights-only, as plain tensors and dicts") from None
+        raise StorageError(f"{path}: refused: not a plain weights-only torch file (a pickle with operations other "
+                           "than tensors and dicts, which may carry code, or a truncated file)") from None
+    except Exception as error:  # truncated zip archives, text files, directories
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageError(f"{path}: not a readable torch file, it may be truncated ({first_line})") from None
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+class DirectoryLock:
+    """An exclusive lock on a method directory for one writer: `.easyedit_split.lock` holding the pid.
+
+    Created with O_EXCL, so of two processes only one gets it; the other gets a `StorageError`
+    naming the directory and the holder. A lock left by a process that no longer runs (killed)
+    is taken over with a warning. Re-entrant within a process (nested saves of one run).
+    """
+
+    _held: dict[Path, int] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, directory: PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+
+    def _key(self) -> Path:
+        return self.directory.resolve()
+
+    def acquire(self) -> "DirectoryLock":
+        with self._guard:
+            key = self._key()
+            if self._held.get(key):
+                self._held[key] += 1
+                return self
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _file_mode())
+                except FileExistsError:
+                    holder = lock_holder(self.directory)
+                    if holder is not None and _pid_alive(holder):
+                        raise StorageError(
+                            f"{self.directory}: another process (pid {holder}) is writing this directory "
+                            f"(lock file {self.path}); wait for it to finish or choose another output directory") from None
+                    logger.warning("%s: removing the lock of pid %s, which no longer runs (an interrupted save)",
+                                   self.directory, holder)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+                self._held[key] = 1
+                return self
+            raise StorageError(f"{self.directory}: could not take the lock file {self.path}; delete it if no run is writing here")
+
+    def release(self) -> None:
+        with self._guard:
+            key = self._key()
+            count = self._held.get(key, 0) - 1
+            if count > 0:
+                self._held[key] = count
+                return
+            self._held.pop(key, None)
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_holder(directory: PathLike) -> Optional[int]:
+    """The pid in a directory's lock file (None without one, or when unreadable)."""
+    try:
+        return int((Path(directory) / LOCK_FILE).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -121,7 +285,7 @@ def _is_multi_concept_dict(payload: Any) -> bool:
     return isinstance(payload, dict) and bool(payload) and all(isinstance(v, dict) for v in payload.values())
 
 
-def payload_method(payload: Any) -> str:
+def payload_method(payload: Any, source: str = "intervention") -> str:
     if isinstance(payload, torch.Tensor):
         return "vector"
     if _is_multi_concept_dict(payload):
@@ -130,14 +294,33 @@ def payload_method(payload: Any) -> str:
         return "lora"
     if isinstance(payload, dict) and "weight" in payload:
         return "local_weight"
-    raise StorageError(f"unrecognised intervention payload of type {type(payload).__name__}")
+    what = f"a dict with keys {sorted(map(str, payload))}" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+    raise StorageError(f"{source}: unrecognised intervention payload ({what}); expected a tensor [hidden] or "
+                       "[n_concepts, hidden], a dict with lora_A/lora_B, or a dict with weight/bias")
+
+
+def _check_tensor(value: Any, key: str, source: str) -> torch.Tensor:
+    """A floating-point tensor with finite values, or an error naming the file and key."""
+    if not isinstance(value, torch.Tensor):
+        raise StorageError(f"{source}: '{key}' must be a tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise StorageError(f"{source}: '{key}' has dtype {value.dtype}; steering tensors are floating point")
+    if value.numel() == 0:
+        raise StorageError(f"{source}: '{key}' is empty (shape {tuple(value.shape)})")
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise StorageError(f"{source}: '{key}' holds {bad} non-finite values (nan or inf); the file cannot steer a model")
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
 
 
 def payload_to_update(
     payload: Any, concept_id: int = 0, source: str = "intervention", component: Optional[str] = None
 ) -> DynamicWeightUpdate:
-    """Turn an EasyEdit payload (any of the three forms, single or multi-concept) into an update."""
-    method = payload_method(payload)
+    """Turn an EasyEdit payload (any of the three forms, single or multi-concept) into an update.
+
+    Tensors must be floating point and finite; every error names `source` (the file).
+    """
+    method = payload_method(payload, source)
     if method == "vector":
         tensor = payload
         if tensor.dim() == 2:
@@ -146,24 +329,56 @@ def payload_to_update(
             tensor = tensor[concept_id]
         if tensor.dim() != 1:
             raise StorageError(f"{source}: a vector must be [hidden] or [n_concepts, hidden], got {tuple(payload.shape)}")
-        return DynamicWeightUpdate.from_vector(tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor)
+        return DynamicWeightUpdate.from_vector(_check_tensor(tensor, "vector", source))
     if _is_multi_concept_dict(payload):
         if concept_id not in payload:
-            raise StorageError(f"{source}: concept_id {concept_id} not found (has {sorted(payload)})")
+            raise StorageError(f"{source}: concept_id {concept_id} not found (has {sorted(map(str, payload))})")
         payload = payload[concept_id]
     required = ("lora_A", "lora_B") if method == "lora" else ("weight",)
     missing = [key for key in required if key not in payload]
     if missing:
-        raise StorageError(f"{source}: {method} payload lacks keys {missing} (has {sorted(payload)})")
+        raise StorageError(f"{source}: {method} payload lacks keys {missing} (has {sorted(map(str, payload))})")
     part = component or payload.get("intervention_components", "mlp_mid")
-    if method == "lora":
-        update = DynamicWeightUpdate.from_lora(payload["lora_A"], payload["lora_B"], component=part, alpha=payload.get("alpha"))
-    else:
-        update = DynamicWeightUpdate.from_local_weight(payload["weight"], payload.get("bias"), component=part)
-    return update
+    try:
+        if method == "lora":
+            return DynamicWeightUpdate.from_lora(_check_tensor(payload["lora_A"], "lora_A", source),
+                                                 _check_tensor(payload["lora_B"], "lora_B", source),
+                                                 component=part, alpha=payload.get("alpha"))
+        bias = payload.get("bias")
+        return DynamicWeightUpdate.from_local_weight(_check_tensor(payload["weight"], "weight", source),
+                                                     None if bias is None else _check_tensor(bias, "bias", source),
+                                                     component=part)
+    except StorageError as error:
+        if str(error).startswith(source):
+            raise
+        raise StorageError(f"{source}: {error}") from None
+    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+        raise StorageError(f"{source}: not a usable {method} payload ({error})") from None
 
 
-# ----------------------------------------------------------------------------- directories
+def stack_concept_payload(existing: Any, concept_id: int, update: DynamicWeightUpdate) -> Any:
+    """`existing` (a stacked layer payload, or None) with `concept_id`'s update put in (vectors: its row)."""
+    payload = update_to_payload(update, concept_id)
+    if update.method == "vector":
+        rows = existing if isinstance(existing, torch.Tensor) and existing.dim() == 2 else torch.zeros(0, payload.shape[0])
+        if rows.shape[0] <= concept_id:
+            rows = torch.cat([rows, torch.zeros(concept_id + 1 - rows.shape[0], payload.shape[0], dtype=rows.dtype)])
+        rows = rows.clone()
+        rows[concept_id] = payload
+        return rows
+    combined = dict(existing) if _is_multi_concept_dict(existing) else {}
+    combined[int(concept_id)] = payload
+    return combined
+
+
+def payload_concept_count(payload: Any) -> int:
+    """Concepts one layer payload holds: rows of a stacked vector, entries of a concept dict, else 1."""
+    if isinstance(payload, torch.Tensor):
+        return int(payload.shape[0]) if payload.dim() == 2 else 1
+    return len(payload) if _is_multi_concept_dict(payload) else 1
+
+
+# ----------------------------------------------------------------------------- metadata
 
 
 def intervention_metadata(
@@ -206,35 +421,128 @@ def intervention_metadata(
     return meta
 
 
-def save_interventions(
-    directory: PathLike, updates: Mapping[int, DynamicWeightUpdate], metadata: Optional[dict] = None, concept_id: int = 0
-) -> list[Path]:
-    """Write one `layer_<L>.pt` per update plus `metadata.json`, each atomically.
+# ----------------------------------------------------------------------------- writing a directory
 
-    `metadata` (usually built by `intervention_metadata`) goes on top of `intervention_metadata(updates)`.
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_delay() -> None:
+    delay = os.environ.get(SAVE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    for path in directory.glob(".*.tmp"):
+        logger.info("%s: removing a temporary file left by an interrupted write", path)
+        path.unlink(missing_ok=True)
+
+
+def begin_directory_write(directory: PathLike, keep_layers: Optional[Sequence[int]] = None) -> Path:
+    """Mark `directory` as being written (incomplete manifest), delete stale temporaries, and
+    (with `keep_layers`) layer files and resume states of other layers. Call with the lock held."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(directory)
+    atomic_write_json(directory / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                                                  "complete": False, "writer_pid": os.getpid()})
+    if keep_layers is not None:
+        keep = {int(layer) for layer in keep_layers}
+        for path in directory.iterdir():
+            match = _LAYER_NAME.match(path.name) or _STATE_NAME.match(path.name)
+            if match and int(match.group(1)) not in keep:
+                logger.warning("%s: removed, left by an earlier run (this save writes layers %s)", path, sorted(keep))
+                path.unlink()
+    return directory
+
+
+def finish_directory_write(directory: PathLike, layers: Sequence[int], **extra: Any) -> Path:
+    """Write the complete manifest, last: the listed layer files (size, SHA-256) and concept count."""
+    directory = Path(directory)
+    files: dict[str, Any] = {}
+    n_concepts = 0
+    for layer in sorted(int(layer) for layer in layers):
+        path = layer_file(directory, layer)
+        files[path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    meta_path = directory / METADATA_FILE
+    if meta_path.exists():
+        files[METADATA_FILE] = {"bytes": meta_path.stat().st_size, "sha256": _sha256(meta_path)}
+    if "n_concepts" in extra:
+        n_concepts = int(extra.pop("n_concepts"))
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "complete": True,
+                "package_version": __version__, "layers": sorted(int(layer) for layer in layers),
+                "n_concepts": n_concepts, "files": files, **extra}
+    return atomic_write_json(directory / MANIFEST_FILE, manifest)
+
+
+def write_directory(directory: PathLike, payloads: Mapping[int, Any], metadata: Optional[dict] = None,
+                    layers: Optional[Sequence[int]] = None, train_state: Optional[Mapping[int, Sequence[int]]] = None,
+                    alg_name: Optional[str] = None) -> list[Path]:
+    """Write a method directory as one unit: lock, incomplete manifest, the `payloads`' layer files,
+    metadata, resume states, then the complete manifest.
+
+    `layers` (default: the payloads' layers) is what the directory holds afterwards: layer files
+    of other layers are deleted, and only payloads that changed need to be passed.
     """
     directory = Path(directory)
-    written = [atomic_torch_save(update_to_payload(u, concept_id), layer_file(directory, layer)) for layer, u in updates.items()]
-    written.append(atomic_write_json(directory / METADATA_FILE, {**intervention_metadata(updates), **(metadata or {})}))
+    layers = sorted(int(layer) for layer in (layers if layers is not None else payloads))
+    written: list[Path] = []
+    with DirectoryLock(directory):
+        try:
+            previous = read_manifest(directory)
+        except StorageError:
+            previous = None
+        begin_directory_write(directory, keep_layers=layers)
+        for layer, payload in payloads.items():
+            _save_delay()
+            written.append(atomic_torch_save(payload, layer_file(directory, layer)))
+        if metadata is not None:
+            written.append(atomic_write_json(directory / METADATA_FILE, metadata))
+        for layer, concepts in (train_state or {}).items():
+            written.append(write_train_state(directory, layer, concepts, alg_name=alg_name))
+        counts = [payload_concept_count(payload) for payload in payloads.values()]
+        if previous is not None and previous.get("complete") and set(payloads) != set(layers):
+            counts.append(int(previous.get("n_concepts", 0) or 0))  # layers not rewritten keep their count
+        written.append(finish_directory_write(directory, layers, n_concepts=max(counts, default=0)))
     return written
 
 
+def save_interventions(
+    directory: PathLike, updates: Mapping[int, DynamicWeightUpdate], metadata: Optional[dict] = None, concept_id: int = 0
+) -> list[Path]:
+    """Write one `layer_<L>.pt` per update, `metadata.json` and the manifest, as one unit.
+
+    `metadata` (usually built by `intervention_metadata`) goes on top of `intervention_metadata(updates)`.
+    Layer files of other layers left in `directory` by an earlier run are deleted.
+    """
+    payloads = {int(layer): update_to_payload(u, concept_id) for layer, u in updates.items()}
+    return write_directory(directory, payloads, {**intervention_metadata(updates), **(metadata or {})})
+
+
 def save_concept_update(directory: PathLike, layer: int, concept_id: int, update: DynamicWeightUpdate) -> Path:
-    """Add one concept's update to the stacked multi-concept file (vectors: row `concept_id`)."""
-    path = layer_file(directory, layer)
-    existing = safe_torch_load(path) if path.exists() else None
-    payload = update_to_payload(update, concept_id)
-    if update.method == "vector":
-        rows = existing if isinstance(existing, torch.Tensor) and existing.dim() == 2 else torch.zeros(0, payload.shape[0])
-        if rows.shape[0] <= concept_id:
-            rows = torch.cat([rows, torch.zeros(concept_id + 1 - rows.shape[0], payload.shape[0], dtype=rows.dtype)])
-        rows = rows.clone()
-        rows[concept_id] = payload
-        combined: Any = rows
-    else:
-        combined = dict(existing) if _is_multi_concept_dict(existing) else {}
-        combined[int(concept_id)] = payload
-    return atomic_torch_save(combined, path)
+    """Add one concept's update to the stacked multi-concept file (vectors: row `concept_id`) and re-seal
+    the manifest; the directory's other layer files are kept."""
+    directory = Path(directory)
+    with DirectoryLock(directory):
+        path = layer_file(directory, layer)
+        existing = safe_torch_load(path) if path.exists() else None
+        layers = sorted(set(listed_or_present_layers(directory)) | {int(layer)})
+        write_directory(directory, {int(layer): stack_concept_payload(existing, concept_id, update)}, layers=layers)
+    return path
+
+
+def listed_or_present_layers(directory: PathLike) -> list[int]:
+    """Layers a directory's complete manifest lists, else the layer files present (for writers extending it)."""
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest.get("complete"):
+        return [int(layer) for layer in manifest.get("layers", [])]
+    return layer_files(directory, strict=False)
 
 
 def train_state_file(directory: PathLike, layer: int) -> Path:
@@ -256,40 +564,129 @@ def read_finished_concepts(directory: PathLike, layer: int) -> list[int]:
         return []
     try:
         return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
-    except (ValueError, AttributeError) as error:
+    except (ValueError, AttributeError, TypeError) as error:
         raise StorageError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
+
+
+# ----------------------------------------------------------------------------- reading a directory
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StorageError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StorageError(f"{path}: unreadable {what} ({error})") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"{path}: the {what} must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_metadata(directory: PathLike) -> dict:
     path = Path(directory) / METADATA_FILE
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise StorageError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from error
+    return _read_json_object(path, "metadata")
 
 
-def available_layers(directory: PathLike) -> list[int]:
+def read_manifest(directory: PathLike) -> Optional[dict]:
+    """The directory's manifest (None without one)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    return _read_json_object(path, "manifest")
+
+
+def layer_files(directory: PathLike, strict: bool = True) -> list[int]:
+    """Layers of the `layer_<L>.pt` files present; with `strict`, any other `layer_*.pt` name is an error."""
+    directory = Path(directory)
     layers = []
-    for path in Path(directory).glob("layer_*.pt"):
-        try:
-            layers.append(int(path.stem.split("_", 1)[1]))
-        except ValueError:
-            continue
+    for path in directory.glob("layer_*.pt"):
+        match = _LAYER_NAME.match(path.name)
+        if match:
+            layers.append(int(match.group(1)))
+        elif strict:
+            raise StorageError(f"{directory}: '{path.name}' is not a layer file name layer_<L>.pt with a layer L >= 0; "
+                               "rename or delete it")
     return sorted(layers)
+
+
+def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = False) -> list[int]:
+    """The layers that may be loaded from `directory`, after checking it is one complete unit.
+
+    - with a manifest: it must be complete, every `layer_<L>.pt` present must be listed, and (with
+      `verify`) every listed file must have its recorded size and SHA-256;
+    - without one: a directory with neither `metadata.json` nor a lock file is EasyEdit's own and
+      its layer files are listed; anything else of ours without a complete manifest is refused
+      unless `allow_unmanifested` (then it is read as EasyEdit's).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StorageError(f"{directory}: no such intervention directory")
+    holder = lock_holder(directory) if (directory / LOCK_FILE).exists() else None
+    if (directory / LOCK_FILE).exists() and holder is not None and holder != os.getpid() and _pid_alive(holder):
+        raise StorageError(f"{directory}: process {holder} is still writing it (lock file {LOCK_FILE}); load it when that run has finished")
+    manifest = read_manifest(directory)
+    present = layer_files(directory, strict=True)
+    if manifest is None:
+        ours = (directory / METADATA_FILE).exists() or (directory / LOCK_FILE).exists()
+        if ours and not allow_unmanifested:
+            reason = ("a save was interrupted (its lock file is still there)" if (directory / LOCK_FILE).exists()
+                      else "it was not completely saved, or was written before manifests existed")
+            raise StorageError(f"{directory}: has {METADATA_FILE} but no {MANIFEST_FILE}: {reason}. Re-run the training "
+                               "that writes it, or delete the directory; to read it anyway as EasyEdit's files, use "
+                               "allow_unmanifested=True (command line: --easyedit-dir)")
+        if not present:
+            raise StorageError(f"{directory}: holds no layer_<L>.pt files")
+        return present
+    source = directory / MANIFEST_FILE
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise StorageError(f"{source}: not an easyedit_split manifest (format {manifest.get('format')!r})")
+    if manifest.get("complete") is not True:
+        raise StorageError(f"{directory}: incomplete ({MANIFEST_FILE} is marked incomplete): a save was interrupted "
+                           f"and the files may be half written; {_WHAT_TO_DO}")
+    if not isinstance(manifest.get("files"), dict):
+        raise StorageError(f"{source}: 'files' must map file names to their size and SHA-256")
+    try:
+        layers = sorted(int(layer) for layer in manifest.get("layers", []))
+    except (TypeError, ValueError):
+        raise StorageError(f"{source}: 'layers' must be a list of integers, got {manifest.get('layers')!r}") from None
+    unlisted = sorted(set(present) - set(layers))
+    if unlisted:
+        names = ", ".join(layer_file(directory, layer).name for layer in unlisted)
+        raise StorageError(f"{directory}: {names} not listed in {MANIFEST_FILE} (left by another run?); delete "
+                           f"{'them' if len(unlisted) > 1 else 'it'} or {_WHAT_TO_DO}")
+    for layer in layers:
+        path = layer_file(directory, layer)
+        entry = manifest["files"].get(path.name)
+        if not path.is_file():
+            raise StorageError(f"{path}: missing, though {MANIFEST_FILE} lists it; {_WHAT_TO_DO}")
+        if not isinstance(entry, dict):
+            raise StorageError(f"{source}: no entry for {path.name}")
+        if entry.get("bytes") is not None and path.stat().st_size != entry["bytes"]:
+            raise StorageError(f"{path}: {path.stat().st_size} bytes, but {MANIFEST_FILE} recorded {entry['bytes']} "
+                               f"(changed or truncated since it was saved); {_WHAT_TO_DO}")
+        if verify and entry.get("sha256") and _sha256(path) != entry["sha256"]:
+            raise StorageError(f"{path}: its SHA-256 differs from {MANIFEST_FILE} (changed since it was saved); {_WHAT_TO_DO}")
+    return layers
 
 
 def check_model_matches(metadata: dict, model: nn.Module, source: str) -> None:
     """Metadata written for another model is an error, not a silent mis-application."""
-    expected = metadata.get("hidden_size")
-    if expected is not None and int(expected) != hidden_size(model):
+    try:
+        expected = metadata.get("hidden_size")
+        expected = int(expected) if expected is not None else None
+        layers = metadata.get("num_layers")
+        layers = int(layers) if layers is not None else None
+    except (TypeError, ValueError):
+        raise StorageError(f"{source}: hidden_size/num_layers in {METADATA_FILE} are not integers") from None
+    if expected is not None and expected != hidden_size(model):
         raise StorageError(
             f"{source}: written for a model with hidden size {expected} ({metadata.get('model', '?')}), "
             f"but this model has hidden size {hidden_size(model)}"
         )
-    layers = metadata.get("num_layers")
-    if layers is not None and int(layers) != num_layers(model):
+    if layers is not None and layers != num_layers(model):
         raise StorageError(
             f"{source}: written for a model with {layers} layers ({metadata.get('model', '?')}), "
             f"but this model has {num_layers(model)}"
@@ -302,16 +699,18 @@ def load_interventions(
     concept_id: int = 0,
     model: Optional[nn.Module] = None,
     intervention_method: Optional[str] = None,
+    allow_unmanifested: bool = False,
 ) -> dict[int, DynamicWeightUpdate]:
-    """Load `layer_<L>.pt` files (all, or `layers`) from an EasyEdit-layout directory.
+    """Load the layers (all, or `layers`) a directory's manifest lists (EasyEdit's directories: its files).
 
-    With `model`, shapes and metadata are checked against it. `intervention_method`, when
-    given, must match what the files hold.
+    The directory must be one complete unit (see `listed_layers`). With `model`, shapes and
+    metadata are checked against it. `intervention_method`, when given, must match the files.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise StorageError(f"{directory}: no such intervention directory")
-    wanted = list(layers) if layers is not None else available_layers(directory)
+    listed = listed_layers(directory, allow_unmanifested=allow_unmanifested, verify=True)
+    if concept_id < 0:
+        raise StorageError(f"{directory}: concept_id must be >= 0, got {concept_id}")
+    wanted = list(layers) if layers is not None else listed
     if not wanted:
         raise StorageError(f"{directory}: holds no layer_<L>.pt files")
     metadata = read_metadata(directory)
@@ -320,14 +719,21 @@ def load_interventions(
     updates: dict[int, DynamicWeightUpdate] = {}
     for layer in wanted:
         path = layer_file(directory, layer)
-        if not path.exists():
-            raise StorageError(f"{path}: missing (the directory has layers {available_layers(directory)})")
+        if layer not in listed:
+            raise StorageError(f"{path}: missing: layer {layer} is not in this directory (it holds layers {listed})")
+        if model is not None and not 0 <= int(layer) < num_layers(model):
+            raise StorageError(f"{path}: layer {layer} is outside the model's {num_layers(model)} layers")
         payload = safe_torch_load(path)
         update = payload_to_update(payload, concept_id=concept_id, source=str(path))
         if intervention_method and update.method != intervention_method:
             raise StorageError(f"{path}: holds a '{update.method}' intervention, but intervention_method is '{intervention_method}'")
         if model is not None:
-            check_fits_model(update, model, layer, source=str(path))
+            try:
+                check_fits_model(update, model, layer, source=str(path))
+            except (EasyEditSplitError, ValueError, RuntimeError) as error:
+                if str(error).startswith(str(path)):
+                    raise
+                raise StorageError(f"{path}: {error}") from None
         updates[layer] = update
     return updates
 
@@ -342,11 +748,6 @@ def load_interventions(
 #         <intervention>_<method>_m<m>_<winning_only|losing_only>/train_losses.csv
 #
 # <method> is EasyEdit's directory name (`constants.easyedit_alg_dir_name`: SPLIT is `spilt`).
-# (Imports kept here, with this appended section, so parallel edits of the file header merge cleanly.)
-from typing import Iterable  # noqa: E402
-
-from .constants import easyedit_alg_dir_name  # noqa: E402
-
 EASYEDIT_EXPERIMENT_DIR = Path("hparams/Steer/experiment_hparams") / f"{easyedit_alg_dir_name('split')}_experiment"
 """EasyEdit's hparams tree of the SPLIT experiments, relative to its checkout."""
 LOSS_CSV_NAME = "train_losses.csv"

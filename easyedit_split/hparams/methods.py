@@ -16,7 +16,7 @@ from ..constants import (
 )
 from ..errors import HparamsError
 from .base import HyperParams
-from .reading import apply_value_aliases, check_choice, check_min, check_unit_interval
+from .reading import apply_value_aliases, check_choice, check_finite_fields, check_min, check_unit_interval
 
 INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
@@ -36,7 +36,8 @@ def _alg_names(alg_name: str) -> tuple:
 
 
 def _check_alg_name_and_layers(params: Any) -> None:
-    """What every method's train and apply file shares: a known `alg_name` and non-negative layers."""
+    """What every method's train and apply file shares: a known `alg_name`, non-negative layers, finite numbers."""
+    check_finite_fields(params)
     if not params.alg_name and params.ALG_NAMES:
         params.alg_name = params.ALG_NAMES[0]
     if params.ALG_NAMES:

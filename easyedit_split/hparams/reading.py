@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import difflib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -184,6 +185,17 @@ def check_min(key: str, value: Any, minimum: float, strict: bool = False) -> Non
     if (value <= minimum) if strict else (value < minimum):
         relation = "greater than" if strict else "at least"
         raise HparamsError(f"key '{key}': must be {relation} {minimum}, got {value!r}")
+
+
+def check_finite_fields(params: Any) -> None:
+    """Every float (and list-of-float) field is finite: YAML's `.nan`/`.inf` are numbers to PyYAML,
+    and one NaN steering factor or multiplier silently turns every output into NaN."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise HparamsError(f"key '{f.name}': {item!r} is not a finite number")
 
 
 def check_unit_interval(key: str, value: float) -> None:
