@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split of a shipped dataset (default: test)")
     parser.add_argument("--multipliers", nargs="+", default=None,
                         help="values and start:stop:step ranges, e.g. -2,0,2 or --multipliers=-8:8:2 (write '=' before a "
-                             f"value that starts with '-' and holds ':'); default: each method's form sweep "
+                             "value that starts with '-' and holds ':'); default: each method's form sweep "
                              "(21 points up to 20 for vectors, 2 for lora/local_weight; evaluation/config.py)")
     parser.add_argument("--output-dir", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
     parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
