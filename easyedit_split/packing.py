@@ -102,8 +102,10 @@ class PackedLayout:
     def to_sequences(self, packed_values: torch.Tensor, rows: torch.Tensor, branches: torch.Tensor,
                      width: int) -> torch.Tensor:
         """The inverse of `to_packed` for a selection: `[len(rows), width]` values of the sequence
-        of branch `branches[i]` (1 matching, 2 not-matching) from packed row `rows[i]`."""
-        branch, position = self.branch[rows], self.position_ids[rows]
+        of branch `branches[i]` (1 matching, 2 not-matching) from packed row `rows[i]` (the values may
+        cover only the first positions of the packed rows)."""
+        packed_width = packed_values.shape[1]
+        branch, position = self.branch[rows, :packed_width], self.position_ids[rows, :packed_width]
         take = (branch == 0) | (branch == branches.unsqueeze(1))
         column = torch.where(take & (position < width), position, torch.full_like(position, width))
         out = torch.zeros(len(rows), width + 1, dtype=packed_values.dtype, device=packed_values.device)
