@@ -12,9 +12,10 @@ the dtype and this package's code. `capture` keys it on exactly that:
   a file named by the key's hash, so a changed model, layer, data, template, dtype or package
   version can only miss, never load a stale capture.
 
-The model's identity in the key is its config, name/revision, attention implementation and a
-fingerprint of its weights (a strided sample of every parameter tensor: a fine-tuned or
-re-initialised model with the same config differs there).
+The model's identity in the key is its config, name/revision, attention implementation and its
+weights: on disk a SHA-256 of every parameter's bytes (hashed once per process and weights state),
+in memory the model object itself and its parameters' version counters (which every in-place
+edit bumps).
 
 Captures are made in chunks of rows that fit `memory_mb` (results do not depend on it), and are
 kept on `storage_device` (CPU memory for a model on a GPU; the replay moves selected rows over).
@@ -24,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,16 +68,28 @@ def clear_memory_cache() -> None:
     _MEMORY.clear()
 
 
-def _weights_fingerprint(model: nn.Module, samples: int = 64) -> str:
-    digest = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        flat = parameter.detach().reshape(-1)
-        step = max(1, flat.numel() // samples)
-        sample = torch.cat([flat[::step][:samples], flat[-1:]]).float().cpu()
-        digest.update(name.encode())
-        digest.update(str(tuple(parameter.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
+_MODEL_TOKENS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_DIGESTS: dict[tuple[str, int], str] = {}
+
+
+def _weights_state(model: nn.Module) -> tuple[str, int]:
+    """This model object (a token no later object reuses) and the state of its weights: every
+    in-place change of a parameter bumps its version counter, so any edit changes the state."""
+    token = _MODEL_TOKENS.setdefault(model, uuid.uuid4().hex)
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    return token, hash(versions)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's name, shape, dtype and bytes (computed once per weights state)."""
+    state = _weights_state(model)
+    if state not in _DIGESTS:
+        digest = hashlib.sha256()
+        for name, parameter in model.named_parameters():
+            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
+            digest.update(parameter.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        _DIGESTS[state] = digest.hexdigest()
+    return _DIGESTS[state]
 
 
 def _layout_digest(lay: PackedLayout) -> str:
@@ -85,18 +100,23 @@ def _layout_digest(lay: PackedLayout) -> str:
     return digest.hexdigest()
 
 
-def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_length: int, template: str = "") -> str:
+def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_length: int, template: str = "",
+                on_disk: bool = True) -> str:
     """The hash every cached capture is stored under: model (config, name, revision, attention
-    implementation, weights fingerprint), dtype, start layer, the layout's token ids, positions
-    and branches, the prefix length, the chat template text and the package version."""
+    implementation, weights), dtype, start layer, the layout's token ids, positions and branches,
+    the prefix length, the chat template text and the package version.
+
+    The weights enter as a SHA-256 of all their bytes (`on_disk`, computed once per weights state),
+    or, for the in-memory cache, as this model object and its parameters' version counters."""
     config = getattr(model, "config", None)
+    weights = _weights_digest(model) if on_disk else "object={}:{}".format(*_weights_state(model))
     parts = [
         f"package={__version__}",
         f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
         f"name={getattr(config, 'name_or_path', '')}",
         f"revision={getattr(config, '_commit_hash', '')}",
         f"attention={getattr(config, '_attn_implementation', '')}",
-        f"weights={_weights_fingerprint(model)}",
+        f"weights={weights}",
         f"dtype={next(model.parameters()).dtype}",
         f"layer={start_layer}",
         f"prefix={prefix_length}",
@@ -119,9 +139,9 @@ def rows_per_chunk(model: nn.Module, width: int, memory_mb: Optional[float]) -> 
     return max(1, int(memory_mb * 2**20 // (per_token * width)))
 
 
-def _cache_file(cache_dir: Optional[str | Path], key: str) -> Optional[Path]:
+def _cache_dir(cache_dir: Optional[str | Path]) -> Optional[Path]:
     directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_ENV)
-    return Path(directory) / f"capture-{key}.pt" if directory else None
+    return Path(directory) if directory else None
 
 
 def _to_payload(entry: Capture) -> dict[str, Any]:
@@ -199,12 +219,13 @@ def capture(
     from memory, from disk, or computed in row chunks under `memory_mb` and then cached."""
     run_device = next(get_decoder_layers(model)[start_layer].parameters()).device
     storage = torch.device("cpu") if run_device.type != "cpu" else run_device
-    key = capture_key(model, lay, start_layer, prefix_length, template) if use_cache else ""
+    key = capture_key(model, lay, start_layer, prefix_length, template, on_disk=False) if use_cache else ""
     if use_cache and key in _MEMORY:
         _MEMORY.move_to_end(key)
         entry = _MEMORY[key]
         return Capture(entry.inputs, entry.prefix, key, "memory")
-    path = _cache_file(cache_dir, key) if use_cache else None
+    directory = _cache_dir(cache_dir) if use_cache else None
+    path = directory / f"capture-{capture_key(model, lay, start_layer, prefix_length, template)}.pt" if directory else None
     entry = _load(path, key, storage, run_device) if path is not None and path.exists() else None
     if entry is None:
         chunk = rows_per_chunk(model, lay.input_ids.shape[1], memory_mb)

@@ -65,8 +65,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
+    from .hparams import load_hparams
+
+    hparams = load_hparams(args.hparams)
     overrides = {"model_name_or_path": args.model} if args.model else {}
-    editor = SteerEditor.from_hparams(args.hparams, **overrides)
+    if args.fast_path_memory_mb is not None:
+        if not hasattr(hparams, "fast_path_memory_mb"):
+            raise SystemExit(f"--fast-path-memory-mb: {args.hparams} trains {hparams.alg_name}, which has no fast path")
+        overrides["fast_path_memory_mb"] = args.fast_path_memory_mb
+    editor = SteerEditor.from_hparams(hparams, **overrides)
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0
@@ -118,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
                             "(default: the file's steer_vector_output_dir, else the current directory)")
     train.add_argument("--model", default=None)
+    train.add_argument("--fast-path-memory-mb", type=float, default=None,
+                       help="memory budget (MiB) of the fast path's capture and reference passes; results do not "
+                            "depend on it (default: the file's fast_path_memory_mb, else 2048)")
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")

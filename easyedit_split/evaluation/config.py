@@ -35,6 +35,9 @@ class EvaluatorConfig:
         frontier_max_loss: largest utility loss (nats) the preference-utility frontier spans.
         progress: tqdm progress bars.
         steer_from: first steered position; None = after the chat template's common prefix.
+        memory_mb: working-set budget (MiB) of one capture or replay pass of the sweep: rows are
+            processed in chunks that fit it (None = only `batch_size` limits them). Scores do not
+            depend on it; on a GPU the captured inputs are kept in CPU memory.
     """
 
     multipliers: Sequence[float] = DEFAULT_SWEEP
@@ -49,6 +52,7 @@ class EvaluatorConfig:
     frontier_max_loss: float = 3.0
     progress: bool = True
     steer_from: Optional[int] = None
+    memory_mb: Optional[float] = 2048.0
 
     def __post_init__(self) -> None:
         if self.nll_mode not in NLL_MODES:
@@ -61,6 +65,8 @@ class EvaluatorConfig:
         if not all(math.isfinite(m) for m in multipliers):
             raise ValueError(f"multipliers: every value must be finite, got {multipliers}")
         self.multipliers = tuple(sorted(multipliers))
+        if self.memory_mb is not None and not self.memory_mb > 0:
+            raise ValueError(f"memory_mb: must be greater than 0 (or None), got {self.memory_mb}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
         if self.n_bootstrap < 0:

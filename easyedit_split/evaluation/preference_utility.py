@@ -114,6 +114,7 @@ class PreferenceUtilityEvaluator:
         self.utility_loss = float(config.utility_loss)
         self.frontier_max_loss = float(config.frontier_max_loss)
         self.progress = config.progress
+        self.memory_mb = config.memory_mb
         steer_from = config.steer_from
         if steer_from is None:  # as training steers: from the first token after the template's common prefix
             steer_from = steering_prefix_length(tokenizer, self.prompt_format) if tokenizer is not None else 0
@@ -169,7 +170,8 @@ class PreferenceUtilityEvaluator:
         info.update(_describe_updates(updates))
         encoded = self._encode(pairs)
         common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
-                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=self.steer_from)
+                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=self.steer_from,
+                      memory_mb=self.memory_mb)
         started = time.perf_counter()
         probe = None
         if self.manifold is not None:
