@@ -569,6 +569,7 @@ def train_layer(
         update.train()
         if fast:
             prepared.capture(model, layer)
+            logger.info("layer %d: inputs of %d packed rows: %s", layer, prepared.n_examples, prepared.capture_source)
         if needs_reference and fast:
             prepared.compute_reference(model, fast=True)
         generator = torch.Generator().manual_seed(seed)

@@ -118,3 +118,19 @@ def test_rows_per_chunk_shrinks_with_the_budget():
     assert capture_cache.rows_per_chunk(model, 16, None) > 10**6
     big, small = capture_cache.rows_per_chunk(model, 16, 100.0), capture_cache.rows_per_chunk(model, 16, 1.0)
     assert big > small >= 1
+
+
+def test_sft_after_split_on_the_same_data_captures_once(monkeypatch):
+    """The main job's pattern: two methods trained in one process on the same model, layer and data."""
+    from easyedit_split.hparams import SFTHyperParams
+    from easyedit_split.methods import sft, split
+
+    calls = []
+    original = capture_cache.capture_layout
+    monkeypatch.setattr(capture_cache, "capture_layout", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model, pairs = build_tiny_model("llama"), word_pairs(4)
+    split.train(make_hparams(n_epochs=1), pairs, model, WordTokenizer(), progress=False)
+    fields = {f.name for f in dataclasses.fields(SFTHyperParams)}
+    values = {k: v for k, v in dataclasses.asdict(make_hparams(n_epochs=1)).items() if k in fields}
+    sft.train(SFTHyperParams(**{**values, "alg_name": "sft"}), pairs, model, WordTokenizer(), progress=False)
+    assert len(calls) == 1
