@@ -104,22 +104,27 @@ def _concat_rows(values: list[Any]) -> Any:
 
 def concat_captures(parts: list[CapturedInputs], device: Optional[torch.device] = None) -> CapturedInputs:
     """One capture from captures of consecutive row chunks of the same width (chunked capture
-    under a memory budget), kept on `device` (e.g. CPU memory for a model on a GPU)."""
+    under a memory budget), kept on `device` (e.g. CPU memory for a model on a GPU). Layers of one
+    attention type share their masks and rotary tables; they stay shared (merged and moved once)."""
     first = parts[0]
     move = (lambda v: v) if device is None else (lambda v: _select_rows(v, torch.arange(0), 0, device))
-    if len(parts) == 1:
-        kwargs = [{k: move(v) for k, v in layer.items()} for layer in first.layer_kwargs]
-        return CapturedInputs(first.start_layer, move(first.hidden_states), kwargs, first.batch.to(device or first.batch.input_ids.device))
-    kwargs = []
+    kwargs, done = [], {}
     for offset, layer in enumerate(first.layer_kwargs):
         merged = {}
         for key, value in layer.items():
-            if key in _BATCH_FIRST_KWARGS and value is not None:
-                value = _concat_rows([_rows_per_sample(p.layer_kwargs[offset][key], len(p)) for p in parts])
-            merged[key] = move(value)
+            sources = [p.layer_kwargs[offset][key] for p in parts]
+            identity = (key, *map(id, sources))
+            if identity not in done:
+                if key in _BATCH_FIRST_KWARGS and value is not None and len(parts) > 1:
+                    value = _concat_rows([_rows_per_sample(v, len(p)) for v, p in zip(sources, parts)])
+                done[identity] = move(value)
+            merged[key] = done[identity]
         kwargs.append(merged)
-    batch = TokenBatch(*(torch.cat([getattr(p.batch, f) for p in parts]) for f in ("input_ids", "attention_mask", "labels")))
-    hidden = torch.cat([p.hidden_states for p in parts])
+    if len(parts) == 1:
+        batch, hidden = first.batch, first.hidden_states
+    else:
+        batch = TokenBatch(*(torch.cat([getattr(p.batch, f) for p in parts]) for f in ("input_ids", "attention_mask", "labels")))
+        hidden = torch.cat([p.hidden_states for p in parts])
     return CapturedInputs(first.start_layer, move(hidden), kwargs, batch.to(device or batch.input_ids.device))
 
 
