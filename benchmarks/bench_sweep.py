@@ -1,32 +1,35 @@
 """Benchmark: scoring a multiplier sweep, naive (EasyEdit-style) vs the batched cached path.
 
-Setup: the offline default model (SmolLM2-135M-Instruct, fp32, CPU), a CAA-style vector at
-layer 15 computed inline as the mean over the 129 sentiment *train* pairs of (mean layer-15
+Setup (defaults; `--model`, `--device`, `--dtype`, `--layer`, `--pairs`, `--k` change them): the
+offline default model (SmolLM2-135M-Instruct, fp32, CPU), a CAA-style vector at layer 15 computed inline as the mean over the 129 sentiment *train* pairs of (mean layer-15
 output over the matching completion's tokens - the same for the not-matching completion), 40
-sentiment *test* pairs, K = 9 multipliers, sequence NLL, chat template on.
+sentiment *test* pairs, K = 3, 9 and 27 multipliers, sequence NLL, chat template on.
 
 - naive: one full forward per sequence per multiplier, batch 1, matching and not-matching
-  scored separately (2 x 40 x 9 = 720 forwards), as EasyEdit's loss mode does;
-- batched cached: `score_pairs` (layers 0..14 once per pair, layers 15..29 for the 9
+  scored separately (2 x pairs x K forwards), as EasyEdit's loss mode does;
+- batched cached: `score_pairs` (layers 0..14 once per pair, layers 15..29 for the K
   multipliers as rows of one batch, the chat template's never-steered prefix run once per
   chunk, both completions on one shared prompt pass, LM head at completion positions only).
 
-Both paths must give the same NLLs (max abs difference printed and asserted). Prints a markdown
-table and writes it to benchmarks/results_sweep.md.
+Both paths must give the same NLLs (max abs difference printed and asserted). Time and peak
+memory (RSS on CPU, peak allocated on CUDA) per path and K. Prints a markdown table and writes it
+to benchmarks/results_sweep.md.
 
-    python benchmarks/bench_sweep.py [--threads N] [--batch-size 64]
+    python benchmarks/bench_sweep.py [--k 3 9 27] [--pairs 40] [--device cuda --model NAME --dtype bfloat16 --layer L]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from measure import load, memory_kind, peak_memory
+
+from easyedit_split import capture_cache
 from easyedit_split.data import load_dataset
 from easyedit_split.evaluation.scoring import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
@@ -35,7 +38,6 @@ from easyedit_split.prompts import PromptFormat, encode_batch, steering_prefix_l
 from easyedit_split.replay import capture_layer_inputs, full_forward_nll
 
 LAYER = 15
-MULTIPLIERS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0]
 
 
 def caa_vector(model, tokenizer, fmt, pairs, layer):
@@ -46,7 +48,7 @@ def caa_vector(model, tokenizer, fmt, pairs, layer):
     means = []
     for field in ("matching", "not_matching"):
         batch = encode_batch(tokenizer, fmt, [p.question for p in pairs], [getattr(p, field) for p in pairs])
-        hidden = capture_layer_inputs(model, batch, layer + 1).hidden_states
+        hidden = capture_layer_inputs(model, batch.to(model.device), layer + 1).hidden_states.float().cpu()
         mask = (batch.labels != -100).unsqueeze(-1).float()
         means.append(((hidden * mask).sum(1) / mask.sum(1)).mean(0))
     return means[0] - means[1]
@@ -60,62 +62,92 @@ def naive_sweep(model, tokenizer, fmt, pairs, updates, multipliers):
     for k, m in enumerate(multipliers):
         for i, pair in enumerate(pairs):
             for j, completion in enumerate((pair.matching, pair.not_matching)):
-                batch = encode_batch(tokenizer, fmt, [pair.question], [completion])
-                steered = torch.arange(batch.input_ids.shape[1]).unsqueeze(0) >= steer_from
+                batch = encode_batch(tokenizer, fmt, [pair.question], [completion]).to(model.device)
+                steered = (torch.arange(batch.input_ids.shape[1]).unsqueeze(0) >= steer_from).to(model.device)
                 with torch.no_grad():
                     out[k, i, j] = float(full_forward_nll(model, batch, updates, m, positions=steered).sum[0])
     return out
+
+
+def sweep_multipliers(k: int) -> list[float]:
+    """K multipliers evenly spread over [-4, 4] (K = 9 gives -4, -3, ..., 4)."""
+    return [float(v) for v in np.linspace(-4.0, 4.0, k)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--k", type=int, nargs="+", default=[3, 9, 27], help="sweep sizes to measure")
+    parser.add_argument("--pairs", type=int, default=40, help="sentiment test pairs scored")
+    parser.add_argument("--naive-k", type=int, nargs="*", default=None,
+                        help="sweep sizes that also run the naive path (default: all of --k); others report the fast path only")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layer", type=int, default=LAYER)
+    parser.add_argument("--memory-mb", type=float, default=2048.0, help="the fast path's memory budget")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_sweep.md")))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct", dtype="float32", device="cpu")
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
     fmt = PromptFormat(use_chat_template=True)
     train = load_dataset("sentiment", "train")
-    test = load_dataset("sentiment", "test")[:40]
-    updates = {LAYER: DynamicWeightUpdate.from_vector(caa_vector(model, tokenizer, fmt, train, LAYER))}
-
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    naive = naive_sweep(model, tokenizer, fmt, test, updates, MULTIPLIERS)
-    naive_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    scores = score_pairs(model, tokenizer, test, updates, MULTIPLIERS, fmt, batch_size=args.batch_size)
-    fast_seconds = time.perf_counter() - started
-    fast = np.stack([scores.matching_sum, scores.not_matching_sum], axis=-1)
-
-    max_diff = float(np.abs(fast - naive).max())
-    assert max_diff < 1e-3, f"batched path differs from the naive path by {max_diff}"
-    ratio = naive_seconds / fast_seconds
-    pref = (naive[..., 1] - naive[..., 0]).mean(axis=1)
+    test = load_dataset("sentiment", "test")[: args.pairs]
+    layer, n_layers = args.layer, model.config.num_hidden_layers
+    vector = caa_vector(model, tokenizer, fmt, train, layer)
+    updates = {layer: DynamicWeightUpdate.from_vector(vector.float()).to(args.device)}
+    kind = memory_kind(args.device)
+    rows, notes, per_added = [], [], []
+    for k in args.k:
+        multipliers = sweep_multipliers(k)
+        capture_cache.clear_memory_cache()
+        run_naive = args.naive_k is None or k in args.naive_k
+        if run_naive:
+            with peak_memory(args.device) as naive_peak:
+                naive = naive_sweep(model, tokenizer, fmt, test, updates, multipliers)
+            naive_load = load()
+        capture_cache.clear_memory_cache()
+        with peak_memory(args.device) as fast_peak:
+            scores = score_pairs(model, tokenizer, test, updates, multipliers, fmt, batch_size=args.batch_size,
+                                 memory_mb=args.memory_mb)
+        fast_load = load()
+        fast = np.stack([scores.matching_sum, scores.not_matching_sum], axis=-1)
+        if run_naive:
+            max_diff = float(np.abs(fast - naive).max())
+            assert max_diff < 1e-3 * max(1.0, float(np.abs(naive).max()) / 100), \
+                f"K={k}: batched path differs from the naive path by {max_diff}"
+            ratio = naive_peak.seconds / fast_peak.seconds
+            rows.append(f"| {k} | {naive_peak.seconds:.1f} | {naive_peak.mb:.0f} | {naive_load} | {fast_peak.seconds:.1f} "
+                        f"| {fast_peak.mb:.0f} | {fast_load} | {ratio:.2f}x | {max_diff:.1e} |")
+        else:
+            rows.append(f"| {k} | not run | | | {fast_peak.seconds:.1f} | {fast_peak.mb:.0f} | {fast_load} | | |")
+        per_added.append((k, fast_peak.seconds))
+        print(rows[-1], flush=True)
+    slopes = [f"K {a}->{b}: {(tb - ta) / (b - a):.2f} s" for (a, ta), (b, tb) in zip(per_added, per_added[1:])]
     table = "\n".join([
         "# Sweep scoring benchmark (`benchmarks/bench_sweep.py`, one run)",
         "",
-        f"SmolLM2-135M-Instruct fp32 on CPU ({torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}), "
-        f"CAA mean-difference vector at layer {LAYER} (129 sentiment train pairs, |v| = "
-        f"{float(updates[LAYER].bias.detach().norm()):.2f}), {len(test)} sentiment test pairs, K = {len(MULTIPLIERS)} "
-        f"multipliers {MULTIPLIERS}, sequence NLL, chat template on.",
+        f"{args.model} {args.dtype} on {args.device} ({torch.get_num_threads()} torch threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores), CAA mean-difference vector at layer {layer} "
+        f"(129 sentiment train pairs, |v| = {float(vector.float().norm()):.2f}), {len(test)} sentiment test pairs, K multipliers "
+        f"evenly spaced over [-4, 4], sequence NLL, chat template on, batch {args.batch_size} rows, memory budget {args.memory_mb:g} MiB.",
         "",
-        "| path | forwards | seconds | speed-up |",
-        "|---|---|---|---|",
-        f"| naive: full forward per sequence per multiplier, batch 1 | {2 * len(test) * len(MULTIPLIERS)} | {naive_seconds:.1f} | 1.00x |",
-        f"| batched cached: replay layers {LAYER}..29, K rows per batch, chat-template prefix run once, shared prompt pass, LM head at completion positions "
-        f"| {int(np.ceil(len(test) / args.batch_size))} capture(s) + {int(np.ceil(len(test) * len(MULTIPLIERS) / args.batch_size))} replays | {fast_seconds:.1f} | {ratio:.2f}x |",
+        "- naive: one full forward per sequence per multiplier, batch 1 (2 x pairs x K forwards), EasyEdit's way;",
+        f"- fast: `score_pairs` (layers 0..{layer - 1} once per pair, layers {layer}..{n_layers - 1} for the K multipliers "
+        "as rows of one batch, the chat template's never-steered prefix once, both completions on one shared prompt "
+        "pass, LM head at completion positions).",
         "",
-        f"Max abs difference of the {fast.size} NLLs between the two paths: {max_diff:.2e} nats.",
+        f"| K | naive s | naive {kind} (MiB) | load after naive (1/5 min) | fast s | fast {kind} (MiB) "
+        "| load after fast | speed-up | max abs NLL difference |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"1-minute load average at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f} (other processes share the "
-        "CPU: the ratio is only meaningful when the load stays constant through the run).",
+        "Time per added multiplier on the fast path: " + ", ".join(slopes) + ".",
         "",
-        "Mean PrefOdds per multiplier (sanity: the vector moves the preference): "
-        + ", ".join(f"m={m:g}: {p:.2f}" for m, p in zip(MULTIPLIERS, pref)),
+        "The load averages are of the whole machine (other helpers' jobs share the 2 cores; this run's own "
+        "threads count ~2): absolute seconds are noisy, ratios within a row less so.",
         "",
     ])
     print(table)

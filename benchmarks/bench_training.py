@@ -1,20 +1,23 @@
-"""Training speed: the fast replay path vs the plain full forward, in one run; and held-out accuracy.
+"""Training speed: the fast path vs the plain full forward, in one run; end to end; held-out accuracy.
 
-    python benchmarks/bench_training.py                 # speed table (3.3 min measured with other jobs on 2 cores; --steps 2 shortens it)
-    python benchmarks/bench_training.py --accuracy      # also train a SPLIT vector (99 steps, ~22 min here) and score held-out pairs
+    python benchmarks/bench_training.py                 # speed table (--steps 2 shortens it)
+    python benchmarks/bench_training.py --end-to-end    # also `easyedit-split train`, fast vs plain
+    python benchmarks/bench_training.py --accuracy      # also train a SPLIT vector (99 steps) and score held-out pairs
+    python benchmarks/bench_training.py --device cuda --model Qwen/Qwen2.5-7B-Instruct --dtype bfloat16 --layer 14
 
-Both paths run the same SPLIT loss on the same rows (default model, `sentiment` train data,
-vector at layer 15, batch 4 x [orig_add, orig_sub] = 16 sequences per step) and the same
-optimizer step. Measured per optimizer step:
-  fast            capture layer inputs and the chat-template prefix's keys/values once; replay
-                  layers 15..29 at the positions after that prefix (up to the step's longest
-                  row), LM head at completion tokens
-  plain           full forward of all 30 layers and the LM head at every position
+Both paths run the same SPLIT loss on the same rows (`sentiment` train data, vector at the layer,
+batch 4 x [orig_add, orig_sub] per step) and the same optimizer step. Measured per optimizer step:
+  fast            one packed row per (example, pair): the prompt and both completions share one
+                  steered pass; layers below the intervention captured once (`capture_cache`), the
+                  chat-template prefix's keys/values once; layers l..N replayed after that prefix;
+                  LM head at completion tokens
+  plain           one full forward per completion, all layers, LM head at every position
   plain + refs    plain, plus the unsteered reference forward EasyEdit runs every step
-                  (even with ref_loss_weight: 0)
-The fast path's one-off cost (tokenize, capture 258 sequences) is reported separately.
-Results go to benchmarks/results_training.md: a run replaces the sections it measured and keeps
-the others (the speed table and the accuracy section come from separate runs).
+The fast path's one-off cost (tokenize, capture every sequence) is reported separately, per
+sequence, next to a fast step's cost per sequence, and again when the capture cache hits.
+Peak memory: RSS of the process on CPU, peak allocated on CUDA. Losses of the two paths are
+asserted equal. Results go to benchmarks/results_training.md: a run replaces the sections it
+measured and keeps the others.
 """
 from __future__ import annotations
 
@@ -22,18 +25,23 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
+from measure import load, memory_kind, peak_memory
+
+from easyedit_split import capture_cache, training
 from easyedit_split.data import load_dataset
 from easyedit_split.hparams import load_hparams
 from easyedit_split.methods.split import split_loss
 from easyedit_split.models import load_model_and_tokenizer
 from easyedit_split.prompts import PromptFormat, encode_batch
 from easyedit_split.replay import full_forward_nll
-from easyedit_split.training import plan_step, prepare_pairs, step_loss, train_layer
+from easyedit_split.training import new_update, plan_step, prepare_pairs, step_loss, train_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "hparams/sentiment/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml"
@@ -41,11 +49,9 @@ RESULTS = Path(__file__).resolve().parent / "results_training.md"
 
 
 def time_steps(model, prepared, hp, layer, steps, fast, needs_reference, seed=0):
-    """Seconds per optimizer step (loss, backward, clip, AdamW) over `steps` steps."""
+    """Seconds per optimizer step (loss, backward, clip, AdamW) over `steps` steps, and the losses."""
     torch.manual_seed(seed)
-    from easyedit_split.training import new_update
-
-    update = new_update(model, hp)
+    update = new_update(model, hp).to(next(model.parameters()).device)
     update.train()
     optimizer = torch.optim.AdamW(update.parameters(), lr=hp.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -57,7 +63,8 @@ def time_steps(model, prepared, hp, layer, steps, fast, needs_reference, seed=0)
     for step in range(steps):
         examples = order[step * hp.batch_size : (step + 1) * hp.batch_size].tolist()
         plan = plan_step(examples, hp, generator)
-        loss = step_loss(model, prepared, layer, update, plan, split_loss, hp, needs_reference=needs_reference, fast=fast)
+        loss = step_loss(model, prepared, layer, update, plan, split_loss, hp, needs_reference=needs_reference,
+                         fast=fast, generator=generator)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(update.parameters(), 1.0)
         optimizer.step()
@@ -66,46 +73,104 @@ def time_steps(model, prepared, hp, layer, steps, fast, needs_reference, seed=0)
     return (time.perf_counter() - started) / steps, losses
 
 
-def load_note(label):
-    one, five, _ = os.getloadavg()
-    return f"load average {label}: {one:.2f} (1 min), {five:.2f} (5 min)"
-
-
-def speed(model, tokenizer, hp, steps):
-    layer = hp.layers[0]
-    load_before = load_note("before")
+def speed(model, tokenizer, hp, layer, steps, device):
     pairs = load_dataset("sentiment", split="train")
+    capture_cache.clear_memory_cache()
+    loads = {"start": load()}
+    with peak_memory(device) as capture_peak:
+        prepared = prepare_pairs(tokenizer, pairs, hp)
+        prepared.capture(model, layer)
+    again = prepare_pairs(tokenizer, pairs, hp)
     started = time.perf_counter()
-    prepared = prepare_pairs(tokenizer, pairs, hp)
-    prepared.capture(model, layer)
-    one_off = time.perf_counter() - started
-    fast, fast_losses = time_steps(model, prepared, hp, layer, steps, fast=True, needs_reference=False)
-    plain, plain_losses = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=False)
+    again.capture(model, layer)
+    cached = time.perf_counter() - started
+    assert again.capture_source == "memory"
+    with peak_memory(device) as fast_peak:
+        fast, fast_losses = time_steps(model, prepared, hp, layer, steps, fast=True, needs_reference=False)
+    loads["fast"] = load()
+    with peak_memory(device) as plain_peak:
+        plain, plain_losses = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=False)
+    loads["plain"] = load()
     plain_ref, _ = time_steps(model, prepared, hp, layer, steps, fast=False, needs_reference=True)
+    loads["plain + refs"] = load()
     same = max(abs(a - b) for a, b in zip(fast_losses, plain_losses))
-    load_after = load_note("after")
-    prefix = prepared.prefix_cache.length
+    assert same < 1e-3, f"fast and plain losses differ by {same}"
+    prefix = prepared.prefix_cache.length if prepared.prefix_cache is not None else 0
+    n_layers = model.config.num_hidden_layers
+    sequences_per_step = 2 * hp.batch_size * len(hp.preference_pairs)
+    kind = memory_kind(device)
     rows = [
-        "| path | s / optimizer step | steps / s | speed-up of fast |",
-        "|---|---|---|---|",
-        f"| fast (replay layers {layer}..{model.config.num_hidden_layers - 1} after the cached {prefix}-token prefix) "
-        f"| {fast:.2f} | {1 / fast:.3f} | 1.00x |",
-        f"| plain full forward | {plain:.2f} | {1 / plain:.3f} | {plain / fast:.2f}x |",
-        f"| plain + references every step (EasyEdit) | {plain_ref:.2f} | {1 / plain_ref:.3f} | {plain_ref / fast:.2f}x |",
+        f"| path | s / optimizer step | speed-up of fast | {kind} (MiB) | load (1/5 min) |",
+        "|---|---|---|---|---|",
+        f"| fast (packed rows, replay layers {layer}..{n_layers - 1} after the cached {prefix}-token prefix) "
+        f"| {fast:.2f} | 1.00x | {fast_peak.mb:.0f} | {loads['fast']} |",
+        f"| plain full forward | {plain:.2f} | {plain / fast:.2f}x | {plain_peak.mb:.0f} | {loads['plain']} |",
+        f"| plain + references every step (EasyEdit) | {plain_ref:.2f} | {plain_ref / fast:.2f}x | | {loads['plain + refs']} |",
     ]
+    capture_per_sequence = capture_peak.seconds / len(prepared.batch)
     notes = [
+        f"Model {model.config.name_or_path or hp.model_name_or_path} ({next(model.parameters()).dtype}, {device}); "
         f"{steps} optimizer steps per path, batch {hp.batch_size} x {len(hp.preference_pairs)} pairs "
-        f"({2 * hp.batch_size * len(hp.preference_pairs)} sequences/step), SPLIT vector at layer {layer}, "
-        f"{len(pairs)} training pairs ({prepared.batch.input_ids.shape[1]} tokens padded).",
-        f"Fast path one-off cost (tokenize + capture all {len(prepared.batch)} sequences + prefix keys/values): {one_off:.1f} s.",
-        f"Fast path replays positions {prefix}..(longest row of the step - 1): each row's own "
-        f"{(prepared.lengths.float().mean() - prefix).item():.1f} of {prepared.lengths.float().mean().item():.1f} tokens on average, "
-        f"padded to the step's longest row; the plain path runs every position up to that row in all {model.config.num_hidden_layers} layers.",
+        f"({sequences_per_step} sequences = {sequences_per_step // 2} packed rows per step), SPLIT vector at layer {layer}, "
+        f"{len(pairs)} training pairs.",
+        f"One-off cost (tokenize + capture all {len(prepared.batch)} sequences as {prepared.n_examples} packed rows "
+        f"+ prefix keys/values): {capture_peak.seconds:.1f} s = {capture_per_sequence:.3f} s per sequence, against "
+        f"{fast / sequences_per_step:.3f} s per sequence of a fast step; peak {capture_peak.mb:.0f} MiB. "
+        f"The same capture again (cache hit, as for the next method on the same data): {cached:.2f} s.",
         f"Largest |loss fast - loss plain| over the same {steps} steps: {same:.2e}.",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; {load_before}, {load_after} "
-        "(this run's own 2 threads count ~2); other processes may share the CPU, so absolute times are noisy, "
-        "the ratio (same run, paths back to back) less so.",
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores; load average (1/5 min) at start {loads['start']}, "
+        "after each path in the table (other helpers' jobs share the CPU; this run's own threads count ~2). "
+        "Absolute times are noisy; the ratios (same run, paths back to back) less so.",
+    ]
+    return "\n".join(rows), notes
+
+
+def end_to_end(hparams_path, model_name, device, dtype, examples, epochs):
+    """`easyedit-split train` (load model, tokenize, capture, epochs, save), fast vs plain."""
+    from easyedit_split import cli
+
+    raw = yaml.safe_load(Path(hparams_path).read_text(encoding="utf-8"))
+    raw.update(max_num_of_examples=examples, n_epochs=epochs, device=device, dtype=dtype)
+    if model_name:
+        raw["model_name_or_path"] = model_name
+    results, outputs = {}, {}
+    original = training.train_layer
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hparams.yaml"
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        for name in ("fast", "plain"):
+            capture_cache.clear_memory_cache()
+            training.train_layer = original if name == "fast" else (
+                lambda *a, **k: original(*a, **{**k, "fast": False}))
+            out = Path(tmp) / name
+            try:
+                with peak_memory(device) as peak:
+                    cli.main(["train", "--hparams", str(path), "--dataset", "sentiment", "--output-dir", str(out)])
+            finally:
+                training.train_layer = original
+            results[name] = (peak.seconds, peak.mb, load())
+            outputs[name] = {f.relative_to(out): torch.load(f, weights_only=True) for f in out.rglob("*.pt")}
+    assert outputs["fast"].keys() == outputs["plain"].keys() and outputs["fast"]
+    diff = 0.0
+    for key, value in outputs["fast"].items():
+        other = outputs["plain"][key]
+        tensors = [(value, other)] if isinstance(value, torch.Tensor) else [
+            (v, other[k]) for k, v in value.items() if isinstance(v, torch.Tensor)]
+        diff = max([diff] + [float((a.float() - b.float()).abs().max()) for a, b in tensors])
+    assert diff < 1e-3, f"saved interventions differ by {diff}"
+    kind = memory_kind(device)
+    steps = epochs * -(-examples // raw.get("batch_size", 2)) // max(1, raw.get("gradient_accumulation_steps", 1))
+    rows = [
+        f"| `easyedit-split train` path | seconds (load, tokenize, capture, epochs, save) | speed-up | {kind} (MiB) | load (1/5 min) after |",
+        "|---|---|---|---|---|",
+        f"| fast | {results['fast'][0]:.1f} | 1.00x | {results['fast'][1]:.0f} | {results['fast'][2]} |",
+        f"| plain | {results['plain'][0]:.1f} | {results['plain'][0] / results['fast'][0]:.2f}x | {results['plain'][1]:.0f} | {results['plain'][2]} |",
+    ]
+    notes = [
+        f"`{Path(hparams_path).relative_to(ROOT)}` with max_num_of_examples {examples}, n_epochs {epochs} "
+        f"(~{steps} optimizer steps), in-process `cli.main(['train', ...])`; plain = the same command with the "
+        f"trainer's fast path off. Largest difference between the saved interventions of the two paths: {diff:.2e}.",
     ]
     return "\n".join(rows), notes
 
@@ -149,18 +214,38 @@ def accuracy(model, tokenizer, hp, multipliers):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps timed per path")
+    parser.add_argument("--model", default=None, help="model name or path (default: the hparams file's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layer", type=int, default=None, help="default: the hparams file's")
     parser.add_argument("--accuracy", action="store_true", help="also train a SPLIT vector and score held-out pairs")
+    parser.add_argument("--end-to-end", action="store_true", help="also time the whole `easyedit-split train` command")
+    parser.add_argument("--e2e-examples", type=int, default=32)
+    parser.add_argument("--e2e-epochs", type=int, default=1)
     parser.add_argument("--multipliers", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
     hp = load_hparams(HPARAMS, kind="train")
+    overrides = dict(device=args.device, dtype=args.dtype)
+    if args.model:
+        overrides["model_name_or_path"] = args.model
+    if args.layer is not None:
+        overrides["layers"] = [args.layer]
+    import dataclasses
+
+    hp = dataclasses.replace(hp, **overrides)
     model, tokenizer = load_model_and_tokenizer(hp.model_name_or_path, hp.dtype, hp.device)
     sections = {}
     if not args.skip_speed:
-        table, notes = speed(model, tokenizer, hp, args.steps)
+        table, notes = speed(model, tokenizer, hp, hp.layers[0], args.steps, args.device)
         print(table)
         print("\n".join(notes))
         sections[SPEED_TITLE] = [table, ""] + [f"- {n}" for n in notes]
+    if args.end_to_end:
+        table, notes = end_to_end(HPARAMS, args.model, args.device, args.dtype, args.e2e_examples, args.e2e_epochs)
+        print(table)
+        print("\n".join(notes))
+        sections[E2E_TITLE] = [table, ""] + [f"- {n}" for n in notes]
     if args.accuracy:
         table, notes = accuracy(model, tokenizer, hp, args.multipliers)
         print(table)
@@ -171,6 +256,7 @@ def main(argv=None):
 
 
 SPEED_TITLE = "## Speed: fast replay path vs plain full forward (one run)"
+E2E_TITLE = "## End to end: `easyedit-split train`, fast vs plain (one run)"
 ACCURACY_TITLE = "## Held-out accuracy of a trained SPLIT vector"
 
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from . import cli_evaluate
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
-from .errors import EasyEditSplitError, StorageError
+from .errors import EasyEditSplitError, HparamsError, StorageError
 from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
 
@@ -80,13 +80,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .hparams import load_hparams
     from .storage import check_writable, intervention_dir
 
+    hparams = load_hparams(args.hparams)
     overrides = {"model_name_or_path": args.model} if args.model else {}
     overrides.update({key: getattr(args, key) for key in ("steer_positions", "completion_join") if getattr(args, key)})
-    hparams = load_hparams(args.hparams)
     output_root = args.output_dir or getattr(hparams, "steer_vector_output_dir", None) or "."
     # before the model loads: the output must be writable and the dataset's name must keep it inside
     check_writable(output_root)
     intervention_dir(output_root, Path(str(args.dataset)).stem, hparams.alg_name)
+    if args.fast_path_memory_mb is not None:
+        if not hasattr(hparams, "fast_path_memory_mb"):
+            raise HparamsError(f"--fast-path-memory-mb: {args.hparams} trains {hparams.alg_name}, which has no fast path")
+        overrides["fast_path_memory_mb"] = args.fast_path_memory_mb
     try:
         editor = SteerEditor.from_hparams(hparams, **overrides)
     except LayerError as error:
@@ -164,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: the file's steer_vector_output_dir, else the current directory)")
     train.add_argument("--model", default=None)
     add_convention_flags(train)
+    train.add_argument("--fast-path-memory-mb", type=float, default=None,
+                       help="memory budget (MiB) of the fast path's capture and reference passes; results do not "
+                            "depend on it (default: the file's fast_path_memory_mb, else 2048)")
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")

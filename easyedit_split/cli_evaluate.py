@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concept-id", type=int, default=None, help="concept row of multi-concept files and data (default 0)")
     parser.add_argument("--max-examples", type=int, default=None, help="score only the first N pairs")
     parser.add_argument("--batch-size", type=int, default=None, help="most rows per replayed forward (default 64)")
+    parser.add_argument("--fast-path-memory-mb", type=float, default=None,
+                        help="memory budget (MiB) of one capture/replay pass; results do not depend on it (default 2048)")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and the manifold probe (default 0)")
     parser.add_argument("--no-chat-template", action="store_true", help="score without the chat template")
@@ -105,6 +107,7 @@ def _evaluator_config(args: argparse.Namespace) -> Any:
     chosen = {
         "multipliers": parse_multipliers(args.multipliers) if args.multipliers is not None else None,
         "nll_mode": args.nll_mode, "batch_size": args.batch_size, "n_bootstrap": args.bootstrap, "seed": args.seed,
+        "memory_mb": args.fast_path_memory_mb,
     }
     config = EvaluatorConfig(**{name: value for name, value in chosen.items() if value is not None})
     return config.replace(manifold=not args.no_manifold, progress=not args.no_progress)

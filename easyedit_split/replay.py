@@ -82,13 +82,58 @@ def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) 
     )
 
 
-def _select_rows(value: Any, rows: torch.Tensor, batch_size: int) -> Any:
+def _select_rows(value: Any, rows: torch.Tensor, batch_size: int, device: Optional[torch.device] = None) -> Any:
+    """`rows` of a batch-first value (tensors of shape [1, ...] are shared by all rows), moved to
+    `device` (captured inputs may be kept in CPU memory while the model runs on a GPU)."""
     if isinstance(value, torch.Tensor):
         if value.dim() > 0 and value.shape[0] == batch_size and batch_size > 1:
-            return value.index_select(0, rows.to(value.device))
-        return value
+            value = value.index_select(0, rows.to(value.device))
+        return value if device is None else value.to(device)
     if isinstance(value, tuple):
-        return tuple(_select_rows(v, rows, batch_size) for v in value)
+        return tuple(_select_rows(v, rows, batch_size, device) for v in value)
+    return value
+
+
+def _concat_rows(values: list[Any]) -> Any:
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    if isinstance(values[0], tuple):
+        return tuple(_concat_rows(list(parts)) for parts in zip(*values))
+    return values[0]
+
+
+def concat_captures(parts: list[CapturedInputs], device: Optional[torch.device] = None) -> CapturedInputs:
+    """One capture from captures of consecutive row chunks of the same width (chunked capture
+    under a memory budget), kept on `device` (e.g. CPU memory for a model on a GPU). Layers of one
+    attention type share their masks and rotary tables; they stay shared (merged and moved once)."""
+    first = parts[0]
+    move = (lambda v: v) if device is None else (lambda v: _select_rows(v, torch.arange(0), 0, device))
+    kwargs, done = [], {}
+    for offset, layer in enumerate(first.layer_kwargs):
+        merged = {}
+        for key, value in layer.items():
+            sources = [p.layer_kwargs[offset][key] for p in parts]
+            identity = (key, *map(id, sources))
+            if identity not in done:
+                if key in _BATCH_FIRST_KWARGS and value is not None and len(parts) > 1:
+                    value = _concat_rows([_rows_per_sample(v, len(p)) for v, p in zip(sources, parts)])
+                done[identity] = move(value)
+            merged[key] = done[identity]
+        kwargs.append(merged)
+    if len(parts) == 1:
+        batch, hidden = first.batch, first.hidden_states
+    else:
+        batch = TokenBatch(*(torch.cat([getattr(p.batch, f) for p in parts]) for f in ("input_ids", "attention_mask", "labels")))
+        hidden = torch.cat([p.hidden_states for p in parts])
+    return CapturedInputs(first.start_layer, move(hidden), kwargs, batch.to(device or batch.input_ids.device))
+
+
+def _rows_per_sample(value: Any, rows: int) -> Any:
+    """A batch-first value with exactly `rows` rows (a one-row value shared by the batch is expanded)."""
+    if isinstance(value, torch.Tensor):
+        return value.expand(rows, *value.shape[1:]) if value.dim() > 0 and value.shape[0] == 1 and rows > 1 else value
+    if isinstance(value, tuple):
+        return tuple(_rows_per_sample(v, rows) for v in value)
     return value
 
 
@@ -175,14 +220,16 @@ def _slice_positions(
     sliced: dict[str, Any] = {}
     for key, value in kwargs.items():
         if key in _BATCH_FIRST_KWARGS:
-            value = _select_rows(value, rows, batch_size)
+            value = _select_rows(value, rows, batch_size, device)
+        else:
+            value = _select_rows(value, rows, 0, device)  # shared by all rows: only moved
         if key == "attention_mask":
             if value is not None:
                 value = value[..., start:end, :end]
             elif start > 0:  # only SDPA leaves the mask out (no padding): is_causal would align top-left
                 window = getattr(getattr(layer, "self_attn", None), "sliding_window", None)
                 value = _causal_mask(start, end, window, device)
-        elif key == "position_ids":
+        elif key == "position_ids" and value is not None:
             value = value[:, start:end]
         elif key == "cache_position":
             value = value[start:end]
@@ -228,7 +275,8 @@ def capture_prefix(model: nn.Module, captured: CapturedInputs, length: int) -> P
         return prefix
     row = torch.zeros(1, dtype=torch.long)
     with torch.no_grad():
-        hidden = captured.hidden_states[:1, :length]
+        run_device = next(get_decoder_layers(model)[captured.start_layer].parameters()).device
+        hidden = captured.hidden_states[:1, :length].to(run_device)
         _run_layers(model, captured, hidden, row, 0, length, _PrefixedKeyValues(prefix, record=True))
     if len(prefix.keys) != len(captured.layer_kwargs):
         raise RuntimeError("capture_prefix: the layers' attention did not call cache.update; unsupported model")
@@ -247,12 +295,13 @@ def replay_hidden_after_prefix(
     """
     rows = torch.arange(len(captured)) if rows is None else rows
     device = captured.hidden_states.device
+    run_device = next(get_decoder_layers(model)[captured.start_layer].parameters()).device
     if end is None:
         end = int(captured.batch.attention_mask.index_select(0, rows.to(captured.batch.attention_mask.device)).sum(dim=1).max())
     start = 0 if prefix is None else prefix.length
     if prefix is not None and prefix.start_layer != captured.start_layer:
         raise ValueError(f"prefix keys/values start at layer {prefix.start_layer}, the capture at {captured.start_layer}")
-    hidden = captured.hidden_states.index_select(0, rows.to(device))[:, start:end]
+    hidden = captured.hidden_states.index_select(0, rows.to(device))[:, start:end].to(run_device)
     cache = _PrefixedKeyValues(prefix) if start > 0 else None
     return _run_layers(model, captured, hidden, rows, start, end, cache)
 

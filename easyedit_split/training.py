@@ -28,18 +28,25 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
   `local_weight`, EasyEdit multiplies the update by the factor, so factor 0 is no steering;
   we do the same.
 
-The fast path: all sequences are tokenized once; the inputs of the trained layer
-are captured once per layer by `replay.capture_layer_inputs`, and the keys/values there of the
-chat-template prefix (identical in every row, never steered) once by `replay.capture_prefix`;
-each step replays only layers `l..N`, only at the positions after that prefix and up to the
-longest row of the step, for every row (winning and losing completions of all pairs in ONE
-batch, one multiplier per row) and applies the LM head at completion positions only. Reference NLLs
-(no intervention) are computed once, only when the loss needs them. `fast=False` runs the
-plain full forward instead (same rows, same loss; references recomputed every step as
-EasyEdit does) for tests and the benchmark.
+The fast path: all sequences are tokenized once and packed, one row per example holding its
+prompt and both completions (`packing`: a custom attention mask keeps each completion from seeing
+the other, so every NLL equals the one of its own sequence). The inputs of the trained layer for
+those rows, and the keys/values there of the chat-template prefix (identical in every row, never
+steered), are captured once (`capture_cache`: reused by the next method or run on the same model,
+layer, data, template and dtype). Each step replays only layers `l..N`, only at the positions after
+that prefix, one packed row per (example, pair) with that row's factor: the winning and the losing
+completion share one steered prompt pass. The LM head runs at completion positions only. Reference
+NLLs (no intervention) are computed once, only when the loss needs them, from the same packed rows.
+`fast=False` runs the plain full forward instead (one sequence per completion, same steered
+positions, same loss; references recomputed every step as EasyEdit does) for tests and the benchmark.
+
+Steered positions: `PreparedPairs.steered` is a per-sequence mask (`[2 * examples, seq]`; by default
+every position from `prefix_length` on), laid out into the packed rows. Positions dropout is drawn
+once per (example, pair) on the packed row, so a dropped prompt position is dropped for both
+completions (they share that position's pass); the plain path reads the same draw.
 
 DIFFERENCES from EasyEdit, on purpose: one factor per (example, pair) instead of independent
-draws for winning and losing rows; chunks follow the actual batch (EasyEdit's last short
+draws for winning and losing rows, and one positions-dropout draw for the prompt both share; chunks follow the actual batch (EasyEdit's last short
 batch of an epoch fails on an empty chunk); the vector has no learnable scalar offset
 (EasyEdit's `proj.bias`, trained but never saved); the intervention's parameters stay fp32
 whatever the model dtype; `max_num_of_examples` caps pairs (EasyEdit halves it for AxBench's
@@ -60,22 +67,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import capture_cache
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, hidden_size, model_device
+from .packing import PackedLayout, build_layout, completion_token_nll, pairs_from_batch, replay_start
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, first_steered_position
-from .replay import (
-    CapturedInputs,
-    CompletionNLL,
-    PrefixKeyValues,
-    capture_layer_inputs,
-    capture_prefix,
-    full_forward_nll,
-    nll_from_hidden,
-    replay_hidden_after_prefix,
-    shared_prefix_length,
-)
+from .replay import CapturedInputs, CompletionNLL, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix
 
 if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
     from .hparams import GradientTrainHyperParams
@@ -99,7 +98,7 @@ __all__ = [
 ]
 
 SUPPORTED_PAIRS = ("orig_add", "orig_sub")
-_REFERENCE_CHUNK = 64  # rows per unsteered scoring pass
+_REFERENCE_CHUNK = 64  # rows per unsteered scoring pass (fewer when the memory budget says so)
 
 
 # ============================================================================ loss inputs
@@ -175,11 +174,12 @@ def pooled_nll(nll_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 class PreparedPairs:
     """Every example's two sequences, tokenized once: row `2i` matching, row `2i + 1` not matching.
 
-    `prefix_length` leading positions are not steered (EasyEdit's chat-template prefix).
-    `captured` holds the inputs of the trained layer and above (fast path), `prefix_cache` the
-    keys/values of the unsteered prefix every row shares at those layers (so a step replays
-    only the positions after it), `reference_nll` the unsteered completion NLL sums of every
-    row (computed once, when needed).
+    `steered` is the per-sequence steering mask (`[2 * examples, seq]`, 1 = steered); by default
+    every position from `prefix_length` on (EasyEdit's chat-template prefix stays unsteered).
+    `layout` packs each example's prompt and both completions into one row (`packing`); the fast
+    path's `captured` inputs of the trained layer and `prefix_cache` (keys/values of the leading
+    positions every packed row shares, never steered) are of those rows. `reference_nll` holds the
+    unsteered completion NLL sums of every sequence (computed once, when needed).
     """
 
     batch: TokenBatch
@@ -187,6 +187,11 @@ class PreparedPairs:
     captured: Optional[CapturedInputs] = None
     reference_nll: Optional[torch.Tensor] = None
     prefix_cache: Optional[PrefixKeyValues] = None
+    steered: Optional[torch.Tensor] = None
+    template: str = ""
+    memory_mb: Optional[float] = capture_cache.DEFAULT_MEMORY_MB
+    capture_source: str = ""
+    _layout: Optional[PackedLayout] = field(default=None, repr=False)
 
     @property
     def n_examples(self) -> int:
@@ -196,47 +201,82 @@ class PreparedPairs:
     def lengths(self) -> torch.Tensor:
         return self.batch.attention_mask.sum(dim=1)
 
+    @property
+    def layout(self) -> PackedLayout:
+        """One packed row per example: prompt, matching and not-matching completion."""
+        if self._layout is None:
+            self._layout = build_layout(pairs_from_batch(self.batch.to("cpu")), "packed", pad_id=0)
+        return self._layout
+
+    def steering_mask(self) -> torch.Tensor:
+        """The per-sequence steering mask `[2 * examples, seq]` (float, 1 = steered)."""
+        if self.steered is not None:
+            return self.steered.float().cpu()
+        width = self.batch.input_ids.shape[1]
+        return (torch.arange(width) >= self.prefix_length).float().expand(len(self.batch), width)
+
+    def packed_steering(self) -> torch.Tensor:
+        """`steering_mask` laid out like the packed rows `[examples, packed width]`."""
+        return self.layout.to_packed(self.steering_mask())
+
     def to(self, device: Any) -> "PreparedPairs":
-        return PreparedPairs(self.batch.to(device), self.prefix_length)
+        return PreparedPairs(self.batch.to(device), self.prefix_length, steered=self.steered, template=self.template,
+                             memory_mb=self.memory_mb, _layout=self._layout)
 
     def capture(self, model: nn.Module, layer: int) -> CapturedInputs:
-        """Capture (once) the inputs of layers `layer..N-1` for every sequence, and the keys/values
-        there of the leading positions that are the same in every row and never steered."""
+        """Capture (once; `capture_cache` reuses an identical earlier capture) the inputs of layers
+        `layer..N-1` for every packed row, and the keys/values there of the leading positions that
+        are the same in every row and never steered."""
         if self.captured is None or self.captured.start_layer != layer:
-            self.captured = capture_layer_inputs(model, self.batch, layer)
-            length = min(self.prefix_length, shared_prefix_length(self.batch))
-            self.prefix_cache = capture_prefix(model, self.captured, length)
+            skip = replay_start(self.layout, self.packed_steering())
+            entry = capture_cache.capture(model, self.layout, layer, skip, template=self.template,
+                                          memory_mb=self.memory_mb)
+            self.captured, self.prefix_cache, self.capture_source = entry.inputs, entry.prefix, entry.source
         return self.captured
 
     def release(self) -> None:
-        """Drop the captured inputs (they take memory in proportion to the data)."""
+        """Drop this object's references to the captured inputs (the capture cache may keep them)."""
         self.captured = self.prefix_cache = None
 
-    def replay_nll(self, model: nn.Module, rows: torch.Tensor) -> CompletionNLL:
-        """Completion NLL of `rows` from the captured inputs, replaying only the positions after
-        the cached prefix up to the longest of `rows` (hooks attached to the model fire)."""
-        start = self.prefix_cache.length if self.prefix_cache is not None else 0
-        end = int(self.lengths.index_select(0, rows.to(self.lengths.device)).max())
-        hidden = replay_hidden_after_prefix(model, self.captured, self.prefix_cache, rows, end)
-        return nll_from_hidden(model, hidden, self._labels(rows)[:, start:end])
+    @property
+    def replay_from(self) -> int:
+        return self.prefix_cache.length if self.prefix_cache is not None else 0
+
+    def packed_nll(self, model: nn.Module, examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completion NLL sums and token counts `[len(examples), 2]` (matching, not-matching) of the
+        packed rows `examples`, replayed from the captured inputs at the positions after the cached
+        prefix (hooks attached to the model, such as interventions, fire)."""
+        lay, start = self.layout, self.replay_from
+        device = self.captured.hidden_states.device
+        end = int(lay.lengths[examples].max())
+        hidden = replay_hidden_after_prefix(model, self.captured, self.prefix_cache, examples.to(device), end)
+        out_row, position, token, slot = lay.row_targets(examples)
+        run = hidden.device
+        token_nll = completion_token_nll(model, hidden, out_row.to(run), (position - start).to(run), token.to(run))
+        flat = (out_row * 2 + slot % 2).to(run)
+        sums = torch.zeros(2 * len(examples), dtype=token_nll.dtype, device=run).index_add(0, flat, token_nll)
+        counts = torch.zeros(2 * len(examples), dtype=torch.long).index_add_(0, out_row * 2 + slot % 2,
+                                                                              torch.ones_like(out_row))
+        return sums.view(-1, 2), counts.view(-1, 2).to(run)
 
     def compute_reference(self, model: nn.Module, fast: bool = True) -> torch.Tensor:
-        """Unsteered completion NLL sum of every row (no intervention, no dropout)."""
+        """Unsteered completion NLL sum of every sequence (no intervention, no dropout)."""
         if self.reference_nll is not None:
             return self.reference_nll
         sums = []
         with torch.no_grad():
-            for start in range(0, len(self.batch), _REFERENCE_CHUNK):
-                rows = torch.arange(start, min(start + _REFERENCE_CHUNK, len(self.batch)))
-                if fast and self.captured is not None:
-                    sums.append(self.replay_nll(model, rows).sum)
-                else:
+            if fast and self.captured is not None:
+                width = int(self.layout.lengths.max())
+                chunk = min(_REFERENCE_CHUNK, capture_cache.rows_per_chunk(model, width, self.memory_mb))
+                for start in range(0, self.n_examples, chunk):
+                    examples = torch.arange(start, min(start + chunk, self.n_examples))
+                    sums.append(self.packed_nll(model, examples)[0].reshape(-1))
+            else:
+                for start in range(0, len(self.batch), _REFERENCE_CHUNK):
+                    rows = torch.arange(start, min(start + _REFERENCE_CHUNK, len(self.batch)))
                     sums.append(full_forward_nll(model, self.batch, {}, rows=rows).sum)
         self.reference_nll = torch.cat(sums)
         return self.reference_nll
-
-    def _labels(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.batch.labels.index_select(0, rows.to(self.batch.labels.device))
 
 
 def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> PreparedPairs:
@@ -259,7 +299,8 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Gradie
         )
     # steer_positions (docs/conventions.md): every position from `prefix` on is steered
     prefix = first_steered_position(tokenizer, fmt, hparams.intervention_method, "training", hparams.exclude_bos)
-    return PreparedPairs(batch, prefix)
+    template = f"{fmt!r}\n{getattr(tokenizer, 'chat_template', None) or ''}"
+    return PreparedPairs(batch, prefix, template=template, memory_mb=hparams.fast_path_memory_mb)
 
 
 # ============================================================================ one step
@@ -317,32 +358,56 @@ def plan_step(example_ids: Sequence[int], hparams: GradientTrainHyperParams, gen
     )
 
 
+def _packed_positions(prepared: PreparedPairs, examples: torch.Tensor, positions_dropout: float,
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Steered positions of one packed row per (example, pair) `[R, packed width of the step]`: the
+    steering mask, with positions dropped at random (one draw per row, shared by both completions)."""
+    end = int(prepared.layout.lengths[examples].max())
+    mask = prepared.packed_steering()[examples, :end]
+    if positions_dropout > 0:
+        keep = torch.rand(len(examples), end, generator=generator) >= positions_dropout
+        mask = mask * keep
+    return mask
+
+
 def _steered_nll(
-    model: nn.Module, prepared: PreparedPairs, layer: int, update: DynamicWeightUpdate,
-    rows: torch.Tensor, multipliers: torch.Tensor, null_rows: torch.Tensor,
+    model: nn.Module, prepared: PreparedPairs, layer: int, update: DynamicWeightUpdate, plan: StepPlan,
     positions_dropout: float, generator: Optional[torch.Generator], fast: bool,
-) -> CompletionNLL:
-    """Completion NLL of `rows` with `update` at `layer` (one multiplier per row)."""
-    batch = prepared.batch
-    device = batch.input_ids.device
-    end = int(prepared.lengths.index_select(0, rows.to(device)).max())  # both paths run up to the longest row
-    start = prepared.prefix_cache.length if fast and prepared.prefix_cache is not None else 0  # fast: after the cached prefix
-    positions: Optional[torch.Tensor] = None
-    if prepared.prefix_length > 0 or positions_dropout > 0:
-        positions = (torch.arange(end, device=device) >= prepared.prefix_length).float().expand(len(rows), end)
-        if positions_dropout > 0:
-            keep = torch.rand(len(rows), end, generator=generator) >= positions_dropout
-            positions = positions * keep.to(device)
-        positions = positions[:, start:]
+) -> tuple[CompletionNLL, CompletionNLL]:
+    """Completion NLLs of the winning and the losing completion of every row of `plan` with
+    `update` at `layer` (one factor per row). Fast: one packed replay row per (example, pair);
+    plain: one full forward per completion."""
+    examples = torch.div(plan.target_rows, 2, rounding_mode="floor")
+    if not torch.equal(examples, torch.div(plan.opposite_rows, 2, rounding_mode="floor")):
+        raise TrainingError("a step row's winning and losing completions must be the same example's two sequences")
+    device = prepared.batch.input_ids.device
+    packed_mask = _packed_positions(prepared, examples, positions_dropout, generator)
     # null_it_out rows (factor 0) of a vector: the projection operator; lora/local_weight: factor 0 is no steering
-    null_out = null_rows.to(device) if update.method == "vector" and bool(null_rows.any()) else None
-    with InterventionHandle(model, {layer: update}, multipliers.to(device), positions=positions, null_out=null_out):
-        if fast:
-            captured = prepared.captured
-            if captured is None or captured.start_layer != layer:
-                raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
-            return prepared.replay_nll(model, rows)
-        return full_forward_nll(model, batch, {}, rows=rows)
+    vector_null = update.method == "vector" and bool(plan.null_rows.any())
+    target_branch = plan.target_rows % 2  # 0: the matching completion wins, 1: the not-matching one
+    if fast:
+        captured = prepared.captured
+        if captured is None or captured.start_layer != layer:
+            raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
+        positions = packed_mask[:, prepared.replay_from:].to(device)
+        null_out = plan.null_rows.to(device) if vector_null else None
+        with InterventionHandle(model, {layer: update}, plan.factors.to(device), positions=positions, null_out=null_out):
+            sums, counts = prepared.packed_nll(model, examples)
+        index = torch.arange(len(plan), device=sums.device)
+        target, opposite = target_branch.to(sums.device), (1 - target_branch).to(sums.device)
+        return (CompletionNLL(sums[index, target], counts[index, target]),
+                CompletionNLL(sums[index, opposite], counts[index, opposite]))
+    rows = torch.cat([plan.target_rows, plan.opposite_rows])
+    end = int(prepared.lengths.index_select(0, rows.to(device)).max())
+    branches = torch.cat([target_branch, 1 - target_branch]) + 1
+    positions = prepared.layout.to_sequences(torch.cat([packed_mask, packed_mask]), torch.cat([examples, examples]),
+                                             branches, end).to(device)
+    multipliers = torch.cat([plan.factors, plan.factors]).to(device)
+    null_out = torch.cat([plan.null_rows, plan.null_rows]).to(device) if vector_null else None
+    with InterventionHandle(model, {layer: update}, multipliers, positions=positions, null_out=null_out):
+        nll = full_forward_nll(model, prepared.batch, {}, rows=rows)
+    n = len(plan)
+    return CompletionNLL(nll.sum[:n], nll.count[:n]), CompletionNLL(nll.sum[n:], nll.count[n:])
 
 
 def step_loss(
@@ -359,16 +424,13 @@ def step_loss(
 ) -> torch.Tensor:
     """Mean over minibatch chunks of `loss` for the rows of `plan` (differentiable in `update`).
 
-    All winning and losing completions of the step run as one batch. With `fast=False` every
-    row is a full forward, and reference NLLs are recomputed (EasyEdit's behaviour).
+    All rows of the step run as one batch (fast: one packed row per (example, pair), winning and
+    losing completions on one prompt pass). With `fast=False` every completion is a full forward,
+    and reference NLLs are recomputed (EasyEdit's behaviour).
     """
     n = len(plan)
-    rows = torch.cat([plan.target_rows, plan.opposite_rows])
-    multipliers = torch.cat([plan.factors, plan.factors])
-    null_rows = torch.cat([plan.null_rows, plan.null_rows])
-    nll = _steered_nll(
-        model, prepared, layer, update, rows, multipliers, null_rows,
-        float(hparams.intervention_positions_dropout), generator, fast,
+    target, opposite = _steered_nll(
+        model, prepared, layer, update, plan, float(hparams.intervention_positions_dropout), generator, fast,
     )
     lengths = prepared.lengths
     target_ref = opposite_ref = None
@@ -377,12 +439,13 @@ def step_loss(
             reference = prepared.compute_reference(model, fast=True)
             target_ref, opposite_ref = reference[plan.target_rows], reference[plan.opposite_rows]
         else:
+            rows = torch.cat([plan.target_rows, plan.opposite_rows])
             with torch.no_grad():
                 reference = full_forward_nll(model, prepared.batch, {}, rows=rows).sum
             target_ref, opposite_ref = reference[:n], reference[n:]
     terms = LossTerms(
-        target_nll_sum=nll.sum[:n], target_count=nll.count[:n],
-        opposite_nll_sum=nll.sum[n:], opposite_count=nll.count[n:],
+        target_nll_sum=target.sum, target_count=target.count,
+        opposite_nll_sum=opposite.sum, opposite_count=opposite.count,
         target_length=lengths[plan.target_rows], opposite_length=lengths[plan.opposite_rows],
         factors=plan.factors, target_ref_nll_sum=target_ref, opposite_ref_nll_sum=opposite_ref,
     )
@@ -508,6 +571,7 @@ def train_layer(
         update.train()
         if fast:
             prepared.capture(model, layer)
+            logger.info("layer %d: inputs of %d packed rows: %s", layer, prepared.n_examples, prepared.capture_source)
         if needs_reference and fast:
             prepared.compute_reference(model, fast=True)
         generator = torch.Generator().manual_seed(seed)

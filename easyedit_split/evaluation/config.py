@@ -73,6 +73,9 @@ class EvaluatorConfig:
         accuracy_at: multipliers at which the summary reports preference accuracy, chosen
             before scoring (e.g. on a dev split); empty = 0 and the sweep's two ends. Never
             the best value on the scored data.
+        memory_mb: working-set budget (MiB) of one capture or replay pass of the sweep: rows are
+            processed in chunks that fit it (None = only `batch_size` limits them). Scores do not
+            depend on it; on a GPU the captured inputs are kept in CPU memory.
     """
 
     multipliers: Optional[Sequence[float]] = None
@@ -88,6 +91,7 @@ class EvaluatorConfig:
     progress: bool = True
     steer_from: Optional[int] = None
     accuracy_at: Sequence[float] = ()
+    memory_mb: Optional[float] = 2048.0
 
     def __post_init__(self) -> None:
         if self.nll_mode not in NLL_MODES:
@@ -97,6 +101,8 @@ class EvaluatorConfig:
         if self.multipliers is not None:
             self.multipliers = _checked_sweep(self.multipliers)
         self.accuracy_at = tuple(float(m) for m in self.accuracy_at)
+        if self.memory_mb is not None and not self.memory_mb > 0:
+            raise ValueError(f"memory_mb: must be greater than 0 (or None), got {self.memory_mb}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {self.batch_size}")
         if self.n_bootstrap < 0:

@@ -116,6 +116,7 @@ class PreferenceUtilityEvaluator:
         self.utility_loss = float(config.utility_loss)
         self.frontier_max_loss = float(config.frontier_max_loss)
         self.progress = config.progress
+        self.memory_mb = config.memory_mb
         self.steer_from = config.steer_from
 
     def steer_from_for(self, intervention_method: str) -> int:
@@ -184,7 +185,8 @@ class PreferenceUtilityEvaluator:
         info.update(steered_from=steer_from, steer_positions=self.prompt_format.steer_positions, multipliers=multipliers)
         encoded = self._encode(pairs)
         common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
-                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=steer_from)
+                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=steer_from,
+                      memory_mb=self.memory_mb)
         started = time.perf_counter()
         probe = None
         if self.manifold is not None:

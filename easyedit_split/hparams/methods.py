@@ -193,6 +193,11 @@ class GradientTrainHyperParams(TrainHyperParams):
         loss_output_dir: directory for a per-step loss CSV (None = not written).
         inference: only score (no update), e.g. to measure the loss of a saved intervention.
         all_labels: EasyEdit flag kept for compatibility (score every label token).
+    Speed (this package's key; EasyEdit has none):
+        fast_path_memory_mb: working-set budget (MiB) of one pass of the fast path's one-off work
+            (capturing layer inputs, reference NLLs): rows are processed in chunks that fit it.
+            None = one chunk. Results do not depend on it; on a GPU the captured inputs are kept
+            in CPU memory and moved over per step.
     """
 
     exclude_bos: bool = True
@@ -211,8 +216,11 @@ class GradientTrainHyperParams(TrainHyperParams):
     inference: bool = False
     all_labels: bool = False
 
+    fast_path_memory_mb: Optional[float] = 2048.0
+
     def _validate(self) -> None:
         super()._validate()
+        check_min("fast_path_memory_mb", self.fast_path_memory_mb, 0.0, strict=True)
         check_min("batch_size", self.batch_size, 1)
         check_min("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         check_min("n_epochs", self.n_epochs, 0)

@@ -1,0 +1,246 @@
+"""One capture per dataset: captured layer inputs and prefix keys/values, reused across methods and runs.
+
+The fast paths (training, sweep scoring) start by running the layers below the intervention once
+over the data (`packing.capture_layout`) and the chat template's never-steered prefix once at the
+layers above (`replay.capture_prefix`). That result depends only on the model's weights, the
+start layer, the token ids and layout of the data (which include the chat template's tokens),
+the dtype and this package's code. `capture` keys it on exactly that:
+
+- in memory, within a process: CAA-style comparisons train SFT and SPLIT (and score several
+  methods) on the same data at the same layer; the second method reuses the first's capture;
+- on disk, optionally (`cache_dir`, or the `EASYEDIT_SPLIT_CAPTURE_CACHE` environment variable):
+  a file named by the key's hash, so a changed model, layer, data, template, dtype or package
+  version can only miss, never load a stale capture.
+
+The model's identity in the key is its config, name/revision, attention implementation and its
+weights: on disk a SHA-256 of every parameter's bytes (hashed once per process and weights state),
+in memory the model object itself and its parameters' version counters (which every in-place
+edit bumps).
+
+Captures are made in chunks of rows that fit `memory_mb` (results do not depend on it), and are
+kept on `storage_device` (CPU memory for a model on a GPU; the replay moves selected rows over).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import __version__
+from .models import get_decoder_layers, hidden_size
+from .packing import PackedLayout, capture_layout, select_rows
+from .replay import CapturedInputs, PrefixKeyValues, capture_prefix, concat_captures
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR_ENV = "EASYEDIT_SPLIT_CAPTURE_CACHE"
+MEMORY_ENTRIES = 4  # captures kept in memory (least recently used dropped first)
+DEFAULT_MEMORY_MB = 2048  # working-set budget of one fast-path pass (hparam `fast_path_memory_mb`)
+
+__all__ = ["Capture", "capture", "capture_key", "clear_memory_cache", "rows_per_chunk", "CACHE_DIR_ENV"]
+
+
+@dataclass
+class Capture:
+    """Inputs of layers `start_layer..N-1` for every row of a layout, and the keys/values there of
+    its first `prefix.length` positions (shared by every row, never steered)."""
+
+    inputs: CapturedInputs
+    prefix: Optional[PrefixKeyValues]
+    key: str
+    source: str  # "computed", "memory" or "disk"
+
+
+_MEMORY: "OrderedDict[str, Capture]" = OrderedDict()
+
+
+def clear_memory_cache() -> None:
+    """Forget every capture kept in memory (tests; or to free memory)."""
+    _MEMORY.clear()
+
+
+_MODEL_TOKENS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+_DIGESTS: dict[tuple[str, int], str] = {}
+
+
+def _weights_state(model: nn.Module) -> tuple[str, int]:
+    """This model object (a token no later object reuses) and the state of its weights: every
+    in-place change of a parameter bumps its version counter, so any edit changes the state."""
+    token = _MODEL_TOKENS.setdefault(model, uuid.uuid4().hex)
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    return token, hash(versions)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's name, shape, dtype and bytes (computed once per weights state)."""
+    state = _weights_state(model)
+    if state not in _DIGESTS:
+        digest = hashlib.sha256()
+        for name, parameter in model.named_parameters():
+            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
+            digest.update(parameter.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        _DIGESTS[state] = digest.hexdigest()
+    return _DIGESTS[state]
+
+
+def _layout_digest(lay: PackedLayout) -> str:
+    digest = hashlib.sha256()
+    for tensor in (lay.input_ids, lay.position_ids, lay.branch):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_length: int, template: str = "",
+                on_disk: bool = True) -> str:
+    """The hash every cached capture is stored under: model (config, name, revision, attention
+    implementation, weights), dtype, start layer, the layout's token ids, positions and branches,
+    the prefix length, the chat template text and the package version.
+
+    The weights enter as a SHA-256 of all their bytes (`on_disk`, computed once per weights state),
+    or, for the in-memory cache, as this model object and its parameters' version counters."""
+    config = getattr(model, "config", None)
+    weights = _weights_digest(model) if on_disk else "object={}:{}".format(*_weights_state(model))
+    parts = [
+        f"package={__version__}",
+        f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
+        f"name={getattr(config, 'name_or_path', '')}",
+        f"revision={getattr(config, '_commit_hash', '')}",
+        f"attention={getattr(config, '_attn_implementation', '')}",
+        f"weights={weights}",
+        f"dtype={next(model.parameters()).dtype}",
+        f"layer={start_layer}",
+        f"prefix={prefix_length}",
+        f"data={_layout_digest(lay)}",
+        f"template={hashlib.sha256(template.encode()).hexdigest()}",
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def rows_per_chunk(model: nn.Module, width: int, memory_mb: Optional[float]) -> int:
+    """Rows of `width` tokens whose forward through one layer (hidden states, MLP, attention
+    scores and the 4-d masks) fits `memory_mb` (None or <= 0: no limit); at least 1."""
+    if not memory_mb or memory_mb <= 0:
+        return 1 << 30
+    config = getattr(model.config, "text_config", None) or model.config
+    element = next(model.parameters()).element_size()
+    heads = int(getattr(config, "num_attention_heads", 1))
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden_size(model)))
+    per_token = element * (6 * hidden_size(model) + 3 * intermediate + (heads + 4) * width)
+    return max(1, int(memory_mb * 2**20 // (per_token * width)))
+
+
+def _cache_dir(cache_dir: Optional[str | Path]) -> Optional[Path]:
+    directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_DIR_ENV)
+    return Path(directory) if directory else None
+
+
+def _to_payload(entry: Capture) -> dict[str, Any]:
+    inputs, prefix = entry.inputs, entry.prefix
+    return {
+        "start_layer": inputs.start_layer, "hidden_states": inputs.hidden_states.cpu(),
+        "layer_kwargs": [{k: _cpu(v) for k, v in layer.items()} for layer in inputs.layer_kwargs],
+        "batch": [inputs.batch.input_ids.cpu(), inputs.batch.attention_mask.cpu(), inputs.batch.labels.cpu()],
+        "prefix": None if prefix is None else {
+            "start_layer": prefix.start_layer, "length": prefix.length,
+            "keys": [k.cpu() for k in prefix.keys], "values": [v.cpu() for v in prefix.values],
+        },
+    }
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, tuple):
+        return tuple(_cpu(v) for v in value)
+    return value
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    return value
+
+
+def _from_payload(payload: dict[str, Any], key: str, storage: torch.device, run: torch.device) -> Capture:
+    from .prompts import TokenBatch
+
+    inputs = CapturedInputs(
+        payload["start_layer"], payload["hidden_states"].to(storage),
+        [{k: _to(v, storage) for k, v in layer.items()} for layer in payload["layer_kwargs"]],
+        TokenBatch(*(t.to(storage) for t in payload["batch"])),
+    )
+    prefix = payload["prefix"]
+    if prefix is not None:
+        prefix = PrefixKeyValues(prefix["start_layer"], prefix["length"], [k.to(run) for k in prefix["keys"]],
+                                 [v.to(run) for v in prefix["values"]])
+    return Capture(inputs, prefix, key, "disk")
+
+
+def _load(path: Path, key: str, storage: torch.device, run: torch.device) -> Optional[Capture]:
+    try:
+        return _from_payload(torch.load(path, map_location="cpu", weights_only=True), key, storage, run)
+    except Exception as error:  # an unreadable cache file is a miss, never an error
+        logger.warning("capture cache %s: unreadable (%s); capturing again", path, error)
+        return None
+
+
+def _save(path: Path, entry: Capture) -> None:
+    from .storage import atomic_torch_save
+
+    try:
+        atomic_torch_save(_to_payload(entry), path)
+    except Exception as error:  # caching is an optimisation: a failed write only costs the next run
+        logger.warning("capture cache %s: not written (%s)", path, error)
+
+
+def capture(
+    model: nn.Module,
+    lay: PackedLayout,
+    start_layer: int,
+    prefix_length: int = 0,
+    template: str = "",
+    memory_mb: Optional[float] = DEFAULT_MEMORY_MB,
+    cache_dir: Optional[str | Path] = None,
+    use_cache: bool = True,
+) -> Capture:
+    """The capture of `lay` at `start_layer` (and its first `prefix_length` positions' keys/values),
+    from memory, from disk, or computed in row chunks under `memory_mb` and then cached."""
+    run_device = next(get_decoder_layers(model)[start_layer].parameters()).device
+    storage = torch.device("cpu") if run_device.type != "cpu" else run_device
+    key = capture_key(model, lay, start_layer, prefix_length, template, on_disk=False) if use_cache else ""
+    if use_cache and key in _MEMORY:
+        _MEMORY.move_to_end(key)
+        entry = _MEMORY[key]
+        return Capture(entry.inputs, entry.prefix, key, "memory")
+    directory = _cache_dir(cache_dir) if use_cache else None
+    path = directory / f"capture-{capture_key(model, lay, start_layer, prefix_length, template)}.pt" if directory else None
+    entry = _load(path, key, storage, run_device) if path is not None and path.exists() else None
+    if entry is None:
+        chunk = rows_per_chunk(model, lay.input_ids.shape[1], memory_mb)
+        parts = []
+        for begin in range(0, len(lay), chunk):
+            rows = torch.arange(begin, min(begin + chunk, len(lay)))
+            part = capture_layout(model, lay if len(rows) == len(lay) else select_rows(lay, rows), start_layer)
+            parts.append(concat_captures([part], storage))
+        inputs = concat_captures(parts, storage)
+        prefix = capture_prefix(model, inputs, prefix_length) if prefix_length > 0 else None
+        entry = Capture(inputs, prefix, key, "computed")
+        if path is not None:
+            _save(path, entry)
+    if use_cache:
+        _MEMORY[key] = entry
+        while len(_MEMORY) > MEMORY_ENTRIES:
+            _MEMORY.popitem(last=False)
+    return entry
