@@ -14,7 +14,7 @@ from easyedit_split.generation import GenerationSettings, generate_steered
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import PromptFormat, first_steered_position
-from easyedit_split.training import _steered_nll, prepare_pairs
+from easyedit_split.training import StepPlan, _steered_nll, prepare_pairs
 
 LAYER = 1
 PREFIX = 24  # hand count: SmolLM2's default system turn + "<|im_start|>user\n"
@@ -83,8 +83,8 @@ def test_training_steers_the_positions_the_rule_names(tiny_chat_model, default_t
     outputs = []
     for m in (0.0, 3.0):
         with _LayerInputs(tiny_chat_model) as record:
-            _steered_nll(tiny_chat_model, prepared, LAYER, update, rows, torch.tensor([m, m]), torch.tensor([False, False]),
-                         0.0, None, fast=False)
+            plan = StepPlan(rows[:1], rows[1:], torch.tensor([m]), torch.tensor([False]), 1)  # sequence 0 wins over 1
+            _steered_nll(tiny_chat_model, prepared, LAYER, update, plan, 0.0, None, fast=False)
         outputs.append(record.calls[-1])
     length = int(prepared.lengths[0])
     first = TRAINING[(rule, form)]
