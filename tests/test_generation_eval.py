@@ -293,3 +293,33 @@ def test_default_model_generation_eval_with_local_judge(default_model_and_tokeni
             assert 0.0 <= row["scores"][name][0] <= 2.0
         assert row["scores"]["perplexity"][0] > 1.0
     assert "Generations side by side" in report.markdown()
+
+
+def test_cli_evaluate_generate_with_http_judge(tiny_chat_model, default_tokenizer, server, updates, tmp_path,
+                                               monkeypatch, capsys):
+    from easyedit_split.cli import main
+    from easyedit_split.steering import SteeringInterventions
+
+    model_dir = tmp_path / "tiny"
+    tiny_chat_model.save_pretrained(model_dir)
+    default_tokenizer.save_pretrained(model_dir)
+    SteeringInterventions(updates).save(tmp_path / "caa_vector")
+    monkeypatch.setenv("EASYEDIT_SPLIT_JUDGE_BASE_URL", server.base_url)
+    monkeypatch.setenv("EASYEDIT_SPLIT_JUDGE_API_KEY", "k")
+    out = tmp_path / "report"
+    argv = ["evaluate", str(tmp_path / "caa_vector"), "--dataset", "sentiment", "--multipliers=-2,0,2",
+            "--max-examples", "4", "--no-manifold", "--bootstrap", "10", "--no-progress", "--model", str(model_dir),
+            "--output-dir", str(out), "--generate", "--judge", "openai:stub", "--concept", "positive sentiment",
+            "--max-prompts", "4", "--max-new-tokens", "4", "--no-plots"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Factor selection" in printed and "Generations side by side" in printed
+    data = json.loads((out / "results.json").read_text())
+    assert "caa_vector" in data["methods"] and len(data["generation"]["results"]) == 3 * 4
+    assert "# Generation-side evaluation" in (out / "report.md").read_text()
+    assert (out / "generation_results.csv").read_text().startswith("method,multiplier,split")
+    asked = len(server.requests)
+    assert main(argv) == 0  # a re-run reads the generations and judge answers from out/generation/
+    assert len(server.requests) == asked
+    assert main([("bogus" if a == "openai:stub" else a) for a in argv]) == 2
+    assert "openai:MODEL or local:MODEL_OR_PATH" in capsys.readouterr().err

@@ -336,6 +336,7 @@ class GenerationEvaluator:
         """
         started = time.perf_counter()
         config = self.config
+        _ = self.judge  # a wrong judge spec fails here, before anything is generated
         items = list(items)
         if not (items and all(isinstance(item, GenerationItem) for item in items)):
             items = make_items(items, config.dev_fraction, config.seed)
@@ -372,3 +373,17 @@ class GenerationEvaluator:
                  out_dir: Optional[Union[str, Path]] = None) -> GenerationReport:
         """One method (the registry's calling convention)."""
         return self.compare({name: updates_or_dir}, items, out_dir=out_dir, concept_id=concept_id)
+
+
+@dataclass
+class GenerationAndPreference:
+    """`SteerEditor.evaluate(..., generate=True)`: the preference-utility result and the generation report."""
+
+    preference: Any
+    generation: GenerationReport
+
+
+def settings_from_easyedit(generation_params: Optional[Mapping[str, Any]] = None, num_responses: int = 1,
+                           seed: Optional[int] = None, **overrides: Any) -> GenerationSettings:
+    """`GenerationSettings` from EasyEdit's top-level keys (`generation_params`, `num_responses`, `seed`)."""
+    return GenerationSettings.from_params(generation_params or {}, num_samples=int(num_responses), seed=seed, **overrides)
