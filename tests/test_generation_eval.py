@@ -323,3 +323,39 @@ def test_cli_evaluate_generate_with_http_judge(tiny_chat_model, default_tokenize
     assert len(server.requests) == asked
     assert main([("bogus" if a == "openai:stub" else a) for a in argv]) == 2
     assert "openai:MODEL or local:MODEL_OR_PATH" in capsys.readouterr().err
+
+
+def test_judge_evaluator_for_easyedit_results_and_registry(server, tmp_path):
+    import types
+
+    from easyedit_split.evaluation import EVALUATORS
+    from easyedit_split.integrations.easyedit_judge import judge_results, register_judge_evaluator
+
+    assert EVALUATORS["generation_judge"] is GenerationEvaluator
+    results = [{"input": "Describe the sea.", "orig_pred": [], "pred": ["the sea is wide and blue"]},
+               {"input": "Hi", "pred": ["waves [[drop fluency]] crash"]}]
+    judge = OpenAICompatibleJudge("stub-judge", base_url=server.base_url, api_key="k", max_retries=0, backoff=0.01)
+    metrics = judge_results(results, concept="the ocean", judge=judge, cache_path=tmp_path / "c.jsonl", progress=False)
+    first = rule_ratings("the sea is wide and blue")
+    assert metrics["concept_scores"][0] == first["concept"] and metrics["fluency_scores"] == [first["fluency"], None]
+    assert metrics["aggregated_ratings"][1] is None and metrics["n_missing"] == 1  # EasyEdit would have scored it 0
+    assert metrics["mean_aggregated_rating"] == pytest.approx(harmonic(list(first.values())))
+    with pytest.raises(KeyError, match="record 0: needs 'input' and 'pred'"):
+        judge_results([{"prompt": "x"}], concept="c", judge=judge, progress=False)
+    package = types.SimpleNamespace(EVALUATORS={"preference_utility": object})
+    assert register_judge_evaluator(package) == "generation_judge"
+    assert package.EVALUATORS["generation_judge"] is GenerationEvaluator and "preference_utility" in package.EVALUATORS
+
+
+def test_editor_evaluate_with_generate(tiny_chat_model, default_tokenizer, server, updates):
+    from easyedit_split.editor import SteerEditor
+    from easyedit_split.hparams import CAAHyperParams
+
+    editor = SteerEditor(CAAHyperParams(layers=[1]), model=tiny_chat_model, tokenizer=default_tokenizer)
+    judge = OpenAICompatibleJudge("stub-judge", base_url=server.base_url, api_key="k", max_retries=0, backoff=0.01)
+    result = editor.evaluate("sentiment", multipliers=[0.0, 2.0], updates=updates, manifold=False, n_bootstrap=10,
+                             generate=True, generation_options=dict(judge=judge, concept="joy", progress=False,
+                                                                    settings=GenerationSettings(max_new_tokens=3)))
+    assert list(result.preference.metrics.multipliers) == [0.0, 2.0]
+    assert result.generation.methods == ["caa"] and result.generation.multipliers == [0.0, 2.0]
+    assert len(result.generation.rows) == 2 * 40 and "aggregate" in result.generation.choices

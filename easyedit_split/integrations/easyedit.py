@@ -392,6 +392,9 @@ def register_with_easyedit(
                 evaluate_package.EVALUATORS = registry
             registry[EVALUATOR_NAME] = PreferenceUtilityEvaluator
             evaluate_package.PreferenceUtilityEvaluator = PreferenceUtilityEvaluator
+            from .easyedit_judge import register_judge_evaluator
+
+            register_judge_evaluator(evaluate_package)  # the generation-side judge evaluator, next to it
             try:
                 patched = _patch_evaluator(_import("steer.evaluate.evaluate"))
             except Exception as error:
