@@ -359,3 +359,32 @@ def test_editor_evaluate_with_generate(tiny_chat_model, default_tokenizer, serve
     assert list(result.preference.metrics.multipliers) == [0.0, 2.0]
     assert result.generation.methods == ["caa"] and result.generation.multipliers == [0.0, 2.0]
     assert len(result.generation.rows) == 2 * 40 and "aggregate" in result.generation.choices
+
+
+def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_tokenizer, server, tmp_path,
+                                                       monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    spec = importlib.util.spec_from_file_location("examples_run_split_w10", examples / "run_split.py")
+    run_split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_split)
+    monkeypatch.setenv("BASE_URL", server.base_url)  # EasyEdit's variables
+    monkeypatch.setenv("API_KEY", "k")
+    common = ["--dataset", "sentiment", "--method", "caa", "--model_name", "smollm2-135m-instruct",
+              "--intervention_method", "vector", "--output_dir", str(tmp_path), "--set", "layers=[2]",
+              "--max_examples", "4", "--quiet"]
+    assert run_split.main(common + ["--mode", "generate"], model=tiny_chat_model, tokenizer=default_tokenizer) == 0
+    argv = common + ["--mode", "evaluate", "--multipliers", "-2", "0", "2", "--no_manifold", "--max_new_tokens", "3",
+                     "--eval_methods", "llm", "ppl", "distinctness", "--llm_model", "stub-judge", "--concept", "joy"]
+    assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
+    report = tmp_path / "results/smollm2-135m-instruct/sentiment/preference_utility"
+    data = json.loads((report / "results.json").read_text())
+    rows = data["generation"]["results"]
+    assert len(rows) == 3 * 4 and {r["method"] for r in rows} == {"caa"}  # --multipliers, 4 test prompts
+    assert all(r["scores"]["aggregate"][0] is not None and r["scores"]["perplexity"] for r in rows)
+    assert server.bodies[0]["model"] == "stub-judge"
+    assert run_split.main(argv[:-8] + ["--eval_methods", "llm"], model=tiny_chat_model, tokenizer=default_tokenizer) == 1
