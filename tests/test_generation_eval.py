@@ -388,3 +388,24 @@ def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_
     assert all(r["scores"]["aggregate"][0] is not None and r["scores"]["perplexity"] for r in rows)
     assert server.bodies[0]["model"] == "stub-judge"
     assert run_split.main(argv[:-8] + ["--eval_methods", "llm"], model=tiny_chat_model, tokenizer=default_tokenizer) == 1
+
+
+def test_preference_accuracy_factor_chosen_on_dev_pairs():
+    import types
+
+    import numpy as np
+
+    from easyedit_split.evaluation.factor_selection import select_preference_accuracy
+
+    def result(name, pref_odds):  # [K multipliers, N pairs]; accuracy = share of pairs with PrefOdds > 0
+        metrics = types.SimpleNamespace(multipliers=np.array([-2.0, 0.0, 2.0, 4.0]), pref_odds=np.array(pref_odds),
+                                        accuracy=(np.array(pref_odds) > 0).mean(axis=1))
+        return types.SimpleNamespace(name=name, metrics=metrics)
+
+    dev = [result("split", [[-1, -1, 1, 1], [1, -1, 1, 1], [1, 1, 1, -1], [1, 1, 1, 1]])]   # 0.5 0.75 0.75 1.0
+    test = [result("split", [[-1, -1], [1, -1], [1, 1], [-1, -1]])]                          # 0 0.5 1.0 0.0
+    choice = select_preference_accuracy(dev, test)["split"]
+    assert choice.multiplier == 4.0 and choice.dev.mean == 1.0 and choice.test.mean == 0.0  # test's best (2) not used
+    assert choice.test.n_scored == 2
+    with pytest.raises(ValueError, match="test split is not allowed"):
+        select_preference_accuracy(test, dev, dev_split="test", test_split="dev")
