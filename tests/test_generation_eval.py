@@ -409,3 +409,16 @@ def test_preference_accuracy_factor_chosen_on_dev_pairs():
     assert choice.test.n_scored == 2
     with pytest.raises(ValueError, match="test split is not allowed"):
         select_preference_accuracy(test, dev, dev_split="test", test_split="dev")
+
+
+def test_main_job_generation_step(tiny_chat_model, default_tokenizer, server, updates, tmp_path):
+    from easyedit_split.demo_generation import run_demo_generation
+
+    judge = OpenAICompatibleJudge("stub-judge", base_url=server.base_url, api_key="k", max_retries=0, backoff=0.01)
+    report = run_demo_generation(tiny_chat_model, default_tokenizer, PromptFormat(),
+                                 {"caa": updates, "sft": {1: updates[1] * 0.5}, "split": {1: updates[1] * -1.0}},
+                                 out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)
+    assert report.methods == ["caa", "sft", "split"] and report.multipliers == [0.0, 2.0, 4.0, 8.0]
+    assert report.context["n_prompts"] == {"dev": 2, "test": 2}
+    assert set(report.choices["aggregate"]) == {"caa", "sft", "split"}
+    assert all(r["scores"]["perplexity"] and r["scores"]["distinct_1"] for r in report.rows)
