@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .data import load_dataset
-from .evaluation.generation_eval import GenerationEvaluator
+from .evaluation.generation_eval import GENERATIONS_FILE, RUN_FILE, GenerationEvaluator
 from .evaluation.generation_items import make_items
 from .evaluation.generation_report import GenerationReport
 from .generation import GenerationSettings
@@ -40,8 +40,12 @@ def run_demo_generation(
     """Generate and score the first `n_prompts` held-out prompts (half dev, half test) for every method.
 
     `judge` None uses `model` itself as the local judge (expected digit, no justification).
-    `out_dir` keeps the resumable files (generations.jsonl, judge_cache.jsonl).
+    `out_dir` keeps the files (generations.jsonl, judge_cache.jsonl); the generations are made afresh each
+    run (the vectors are retrained), judge answers to texts seen before come from the cache.
     """
+    if out_dir is not None:  # the demo retrains its vectors every run: generate afresh, keep the judge's answer cache
+        for name in (GENERATIONS_FILE, RUN_FILE):
+            (Path(out_dir) / name).unlink(missing_ok=True)
     pairs = load_dataset(dataset, split="test")[:n_prompts]
     items = make_items(pairs, dev_fraction=0.5, seed=0)
     if judge is None:

@@ -422,3 +422,6 @@ def test_main_job_generation_step(tiny_chat_model, default_tokenizer, server, up
     assert report.context["n_prompts"] == {"dev": 2, "test": 2}
     assert set(report.choices["aggregate"]) == {"caa", "sft", "split"}
     assert all(r["scores"]["perplexity"] and r["scores"]["distinct_1"] for r in report.rows)
+    again = run_demo_generation(tiny_chat_model, default_tokenizer, PromptFormat(), {"caa": {1: updates[1] * 2.0}},
+                                out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)  # retrained: no error
+    assert again.methods == ["caa"]
