@@ -425,3 +425,10 @@ def test_main_job_generation_step(tiny_chat_model, default_tokenizer, server, up
     again = run_demo_generation(tiny_chat_model, default_tokenizer, PromptFormat(), {"caa": {1: updates[1] * 2.0}},
                                 out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)  # retrained: no error
     assert again.methods == ["caa"]
+
+
+def test_judge_without_concept_fails_before_generating(tiny_chat_model, default_tokenizer, server, updates, tmp_path):
+    evaluator = evaluator_for(tiny_chat_model, default_tokenizer, server, concept=None)
+    with pytest.raises(ValueError, match="concept description"):
+        evaluator.compare({"vec": updates}, PROMPTS, out_dir=tmp_path)
+    assert not (tmp_path / GENERATIONS_FILE).exists()

@@ -342,6 +342,9 @@ class GenerationEvaluator:
             items = make_items(items, config.dev_fraction, config.seed)
         if not items:
             raise ValueError("no prompts to generate from")
+        if self.judge is not None and config.concept is None and any(item.concept is None for item in items):
+            raise ValueError("the judge's concept rubric needs a concept description: pass concept= (--concept) "
+                             "or use data with a concept column")
         loaded = {name: self._load(updates, concept_id) for name, updates in methods.items()}
         if not loaded:
             raise ValueError("no interventions to evaluate")
