@@ -67,6 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        manifold=not args.no_manifold)
     _print_demo(job.demo)
     print(job.report.markdown_table())
+    if job.report.generation is not None:
+        print(job.report.generation.markdown())
     print("Written:")
     for kind, path in job.written.items():
         print(f"  {kind}: {path}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from .cli_generation import add_generation_arguments
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
 from .errors import DatasetError, StorageError
 from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--easyedit-dir", action="store_true",
                         help="load directories without a manifest.json as EasyEdit's files even if they hold our "
                              "metadata.json (EasyEdit's own directories need no flag); see docs/storage.md")
+    add_generation_arguments(parser)  # --generate --judge ...: the generation-side evaluation (cli_generation.py)
 
 
 def _resolve(path: str, base: Optional[Path]) -> str:
@@ -197,10 +199,21 @@ def run(args: argparse.Namespace) -> int:
     report = evaluator.compare(updates, pairs, out_dir=None, dataset=str(args.dataset), concept_id=concept_id)
     for result, (_, (directory, _)) in zip(report.results, sources.items()):
         result.info["source"] = str(directory)
+    if args.generate:  # generation-side evaluation: joins results.json, report.md and the plots (cli_generation.py)
+        from .cli_generation import run_generation
+        from .errors import EasyEditSplitError
+
+        try:
+            report.generation = run_generation(args, model, tokenizer, fmt, updates, list(config.multipliers), concept_id)
+        except (ValueError, EasyEditSplitError) as error:
+            print(f"error: --generate: {error}", file=sys.stderr)
+            return 2
     if args.output_dir:
         paths = report.write(args.output_dir, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     print(report.markdown_table())
+    if report.generation is not None:
+        print(report.generation.markdown())
     return 0
 
 

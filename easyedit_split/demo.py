@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP, easyedit_alg_dir_name
 from .data import load_dataset
+from .demo_generation import run_demo_generation
 from .editor import SteerEditor
 from .evaluation import EvaluationReport, EvaluatorConfig, PreferenceUtilityEvaluator
 from .hparams import CAAHyperParams, load_hparams
@@ -85,6 +86,7 @@ def run_main_job(
     max_test_pairs: Optional[int] = None,
     trained_methods: Sequence[str] = ("sft", "split"),
     manifold: bool = True,
+    generation: bool = True,
 ) -> MainJobResult:
     """CAA, SFT and SPLIT vectors on `dataset` with the default model, compared by the evaluator.
 
@@ -93,6 +95,8 @@ def run_main_job(
        `hparams/sentiment/smollm2-135m-instruct` values, 1 epoch on 48 pairs);
     3. the preference-utility evaluation of all three on the held-out split over `multipliers`
        (default: the 9-point `constants.DEFAULT_SWEEP`, the demo's time budget): `results.json`, CSV, markdown table and PNG plots in `out_dir`.
+    4. with `generation`: steered generations of a few held-out prompts, scored by the default model as a
+       local judge and by lexical metrics, factors chosen on dev prompts (`demo_generation.py`).
     """
     config = EvaluatorConfig(manifold=manifold, multipliers=DEFAULT_SWEEP)  # the demo's 9-point budget
     if multipliers is not None:
@@ -121,7 +125,12 @@ def run_main_job(
     evaluator = PreferenceUtilityEvaluator(editor.model, editor.tokenizer, prompt_format=editor.prompt_format, config=config)
     out_path = Path(out_dir)
     report = evaluator.compare(methods, test_pairs, out_dir=None, dataset=f"{dataset} (test)")
-    written = report.write(out_path)
     seconds["evaluate"] = time.perf_counter() - mark
+    if generation:  # 4. generation-side scores of the same three methods (demo_generation.py)
+        mark = time.perf_counter()
+        report.generation = run_demo_generation(editor.model, editor.tokenizer, editor.prompt_format, methods, dataset,
+                                                out_dir=out_path / "generation")
+        seconds["generation eval"] = time.perf_counter() - mark
+    written = report.write(out_path)
     seconds["total"] = time.perf_counter() - started
     return MainJobResult(demo, report, out_path, written, seconds)

@@ -200,13 +200,31 @@ class SteerEditor:
         updates: Optional[Mapping[int, DynamicWeightUpdate]] = None,
         name: Optional[str] = None,
         evaluator: str = "preference_utility",
+        generate: bool = False,
+        generation_options: Optional[Mapping[str, Any]] = None,
+        generation_dir: Optional[Union[str, Path]] = None,
         **evaluator_options: Any,
     ) -> Any:
         """Run an evaluator from the registry (default: the preference-utility evaluator); `multipliers`
-        None = the form's default sweep (`evaluation.config.form_sweep`)."""
+        None = the form's default sweep (`evaluation.config.form_sweep`).
+
+        `generate=True` also runs the generation-side evaluation (steered generations of the same
+        prompts, judged and scored; `generation_options` are `GenerationEvalConfig` fields such as
+        ``judge="openai:MODEL"``, ``concept=...``, ``settings=GenerationSettings(...)``; `generation_dir`
+        keeps its resumable files) and returns `GenerationAndPreference(preference, generation)`.
+        """
         evaluator_class = get_evaluator(evaluator)
         if multipliers is not None:
             evaluator_options["multipliers"] = list(multipliers)
         instance = evaluator_class(self.model, self.tokenizer, prompt_format=self.prompt_format, **evaluator_options)
         method_name = self.hparams.alg_name if isinstance(self.hparams, (TrainHyperParams, ApplyHyperParams)) else "method"
-        return instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)
+        result = instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)
+        if not generate:
+            return result
+        from .evaluation.generation_eval import GenerationAndPreference, GenerationEvaluator
+
+        options = {"multipliers": list(multipliers), **dict(generation_options or {})}
+        generation = GenerationEvaluator(self.model, self.tokenizer, prompt_format=self.prompt_format, **options)
+        report = generation.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name,
+                                     out_dir=generation_dir)
+        return GenerationAndPreference(result, report)

@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--nll_mode", default="sequence", choices=("sequence", "token"), help="evaluate: NLL per sequence or per token")
     extra.add_argument("--no_manifold", action="store_true", help="evaluate: skip the activation-manifold probe")
     extra.add_argument("--quiet", action="store_true")
+    judge = parser.add_argument_group("evaluate: generation-side scores (EasyEdit's steer/evaluate/evaluate.py flags)")
+    judge.add_argument("--eval_methods", nargs="+", default=None, metavar="METHOD",
+                       help="llm (judge ratings), ppl (perplexity under the unsteered model), distinctness: score "
+                            "steered generations of the test prompts too")
+    judge.add_argument("--llm_model", default=None, help="judge model behind an OpenAI-compatible API (openai:MODEL; "
+                       "BASE_URL / API_KEY from the environment, as EasyEdit reads them)")
+    judge.add_argument("--judge", default=None, help="openai:MODEL or local:MODEL_OR_PATH (instead of --llm_model)")
+    judge.add_argument("--concept", default=None, help="concept description for the judge (default: the dataset name)")
+    judge.add_argument("--generation_multipliers", nargs="+", type=float, default=None,
+                       help="sweep of the generations (default: --multipliers or -4 -2 0 2 4)")
     return parser
 
 
@@ -284,10 +294,38 @@ class Runner:
             nll_mode=args.nll_mode, manifold=not args.no_manifold, progress=not args.quiet,
         )
         report = evaluator.compare(methods, pairs, out_dir=report_dir, dataset=str(args.dataset))
+        if args.eval_methods or args.judge or args.llm_model:  # generation-side scores join the same report
+            report.generation = self.generation_scores(methods, pairs, model, tokenizer, prompt_hparams, report_dir)
+            report.write(report_dir)
         for result in report.results if hasattr(report, "results") else []:
             logger.info("%s: %s", result.name, {k: v for k, v in result.fits.to_dict().get("summaries", {}).items()})
         logger.info("[SUCCESS] report for %d pairs -> %s", len(pairs), report_dir)
         return True
+
+
+    def generation_scores(self, methods: dict, pairs: Sequence[Any], model: Any, tokenizer: Any, prompt_hparams: Any,
+                          report_dir: Path) -> Any:
+        """Steered generations of the test prompts, scored as `--eval_methods` asks (resumable under report_dir/generation)."""
+        from easyedit_split.evaluation.generation_eval import GenerationEvaluator, settings_from_easyedit
+
+        args = self.args
+        wanted = {m.lower() for m in (args.eval_methods or ["llm", "ppl", "distinctness"])}
+        unknown = wanted - {"llm", "ppl", "distinctness"}
+        if unknown:
+            raise HparamsError(f"--eval_methods: {sorted(unknown)} not supported here; use llm, ppl, distinctness")
+        judge = args.judge or (f"openai:{args.llm_model}" if args.llm_model else None)
+        if "llm" in wanted and judge is None:
+            raise HparamsError("--eval_methods llm needs a judge: --llm_model MODEL (OpenAI-compatible) or --judge SPEC")
+        settings = settings_from_easyedit(self.generation["generation_params"], self.generation["num_responses"],
+                                          seed=getattr(prompt_hparams, "seed", 0))
+        evaluator = GenerationEvaluator(
+            model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams), settings=settings,
+            multipliers=args.generation_multipliers or args.multipliers or [-4.0, -2.0, 0.0, 2.0, 4.0],
+            judge=judge if "llm" in wanted else None, concept=args.concept or Path(str(args.dataset)).stem,
+            perplexity="ppl" in wanted, progress=not args.quiet,
+        )
+        limited = pairs[: args.generation_data_size] if args.generation_data_size else pairs
+        return evaluator.compare(methods, limited, out_dir=report_dir / "generation", dataset=str(args.dataset))
 
 
 def main(argv: Optional[Sequence[str]] = None, model: Any = None, tokenizer: Any = None) -> int:

@@ -9,7 +9,9 @@ Its answers follow deterministic rules read from the judged text (the part of th
 * ``[[unparseable_once]]`` -> no rating the first time this prompt is asked, a rating afterwards;
 * ``[[slow]]`` -> sleeps ``slow_seconds`` before answering;
 * ``[[429_once]]`` / ``[[500_once]]`` -> that HTTP error the first time this prompt is asked;
-* ``[[401]]`` -> HTTP 401 every time.
+* ``[[401]]`` -> HTTP 401 every time;
+* otherwise, when the server was built with ``rule``, ``rule(rubric, text)`` writes the answer
+  (end-to-end tests over generated text use it).
 
 Every request is counted (``server.requests``: list of (rubric, text)).
 """
@@ -33,8 +35,9 @@ def rubric_of(prompt: str) -> str:
 
 
 class StubServer:
-    def __init__(self, slow_seconds: float = 1.0):
+    def __init__(self, slow_seconds: float = 1.0, rule=None):
         self.slow_seconds = slow_seconds
+        self.rule = rule
         self.requests: list[tuple[str, str]] = []
         self.seen: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -96,6 +99,8 @@ class StubServer:
             time.sleep(self.slow_seconds)
         if "[[unparseable]]" in text or ("[[unparseable_once]]" in text and asked == 0):
             content = "This text is hard to judge. I will not give a number."
+        elif self.rule is not None:
+            content = self.rule(rubric, text)
         elif "[[out_of_range]]" in text:
             content = "It is excellent.\nRating: 7"
         else:

@@ -103,10 +103,14 @@ class EvaluationReport:
 
     results: Sequence[Any]            # MethodResult
     context: dict = field(default_factory=dict)
+    generation: Any = None            # generation_report.GenerationReport, when generations were scored too
 
     def to_dict(self) -> dict:
-        return {"package": "easyedit_split", "package_version": __version__, "scored": self.context,
+        data = {"package": "easyedit_split", "package_version": __version__, "scored": self.context,
                 "methods": {r.name: r.to_dict() for r in self.results}}
+        if self.generation is not None:  # generation-side metrics against m, next to preference and utility
+            data["generation"] = self.generation.to_dict()
+        return data
 
     # ------------------------------------------------------------------ tables
     def csv_text(self) -> str:
@@ -287,6 +291,10 @@ class EvaluationReport:
         if plots:
             for path in self.plot(out_dir):
                 paths[path.stem] = path
+        if self.generation is not None:  # generation_results.{json,csv}, generation_report.md, generation.png
+            paths.update(self.generation.write(out_dir, plots=plots))
+            atomic_write_text(out_dir / "report.md", "# Preference-utility evaluation\n\n" + self.markdown_table()
+                              + "\n# Generation-side evaluation\n\n" + self.generation.markdown())
         return paths
 
 

@@ -531,6 +531,9 @@ def register_with_easyedit(
                 evaluate_package.EVALUATORS = registry
             registry[EVALUATOR_NAME] = PreferenceUtilityEvaluator
             evaluate_package.PreferenceUtilityEvaluator = PreferenceUtilityEvaluator
+            from .easyedit_judge import register_judge_evaluator
+
+            register_judge_evaluator(evaluate_package)  # the generation-side judge evaluator, next to it
             try:
                 evaluate_module = _import("steer.evaluate.evaluate")
                 plugins = getattr(evaluate_module, "plugin_evaluators", None)

@@ -1,0 +1,86 @@
+"""`easyedit-split evaluate ... --generate --judge openai:MODEL|local:MODEL_OR_PATH`: the generation-side flags.
+
+Kept apart from `cli_evaluate` so that command only adds these flags and one call. Nothing here prints.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .multipliers import parse_multipliers
+
+GENERATION_SUBDIR = "generation"
+"""Where under --output-dir the resumable files (generations.jsonl, judge_cache.jsonl) are kept."""
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation-side evaluation (steered generations scored per item)")
+    group.add_argument("--generate", action="store_true",
+                       help="also generate steered answers over the sweep and score them (judge, answer accuracy, "
+                            "perplexity under the unsteered model, distinct-n); resumable under --output-dir")
+    group.add_argument("--judge", default=None, metavar="SPEC",
+                       help="openai:MODEL (base URL and key from EASYEDIT_SPLIT_JUDGE_BASE_URL/OPENAI_BASE_URL/BASE_URL "
+                            "and ..._API_KEY) or local:MODEL_OR_PATH; default: no judge ratings")
+    group.add_argument("--concept", default=None, help="concept description for the judge (default: the data's concept)")
+    group.add_argument("--generation-dataset", default=None, help="prompts to generate from (default: --dataset)")
+    group.add_argument("--generation-multipliers", nargs="+", default=None, help="sweep of the generations (default: --multipliers)")
+    group.add_argument("--dev-split", default=None, help="dataset split whose prompts choose each method's factor")
+    group.add_argument("--dev-fraction", type=float, default=0.5,
+                       help="without --dev-split: share of the prompts used to choose the factor (default 0.5)")
+    group.add_argument("--max-prompts", type=int, default=None, help="first N prompts of each split")
+    group.add_argument("--max-new-tokens", type=int, default=64)
+    group.add_argument("--num-samples", type=int, default=1, help="samples per prompt (EasyEdit's num_responses)")
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=None)
+    group.add_argument("--top-p", type=float, default=None)
+    group.add_argument("--generation-seed", type=int, default=0, help="seed of sampled generations")
+    group.add_argument("--force-rating", default=None, choices=("off", "argmax", "expected"),
+                       help="local judge: read a missing rating from the digit probabilities")
+    group.add_argument("--judge-max-new-tokens", type=int, default=None, help="local judge: justification length (0: none)")
+    group.add_argument("--judge-concurrency", type=int, default=None, help="HTTP judge: requests in flight (default 8)")
+
+
+def judge_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword options of `make_judge` from the flags that were given."""
+    local = str(args.judge or "").startswith("local:")
+    options: dict[str, Any] = {}
+    if local and args.force_rating is not None:
+        options["force_rating"] = args.force_rating
+    if local and args.judge_max_new_tokens is not None:
+        options["max_new_tokens"] = args.judge_max_new_tokens
+    if not local and args.judge_concurrency is not None:
+        options["concurrency"] = args.judge_concurrency
+    return options
+
+
+def generation_config(args: argparse.Namespace, multipliers: Optional[list] = None) -> Any:
+    """The `GenerationEvalConfig` of the flags."""
+    from .evaluation.generation_eval import GenerationEvalConfig
+    from .generation import GenerationSettings
+
+    sweep = parse_multipliers(args.generation_multipliers) if args.generation_multipliers else multipliers
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                                  temperature=args.temperature, top_p=args.top_p, num_samples=args.num_samples,
+                                  seed=args.generation_seed)
+    options: dict[str, Any] = dict(settings=settings, judge=args.judge, judge_options=judge_options(args),
+                                   concept=args.concept, dev_fraction=args.dev_fraction,
+                                   progress=not getattr(args, "no_progress", False))
+    if sweep:
+        options["multipliers"] = sweep
+    return GenerationEvalConfig(**options)
+
+
+def run_generation(args: argparse.Namespace, model: Any, tokenizer: Any, prompt_format: Any,
+                   methods: Mapping[str, Any], multipliers: Optional[list], concept_id: Optional[int] = None) -> Any:
+    """Generate, score and summarise every method; returns the `GenerationReport`."""
+    from .evaluation.generation_eval import GenerationEvaluator
+    from .evaluation.generation_items import load_generation_items
+
+    config = generation_config(args, multipliers)
+    items = load_generation_items(args.generation_dataset or args.dataset, split=args.split, dev_split=args.dev_split,
+                                  dev_fraction=args.dev_fraction, max_items=args.max_prompts, concept_id=concept_id,
+                                  seed=config.seed)
+    out_dir = Path(args.output_dir) / GENERATION_SUBDIR if args.output_dir else None
+    evaluator = GenerationEvaluator(model, tokenizer, prompt_format=prompt_format, config=config)
+    return evaluator.compare(methods, items, out_dir=out_dir, dataset=str(args.generation_dataset or args.dataset))

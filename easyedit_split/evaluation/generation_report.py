@@ -1,0 +1,295 @@
+"""Report of a generation-side evaluation: per-(method, m, split) means, factor selection, tables, plot, samples.
+
+Missing judge ratings are left out of every mean and counted next to it (never scored as 0).
+Factor selection follows AxBench: each method's multiplier is chosen on the dev split by the
+judge aggregate (or, without a judge, by answer accuracy) and the test-split score at that
+multiplier is reported; the test split never influences the choice (`judging.select_factors`).
+
+Files (atomic writes): ``generation_results.json`` (per-item rows with their scores, summaries,
+choices), ``generation_results.csv``, ``generation_report.md`` (tables and a few generations per m
+side by side) and ``generation.png`` (each metric against m, every method).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .. import __version__
+from ..judging import FactorChoice, ScoreSummary, ScoreTable, answer_accuracy, select_factors, summarize
+from ..judging.lexical import distinct_1_2_3
+from ..judging.rubrics import RUBRIC_NAMES
+from ..storage import atomic_write, atomic_write_json, atomic_write_text
+
+SPLITS = ("dev", "test", "all")
+RATING_SCORES = ("aggregate", *RUBRIC_NAMES)
+SAMPLE_SCORES = (*RATING_SCORES, "perplexity")
+SELECTION_SCORES = ("aggregate", "answer_matching_rate")
+"""Scores a factor is selected on, in order of preference (the first one a run has is the headline)."""
+CSV_COLUMNS = (
+    "method", "multiplier", "split", "n_texts",
+    *[f"{name}_{part}" for name in SAMPLE_SCORES for part in ("mean", "n_scored", "n_missing")],
+    "distinct_1", "distinct_2", "distinct_3", "answer_matching_rate", "answer_accuracy_parsed", "answer_unparsed",
+)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+@dataclass
+class CellSummary:
+    """Scores of one (method, multiplier, split) cell, pooled over its prompts and samples."""
+
+    n_texts: int
+    scores: dict[str, ScoreSummary] = field(default_factory=dict)
+    distinct: dict[str, Optional[float]] = field(default_factory=dict)
+    answers: Optional[dict[str, Any]] = None
+
+    def value(self, name: str) -> Optional[float]:
+        if name == "answer_matching_rate":
+            return None if self.answers is None else self.answers["matching_rate"]
+        summary = self.scores.get(name)
+        return None if summary is None else summary.mean
+
+    def to_dict(self) -> dict:
+        return {"n_texts": self.n_texts,
+                "scores": {name: {"mean": s.mean, "n_scored": s.n_scored, "n_missing": s.n_missing}
+                           for name, s in self.scores.items()},
+                "distinct": self.distinct, "answers": self.answers}
+
+
+def summarize_cell(rows: Sequence[dict]) -> CellSummary:
+    """Pool the samples of `rows`: means with missing counts, pooled distinct-n, answer accuracy."""
+    texts = [text for row in rows for text in row["pred"]]
+    cell = CellSummary(len(texts))
+    for name in SAMPLE_SCORES:
+        values = [value for row in rows for value in row.get("scores", {}).get(name, [])]
+        if values:
+            cell.scores[name] = summarize(values)
+    cell.distinct = distinct_1_2_3(texts) if texts else {}
+    outcomes = [value for row in rows for value in row.get("scores", {}).get("answer_matches", [])]
+    if outcomes:
+        accuracy = answer_accuracy(outcomes)
+        cell.answers = {"matching_rate": accuracy.matching_rate, "accuracy_parsed": accuracy.accuracy_parsed,
+                        "n": accuracy.n, "n_matching": accuracy.n_matching, "n_other": accuracy.n_other,
+                        "n_unparsed": accuracy.n_unparsed}
+    return cell
+
+
+@dataclass
+class GenerationReport:
+    """Scored generation rows of several methods, their summaries and the dev-selected factors."""
+
+    rows: list[dict]
+    methods: list[str]
+    context: dict = field(default_factory=dict)
+    samples_shown: int = 2
+    cells: dict[tuple[str, float, str], CellSummary] = field(init=False)
+    choices: dict[str, dict[str, FactorChoice]] = field(init=False)
+    selection_notes: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cells = {}
+        for method in self.methods:
+            for multiplier in self.multipliers:
+                for split in SPLITS:
+                    chosen = [r for r in self.rows if r["method"] == method and float(r["multiplier"]) == multiplier
+                              and (split == "all" or r["split"] == split)]
+                    if chosen:
+                        self.cells[(method, multiplier, split)] = summarize_cell(chosen)
+        self.choices, self.selection_notes = {}, []
+        if not any(r["split"] == "dev" for r in self.rows):
+            self.selection_notes.append("no dev prompts: no factor selected (give a dev split or dev_fraction > 0)")
+            return
+        for score in SELECTION_SCORES:
+            tables = [self.score_table(score, split) for split in ("dev", "test")]
+            if not any(s.mean is not None for by_m in tables[0].scores.values() for s in by_m.values()):
+                continue
+            try:
+                self.choices[score] = select_factors(*tables)
+            except ValueError as error:
+                self.selection_notes.append(f"{score}: {error}")
+
+    @property
+    def multipliers(self) -> list[float]:
+        return sorted({float(r["multiplier"]) for r in self.rows})
+
+    @property
+    def has_judge(self) -> bool:
+        return any("aggregate" in r.get("scores", {}) for r in self.rows)
+
+    def score_table(self, score: str, split: str) -> ScoreTable:
+        """Method -> m -> summary of `score` on `split` (``answer_matching_rate``: unparsed replies count as not matching)."""
+        table: dict[str, dict[float, ScoreSummary]] = {}
+        for (method, multiplier, cell_split), cell in self.cells.items():
+            if cell_split != split:
+                continue
+            if score == "answer_matching_rate":
+                if cell.answers is None:
+                    continue
+                summary = ScoreSummary(cell.answers["matching_rate"], cell.answers["n"], 0)
+            elif score in cell.scores:
+                summary = cell.scores[score]
+            else:
+                continue
+            table.setdefault(method, {})[multiplier] = summary
+        return ScoreTable(split, table)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        return {
+            "package": "easyedit_split", "package_version": __version__, "context": self.context,
+            "summary": [{"method": method, "multiplier": multiplier, "split": split, **cell.to_dict()}
+                        for (method, multiplier, split), cell in self.cells.items()],
+            "factor_selection": {score: {method: {"multiplier": c.multiplier, "dev_mean": c.dev.mean,
+                                                  "test_mean": c.test.mean, "test_n_scored": c.test.n_scored,
+                                                  "test_n_missing": c.test.n_missing, "selected_on": c.dev_split,
+                                                  "reported_on": c.test_split}
+                                         for method, c in choices.items()}
+                                 for score, choices in self.choices.items()},
+            "selection_notes": self.selection_notes,
+            "results": self.rows,
+        }
+
+    def csv_text(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CSV_COLUMNS)
+        for (method, multiplier, split), cell in self.cells.items():
+            values: list[Any] = [method, multiplier, split, cell.n_texts]
+            for name in SAMPLE_SCORES:
+                summary = cell.scores.get(name)
+                values += [None, 0, 0] if summary is None else [summary.mean, summary.n_scored, summary.n_missing]
+            answers = cell.answers or {}
+            values += [cell.distinct.get(f"distinct_{n}") for n in (1, 2, 3)]
+            values += [answers.get("matching_rate"), answers.get("accuracy_parsed"), answers.get("n_unparsed")]
+            writer.writerow(["" if v is None else v for v in values])
+        return buffer.getvalue()
+
+    def markdown(self) -> str:
+        """Context, factor selection, per-m tables (test split) and a few generations per m side by side."""
+        ctx = self.context
+        lines = [
+            f"Generations: `{ctx.get('dataset')}`, {ctx.get('n_prompts')} prompts (dev/test), "
+            f"judge {ctx.get('judge') or 'none'}" + (f" (rubrics {ctx.get('rubric_version')})" if ctx.get("judge") else "")
+            + f", settings {ctx.get('settings', {}).get('max_new_tokens')} new tokens, "
+            f"{'sampling' if ctx.get('settings', {}).get('do_sample') else 'greedy'}, "
+            f"{ctx.get('settings', {}).get('num_samples')} sample(s) per prompt. Perplexity under the unsteered model.",
+            "",
+        ]
+        if self.choices:
+            lines += ["Factor selection (AxBench): multiplier chosen on the dev prompts, score reported on the test prompts.",
+                      "", "| method | selected on | m | dev | test | test scored / missing |", "|---|---|---|---|---|---|"]
+            for score, choices in self.choices.items():
+                for method, c in choices.items():
+                    lines.append(f"| {method} | {score} | {c.multiplier:g} | {_fmt(c.dev.mean)} | {_fmt(c.test.mean)} "
+                                 f"| {c.test.n_scored} / {c.test.n_missing} |")
+            lines.append("")
+        lines += [f"Note: {note}" for note in self.selection_notes]
+        columns = []
+        if self.has_judge:
+            columns += [("aggregate", "judge aggregate"), ("concept", "concept"), ("instruction", "instruction"),
+                        ("fluency", "fluency")]
+        columns += [("perplexity", "perplexity"), ("distinct_2", "distinct-2")]
+        if any(cell.answers for cell in self.cells.values()):
+            columns += [("answer_matching_rate", "answer matching rate")]
+        lines += ["", "Per multiplier, test prompts (judge scores: mean [missing]):", "",
+                  "| method | m | " + " | ".join(label for _, label in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for method in self.methods:
+            for multiplier in self.multipliers:
+                cell = self.cells.get((method, multiplier, "test")) or self.cells.get((method, multiplier, "all"))
+                if cell is None:
+                    continue
+                values = []
+                for name, _ in columns:
+                    if name.startswith("distinct"):
+                        values.append(_fmt(cell.distinct.get(name)))
+                    elif name == "answer_matching_rate":
+                        values.append(_fmt(cell.value(name)) + (f" ({cell.answers['n_unparsed']} unparsed)"
+                                                                if cell.answers and cell.answers["n_unparsed"] else ""))
+                    else:
+                        summary = cell.scores.get(name)
+                        missing = f" [{summary.n_missing}]" if summary is not None and summary.n_missing else ""
+                        values.append(_fmt(None if summary is None else summary.mean) + missing)
+                lines.append(f"| {method} | {multiplier:g} | " + " | ".join(values) + " |")
+        lines += ["", self.samples_markdown()]
+        return "\n".join(lines) + "\n"
+
+    def samples_markdown(self, width: int = 160) -> str:
+        """The first `samples_shown` prompts' first sample at every m, one table per method."""
+        indices = sorted({r["index"] for r in self.rows})[: self.samples_shown]
+        lines = ["Generations side by side (first sample):", ""]
+        for method in self.methods:
+            lines += [f"**{method}**", "", "| prompt | " + " | ".join(f"m = {m:g}" for m in self.multipliers) + " |",
+                      "|---|" + "---|" * len(self.multipliers)]
+            for index in indices:
+                by_m = {float(r["multiplier"]): r for r in self.rows if r["method"] == method and r["index"] == index}
+                if not by_m:
+                    continue
+                prompt = next(iter(by_m.values()))["input"]
+                cells = [_cell(by_m[m]["pred"][0], width) if m in by_m else "" for m in self.multipliers]
+                lines.append(f"| {_cell(prompt, 60)} | " + " | ".join(cells) + " |")
+            lines.append("")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ plot and files
+    def plot(self, out_dir: Union[str, Path]) -> Path:
+        """Each metric against m (test prompts), every method; the dev-selected factor is marked with a star."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels = ([("aggregate", "judge aggregate (0-2)"), ("fluency", "judge fluency (0-2)")] if self.has_judge else [])
+        panels += [("perplexity", "perplexity (unsteered model)"), ("distinct_2", "distinct-2")]
+        if any(cell.answers for cell in self.cells.values()):
+            panels.append(("answer_matching_rate", "answer matching rate"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+        headline = next(iter(self.choices.values()), {})
+        for ax, (name, label) in zip(axes[0], panels):
+            for method in self.methods:
+                xs, ys = [], []
+                for multiplier in self.multipliers:
+                    cell = self.cells.get((method, multiplier, "test")) or self.cells.get((method, multiplier, "all"))
+                    value = None if cell is None else (cell.distinct.get(name) if name.startswith("distinct")
+                                                       else cell.value(name))
+                    if value is not None:
+                        xs.append(multiplier)
+                        ys.append(value)
+                line, = ax.plot(xs, ys, "o-", ms=3, label=method)
+                choice = headline.get(method)
+                if choice is not None and choice.multiplier in xs:
+                    ax.plot([choice.multiplier], [ys[xs.index(choice.multiplier)]], "*", ms=12, color=line.get_color())
+            ax.set(xlabel="multiplier m", title=label)
+            ax.title.set_fontsize(9)
+            ax.axvline(0, color="grey", lw=0.5)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out_dir) / "generation.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        return path
+
+    def write(self, out_dir: Union[str, Path], plots: bool = True) -> dict[str, Path]:
+        out_dir = Path(out_dir)
+        paths = {
+            "generation_json": atomic_write_json(out_dir / "generation_results.json", self.to_dict()),
+            "generation_csv": atomic_write_text(out_dir / "generation_results.csv", self.csv_text()),
+            "generation_markdown": atomic_write_text(out_dir / "generation_report.md",
+                                                     "# Generation-side evaluation\n\n" + self.markdown()),
+        }
+        if plots:
+            paths["generation_plot"] = self.plot(out_dir)
+        return paths
+
+
+def _cell(text: str, width: int) -> str:
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
