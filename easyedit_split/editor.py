@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .data import PolarityPair, load_dataset
+from .dataset_names import dataset_label
 from .errors import HparamsError
 from .constants import DEFAULT_SWEEP
 from .hparams import ApplyHyperParams, HyperParams, TrainHyperParams, load_hparams
@@ -129,7 +130,7 @@ class SteerEditor:
             raise HparamsError(f"train: {type(hp).__name__} is not a train (generate) file; "
                                "pass hparams= with a generate_<method>.yaml file")
         pairs = self._pairs(dataset, split)
-        name = dataset_name or (Path(str(dataset)).stem if isinstance(dataset, (str, Path)) else "custom")
+        name = dataset_name or (dataset_label(dataset) if isinstance(dataset, (str, Path)) else "custom")
         validate_layers(list(hp.layers), len(get_decoder_layers(self.model)))
         if save is not None:
             hp = dataclasses.replace(hp, save_vectors=bool(save))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..hparams.reading import keep_known_keys
 from ..interventions import DynamicWeightUpdate
 from ..models import load_model_and_tokenizer
 from ..prompts import PromptFormat
+from ..json_values import json_text
 from ..storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def generate_results(
 def write_generation_results(results: list[dict], output_dir: PathLike, dataset_name: str) -> Path:
     """`<output_dir>/<dataset>_results.json`, as EasyEdit's `BaseVectorApplier.save_results`."""
     path = Path(output_dir) / f"{dataset_name}_results.json"
-    atomic_write_text(path, json.dumps(results, indent=4, ensure_ascii=False))
+    atomic_write_text(path, json_text(results, indent=4, sort_keys=False, ensure_ascii=False))
     return path
 
 
