@@ -28,6 +28,15 @@ def add_output_dir(parser: argparse.ArgumentParser, default: Optional[str], help
     parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype` and `--offline`, shared by the commands that load a model."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (spread over the GPUs with device_map); "
+                        "default: the file's, else cpu")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the file's, else float32)")
+    parser.add_argument("--offline", action="store_true",
+                        help="use the Hugging Face cache only, never download (as HF_HUB_OFFLINE=1)")
+
+
 def _print_demo(result) -> None:
     width = 60
     print(f"CAA vector from {result.n_pairs} sentiment pairs, layer {result.layer}, |v| = {result.vector_norm:.1f}\n")
@@ -65,8 +74,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
-    overrides = {"model_name_or_path": args.model} if args.model else {}
-    editor = SteerEditor.from_hparams(args.hparams, **overrides)
+    overrides = {key: value for key, value in (("model_name_or_path", args.model), ("device", args.device),
+                                               ("dtype", args.dtype)) if value}
+    editor = SteerEditor.from_hparams(args.hparams, offline=args.offline or None, **overrides)
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0
@@ -75,7 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
-    editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
+    from .model_choice import choose_model
+
+    model = choose_model(args.model, None, [args.vectors], where=f"generate --vectors {args.vectors}")
+    editor = SteerEditor(HyperParams(model_name_or_path=model, use_chat_template=not args.no_chat_template,
+                                     device=args.device or "cpu", dtype=args.dtype or "float32"), offline=args.offline or None)
     editor.load(args.vectors, concept_id=args.concept_id)
     texts = editor.generate(args.prompt, multipliers=args.multipliers, max_new_tokens=args.max_new_tokens)
     for m, outputs in texts.items():
@@ -117,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default=None,
                        help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
                             "(default: the file's steer_vector_output_dir, else the current directory)")
-    train.add_argument("--model", default=None)
+    train.add_argument("--model", default=None, help="Hub id, checkpoint directory or the default model's name "
+                       f"({DEFAULT_MODEL_NAME}); default: the file's model_name_or_path (required in one of them)")
+    add_model_options(train)
     train.set_defaults(func=cmd_train)
 
     generate = sub.add_parser("generate", help="generate with saved interventions at several multipliers")
@@ -126,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--multipliers", type=multipliers_arg, default=[0.0, 1.0], help="e.g. 0,1 or -2:2:1")
     generate.add_argument("--concept-id", type=int, default=0)
     generate.add_argument("--max-new-tokens", type=int, default=40)
-    generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    generate.add_argument("--model", default=None, help="Hub id, checkpoint directory or the default model's name "
+                          f"({DEFAULT_MODEL_NAME}); default: the model recorded in the vectors' metadata.json")
+    add_model_options(generate)
     generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
     generate.set_defaults(func=cmd_generate)
 

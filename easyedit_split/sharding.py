@@ -38,7 +38,7 @@ from .data import PolarityPair, group_by_concept, load_dataset
 from .errors import StorageError, TrainingError
 from .hparams import load_hparams
 from .interventions import DynamicWeightUpdate
-from .models import load_model_and_tokenizer
+from .models import load_model_and_tokenizer, require_model_name
 from .producing import train_and_save
 from .registry import get_method
 from .storage import (
@@ -211,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hparams", required=True, help="a generate_<method>_<intervention>.yaml file")
     parser.add_argument("--data", required=True, help="multi-concept pairs (AxBench parquet, or any supported file)")
     parser.add_argument("--output_dir", required=True, help="method directory, e.g. vectors/<model>/axbench/<alg>_vector (EasyEdit's directory names)")
-    parser.add_argument("--model_name_or_path", default=None)
+    parser.add_argument("--model_name_or_path", default=None, help="Hub id or checkpoint directory (default: the file's)")
+    parser.add_argument("--offline", action="store_true", help="use the Hugging Face cache only (as HF_HUB_OFFLINE=1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     parser.add_argument("--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -224,7 +225,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides["model_name_or_path"] = args.model_name_or_path
     if overrides:
         hparams = replace(hparams, **overrides)
-    model, tokenizer = load_model_and_tokenizer(hparams.model_name_or_path, hparams.dtype, hparams.device)
+    name = require_model_name(hparams.model_name_or_path, f"{args.hparams} (or --model_name_or_path)")
+    model, tokenizer = load_model_and_tokenizer(name, hparams.dtype, hparams.device, offline=args.offline or None)
     pairs = load_dataset(args.data)
     result = train_sharded(hparams, pairs, model, tokenizer, args.output_dir)
     logger.info("rank %d/%d: trained %s, skipped %s%s", result.rank, result.world_size, result.trained, result.skipped,
