@@ -323,6 +323,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides["model_name_or_path"] = args.model_name_or_path
     if overrides:
         hparams = replace(hparams, **overrides)
+    info = process_info()
+    if info.world_size > 1 and str(hparams.device) == "cuda":  # one GPU per process, as the launcher numbers them
+        hparams = replace(hparams, device=f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}")
     name = require_model_name(hparams.model_name_or_path, f"{args.hparams} (or --model_name_or_path)")
     model, tokenizer = load_model_and_tokenizer(name, hparams.dtype, hparams.device, offline=args.offline or None)
     pairs = load_dataset(args.data)
