@@ -37,6 +37,15 @@ def add_easyedit_dir(parser: argparse.ArgumentParser) -> None:
                              "metadata.json (EasyEdit's own directories need no flag); see docs/storage.md")
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """`--device`, `--dtype` and `--offline`, shared by the commands that load a model."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (spread over the GPUs with device_map); "
+                        "default: the file's, else cpu")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the file's, else float32)")
+    parser.add_argument("--offline", action="store_true",
+                        help="use the Hugging Face cache only, never download (as HF_HUB_OFFLINE=1)")
+
+
 def _print_demo(result) -> None:
     width = 60
     print(f"CAA vector from {result.n_pairs} sentiment pairs, layer {result.layer}, |v| = {result.vector_norm:.1f}\n")
@@ -83,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .storage import check_writable, intervention_dir
 
     hparams = load_hparams(args.hparams)
-    overrides = {"model_name_or_path": args.model} if args.model else {}
+    overrides = {key: value for key, value in (("model_name_or_path", args.model), ("device", args.device),
+                                               ("dtype", args.dtype)) if value}
     overrides.update({key: getattr(args, key) for key in ("steer_positions", "completion_join") if getattr(args, key)})
     output_root = args.output_dir or getattr(hparams, "steer_vector_output_dir", None) or "."
     # before the model loads: the output must be writable and the dataset's name must keep it inside
@@ -94,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise HparamsError(f"--fast-path-memory-mb: {args.hparams} trains {hparams.alg_name}, which has no fast path")
         overrides["fast_path_memory_mb"] = args.fast_path_memory_mb
     try:
-        editor = SteerEditor.from_hparams(hparams, **overrides)
+        editor = SteerEditor.from_hparams(hparams, offline=args.offline or None, **overrides)
     except LayerError as error:
         raise LayerError(f"{args.hparams}: {error}") from None
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
@@ -105,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
 
+    from .model_choice import choose_model
     from .prompts import check_prompt_length
     from .steering import SteeringInterventions
     from .storage import load_interventions
@@ -113,7 +124,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise StorageError(f"{args.vectors}: --concept-id must be >= 0, got {args.concept_id}")
     # a broken directory or file fails before the model loads (then shapes are checked against the model)
     load_interventions(args.vectors, concept_id=args.concept_id, allow_unmanifested=args.easyedit_dir)
-    editor = SteerEditor(HyperParams(model_name_or_path=args.model, use_chat_template=not args.no_chat_template))
+    model = choose_model(args.model, None, [args.vectors], where=f"generate --vectors {args.vectors}")
+    editor = SteerEditor(HyperParams(model_name_or_path=model, use_chat_template=not args.no_chat_template,
+                                     device=args.device or "cpu", dtype=args.dtype or "float32"), offline=args.offline or None)
     if args.steer_positions:
         editor.prompt_format = dataclasses.replace(editor.prompt_format, steer_positions=args.steer_positions)
     editor.interventions = SteeringInterventions.load(args.vectors, concept_id=args.concept_id, model=editor.model,
@@ -168,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default=None,
                        help="root of the saved files: <dir>/<dataset>/<alg>_<method>/layer_<L>.pt "
                             "(default: the file's steer_vector_output_dir, else the current directory)")
-    train.add_argument("--model", default=None)
+    train.add_argument("--model", default=None, help="Hub id, checkpoint directory or the default model's name "
+                       f"({DEFAULT_MODEL_NAME}); default: the file's model_name_or_path (required in one of them)")
+    add_model_options(train)
     add_convention_flags(train)
     train.add_argument("--fast-path-memory-mb", type=float, default=None,
                        help="memory budget (MiB) of the fast path's capture and reference passes; results do not "
@@ -181,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--multipliers", type=multipliers_arg, default=[0.0, 1.0], help="e.g. 0,1 or -2:2:1")
     generate.add_argument("--concept-id", type=int, default=0)
     generate.add_argument("--max-new-tokens", type=int, default=40)
-    generate.add_argument("--model", default=DEFAULT_MODEL_NAME)
+    generate.add_argument("--model", default=None, help="Hub id, checkpoint directory or the default model's name "
+                          f"({DEFAULT_MODEL_NAME}); default: the model recorded in the vectors' metadata.json")
+    add_model_options(generate)
     generate.add_argument("--no-chat-template", action="store_true", help="prompt without the chat template")
     generate.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
                           help="prompt positions steered (docs/conventions.md); default easyedit: every position")

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .cli_generation import add_generation_arguments
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(21 points up to 20 for vectors, 2 for lora/local_weight; evaluation/config.py)")
     parser.add_argument("--output-dir", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
     parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    parser.add_argument("--model", default=None, help=f"model name or path (default: the hparams' or {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--model", default=None, help=f"Hub id, checkpoint directory or {DEFAULT_MODEL_NAME} "
+                        "(default: the hparams', else the model recorded in the interventions' metadata.json)")
+    parser.add_argument("--offline", action="store_true", help="use the Hugging Face cache only (as HF_HUB_OFFLINE=1)")
     parser.add_argument("--dtype", default=None, help="weight dtype (default: hparams' or float32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, auto (default: hparams' or cpu)")
     parser.add_argument("--nll-mode", default=None,
@@ -115,11 +117,16 @@ def _evaluator_config(args: argparse.Namespace) -> Any:
     return config.replace(manifold=not args.no_manifold, progress=not args.no_progress)
 
 
-def _model_keys(args: argparse.Namespace, hparams: Optional[HyperParams]) -> tuple[str, str, str]:
-    """Model name, dtype and device: a flag wins over the hparams file, which wins over the defaults."""
+def _model_keys(args: argparse.Namespace, hparams: Optional[HyperParams], vector_dirs: Sequence[str] = ()) -> tuple[str, str, str]:
+    """Model name, dtype and device: a flag wins over the hparams file, which wins over the defaults; the model
+    comes from --model, the hparams file or the interventions' metadata.json, else it is an error."""
+    from .model_choice import choose_model
+
+    where = f"evaluate --hparams {args.hparams}" if args.hparams else "evaluate"
+    model = choose_model(args.model, hparams.model_name_or_path if hparams else None, vector_dirs, where=where)
     if hparams is None:
-        return args.model or DEFAULT_MODEL_NAME, args.dtype or "float32", args.device or "cpu"
-    return args.model or hparams.model_name_or_path, args.dtype or hparams.dtype, args.device or hparams.device
+        return model, args.dtype or "float32", args.device or "cpu"
+    return model, args.dtype or hparams.dtype, args.device or hparams.device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    model_name, dtype, device = _model_keys(args, hparams)
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
+    model_name, dtype, device = _model_keys(args, hparams, [directory for directory, _ in sources.values()])
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None)
     for directory, layers in sources.values():
         if layers is not None:  # layers named in an hparams file: the error names that file
             validate_layers(layers, num_layers(model), source=args.hparams)

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from .data import PolarityPair, load_dataset
+from .dataset_names import dataset_label
 from .errors import HparamsError
 from .hparams import ApplyHyperParams, HyperParams, TrainHyperParams, load_hparams
 from .generation import GenerationSettings, generate_steered, texts_by_multiplier
 from .interventions import DynamicWeightUpdate, InterventionHandle, Multiplier, steer
-from .models import get_decoder_layers, load_model_and_tokenizer, validate_layers
+from .models import get_decoder_layers, load_model_and_tokenizer, require_model_name, validate_layers
 from .prompts import PromptFormat
 from .registry import get_evaluator, get_method
 from .producing import train_to_dir
@@ -55,10 +56,12 @@ class SteerEditor:
     here; methods that train seed themselves from their hparams.
     """
 
-    def __init__(self, hparams: Optional[HyperParams] = None, model: Optional[nn.Module] = None, tokenizer: Any = None) -> None:
+    def __init__(self, hparams: Optional[HyperParams] = None, model: Optional[nn.Module] = None, tokenizer: Any = None,
+                 offline: Optional[bool] = None) -> None:
         self.hparams = hparams if hparams is not None else HyperParams()
         if model is None:
-            model, tokenizer = load_model_and_tokenizer(self.hparams.model_name_or_path, self.hparams.dtype, self.hparams.device)
+            name = require_model_name(self.hparams.model_name_or_path, f"SteerEditor({type(self.hparams).__name__})")
+            model, tokenizer = load_model_and_tokenizer(name, self.hparams.dtype, self.hparams.device, offline=offline)
         elif tokenizer is None:
             raise ValueError("SteerEditor: pass the tokenizer together with the model")
         self.model = model
@@ -75,11 +78,14 @@ class SteerEditor:
     @classmethod
     def from_hparams(
         cls, hparams_or_path: Union[str, Path, HyperParams, Mapping], model: Optional[nn.Module] = None,
-        tokenizer: Any = None, **overrides: Any,
+        tokenizer: Any = None, offline: Optional[bool] = None, **overrides: Any,
     ) -> "SteerEditor":
         """Build from an hparams object, a dict or an EasyEdit YAML file (train or apply file).
 
-        `overrides` replace keys (e.g. `model_name_or_path`, `device`) after loading.
+        `overrides` replace keys (e.g. `model_name_or_path`, `device`) after loading. Without a
+        `model`, the file or the overrides must name one (EasyEdit's method files leave it to the
+        top-level config): otherwise a ModelError names the file. `offline=True` uses the
+        Hugging Face cache only (None: follow HF_HUB_OFFLINE).
         """
         if isinstance(hparams_or_path, HyperParams):
             hparams = hparams_or_path
@@ -87,7 +93,10 @@ class SteerEditor:
             hparams = load_hparams(hparams_or_path)
         if overrides:
             hparams = dataclasses.replace(hparams, **overrides)
-        return cls(hparams, model=model, tokenizer=tokenizer)
+        if model is None:
+            where = str(hparams_or_path) if isinstance(hparams_or_path, (str, Path)) else type(hparams).__name__
+            require_model_name(hparams.model_name_or_path, where)
+        return cls(hparams, model=model, tokenizer=tokenizer, offline=offline)
 
     # ------------------------------------------------------------------ state
     @property
@@ -128,7 +137,7 @@ class SteerEditor:
             raise HparamsError(f"train: {type(hp).__name__} is not a train (generate) file; "
                                "pass hparams= with a generate_<method>.yaml file")
         pairs = self._pairs(dataset, split)
-        name = dataset_name or (Path(str(dataset)).stem if isinstance(dataset, (str, Path)) else "custom")
+        name = dataset_name or (dataset_label(dataset) if isinstance(dataset, (str, Path)) else "custom")
         validate_layers(list(hp.layers), len(get_decoder_layers(self.model)))
         if save is not None:
             hp = dataclasses.replace(hp, save_vectors=bool(save))

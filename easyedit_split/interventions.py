@@ -33,6 +33,11 @@ from .models import component_input_size, get_component_module, get_layer, hidde
 Multiplier = Union[float, int, torch.Tensor]
 
 
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`, without a copy when it is already there (the usual single-device case)."""
+    return tensor if tensor.device == device else tensor.to(device)
+
+
 class DynamicWeightUpdate(nn.Module):
     """`delta(x; m) = m * (x @ dW + db)` for one module of one decoder layer.
 
@@ -139,19 +144,23 @@ class DynamicWeightUpdate(nn.Module):
             return self.weight
         return None
 
-    def delta(self, x: Optional[torch.Tensor], multiplier: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """`m * (x @ dW + db)`; `multiplier` broadcasts as [batch, 1, 1] (or a scalar)."""
+    def delta(self, x: Optional[torch.Tensor], multiplier: torch.Tensor, out_dtype: torch.dtype,
+              device: Optional[torch.device] = None) -> torch.Tensor:
+        """`m * (x @ dW + db)` on `device` (the layer output's: with `device_map` layers sit on different
+        GPUs; `.to` keeps the gradient path to the fp32 parameters); `multiplier` broadcasts as [batch, 1, 1]."""
+        device = device if device is not None else (x.device if x is not None else self.bias.device)
         if self.method == "vector":
-            update = self.bias
+            update = _on(self.bias, device)
         else:
             if x is None:
                 raise RuntimeError(f"{self.method} update at {self.component}: the component input was not captured")
+            x = _on(x, device)
             if self.method == "lora":  # (x @ A) @ B: cheaper than materialising A @ B
-                update = (x.to(self.lora_A.dtype) @ self.lora_A) @ self.lora_B
+                update = (x.to(self.lora_A.dtype) @ _on(self.lora_A, device)) @ _on(self.lora_B, device)
             else:
-                update = x.to(self.weight.dtype) @ self.weight + self.bias
+                update = x.to(self.weight.dtype) @ _on(self.weight, device) + _on(self.bias, device)
         update = self.dropout(update)
-        return (multiplier.to(update.dtype) * update).to(out_dtype)
+        return (multiplier.to(update.device, update.dtype) * update).to(out_dtype)
 
     def apply(
         self,
@@ -172,19 +181,19 @@ class DynamicWeightUpdate(nn.Module):
         Dropout (training mode) acts on the delta and, with a separate draw, on `v`.
         Gradients reach the update's parameters through both operators.
         """
-        delta = self.delta(x, multiplier, hidden.dtype)
+        delta = self.delta(x, multiplier, hidden.dtype, hidden.device)
         if positions is not None:
-            delta = delta * positions.to(delta.dtype).unsqueeze(-1)
+            delta = delta * positions.to(delta.device, delta.dtype).unsqueeze(-1)
         steered = hidden + delta
         if null_out is None:
             return steered
         if self.method != "vector":
             raise ValueError(f"null-it-out projects a direction out: it needs a vector update, not '{self.method}'")
-        vector = self.bias
+        vector = _on(self.bias, steered.device)
         coefficient = torch.relu(steered.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
         coefficient = coefficient * null_out.to(coefficient.device, coefficient.dtype).unsqueeze(1)
         if positions is not None:
-            coefficient = coefficient * positions.to(coefficient.dtype)
+            coefficient = coefficient * positions.to(coefficient.device, coefficient.dtype)
         direction = self.dropout(vector.expand(steered.shape[0], -1)).unsqueeze(1)  # [rows, 1, hidden]
         return steered - (coefficient.unsqueeze(-1) * direction).to(steered.dtype)
 

@@ -224,7 +224,22 @@ def locate_default_gguf() -> Path:
 
 
 def is_default_model_name(name: Optional[str]) -> bool:
-    return name is None or str(name).strip().lower() in DEFAULT_MODEL_NAMES
+    return name is not None and str(name).strip().lower() in DEFAULT_MODEL_NAMES
+
+
+def missing_model_message(where: str) -> str:
+    """The one error text for "no model named": where it was looked for, and every way to name one."""
+    return (f"{where}: no model_name_or_path. Name the model in the method file (model_name_or_path: ...), "
+            f"in the top-level config that lists it, with --model on the command line, or with "
+            f"model_name_or_path= in Python; a Hub id ('google/gemma-2-9b-it'), a checkpoint directory, "
+            f"or '{DEFAULT_MODEL_NAME}' for the offline default model.")
+
+
+def require_model_name(model_name_or_path: Optional[str], where: str) -> str:
+    """`model_name_or_path`, or a ModelError naming `where` (a file, a config) and the options."""
+    if model_name_or_path is None or not str(model_name_or_path).strip():
+        raise ModelError(missing_model_message(where))
+    return str(model_name_or_path)
 
 
 def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) -> Path:
@@ -359,9 +374,9 @@ def resolve_model_path(model_name_or_path: Optional[str], offline: Optional[bool
     anything else must be a Hub id (`org/name`). Offline, a Hub id missing from the Hugging Face
     cache is a ModelError that names it and says how to get it.
     """
-    if is_default_model_name(model_name_or_path):
+    name = require_model_name(model_name_or_path, "load_model_and_tokenizer").strip()
+    if is_default_model_name(name):
         return str(ensure_default_model_cached())
-    name = str(model_name_or_path).strip()
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)

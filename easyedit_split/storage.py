@@ -34,8 +34,10 @@ from torch import nn
 
 from . import __version__
 from .constants import canonical_alg_name, easyedit_alg_dir_name
+from .dataset_names import dataset_label
 from .errors import EasyEditSplitError, StorageError
 from .interventions import DynamicWeightUpdate, check_fits_model
+from .json_values import json_text
 from .models import hidden_size, num_layers
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,8 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: PathLike, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Strict JSON (NaN/inf become null with a `<key>_null_reason`; see json_values), written atomically."""
+    return atomic_write_text(path, json_text(data) + "\n")
 
 
 def safe_torch_load(path: PathLike) -> Any:
@@ -409,7 +412,7 @@ def intervention_metadata(
     if alg_name is not None:
         meta["alg_name"] = canonical_alg_name(alg_name)
     if dataset is not None:
-        meta["dataset"] = dataset
+        meta["dataset"] = dataset_label(dataset)
     if hparams is not None:
         meta["hparams"] = hparams.to_dict()
     if model is not None:

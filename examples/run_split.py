@@ -144,7 +144,8 @@ class Runner:
             return str(local)
         raise EasyEditSplitError(
             f"model '{args.model_name}': no checkpoint at {local} (where EasyEdit's run_SPILT.py looks). "
-            "Put it there, pass --model_name_or_path DIR, or use --model_name smollm2-135m-instruct (offline default)."
+            "Put it there, pass --model_name_or_path DIR or a Hub id (e.g. google/gemma-2-9b-it), "
+            "or use --model_name smollm2-135m-instruct (offline default)."
         )
 
     def _generation_config(self) -> dict:

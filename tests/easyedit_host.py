@@ -34,6 +34,17 @@ TRAIN_ROWS = [
 ]
 
 
+def easyedit_cannot_run() -> Optional[str]:
+    """Why EasyEdit's own code cannot run here, or None. EasyEdit 14cea82 requires transformers 5 (its
+    requirements pin 5.5.4); CI also runs the suite under setup.py's lowest transformers (4.x)."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return (f"EasyEdit 14cea82 requires transformers 5 (its requirements pin 5.5.4); "
+                f"this environment has transformers {transformers.__version__}")
+    return None
+
+
 def snapshot_dir() -> Optional[Path]:
     """The unmodified snapshot, or None when this machine has none."""
     candidates = [os.environ.get("EASYEDIT_SNAPSHOT"), str(REPO.parent / "shared" / "easyedit-14cea82")]

@@ -9,7 +9,8 @@ import torch
 
 from conftest import FAMILIES, build_tiny_model
 from easyedit_split import training
-from easyedit_split.evaluation.scoring import EncodedPair, _completion_token_nll, score_encoded_pairs
+from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
+from easyedit_split.packing import completion_token_nll
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate, steer
 from easyedit_split.methods.split import split_loss
@@ -115,7 +116,7 @@ def test_token_nlls_of_bf16_hidden_states_are_fp32():
     positions = torch.arange(64)
     tokens = torch.randint(3, 97, (64,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        nll = _completion_token_nll(bf16, hidden, torch.zeros(64, dtype=torch.long), positions, tokens)
+        nll = completion_token_nll(bf16, hidden, torch.zeros(64, dtype=torch.long), positions, tokens)
         logits = bf16.lm_head(bf16.model.norm(hidden[0])).double()
     expected = torch.logsumexp(logits, -1) - logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     assert nll.dtype == torch.float32

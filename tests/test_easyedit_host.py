@@ -20,12 +20,16 @@ import pytest
 import torch
 import yaml
 
-from easyedit_host import MODEL_LINK, REPO, TRAIN_ROWS, build_host, forget_steer, snapshot_dir, write_plugin_dist_info
+from easyedit_host import (MODEL_LINK, REPO, TRAIN_ROWS, build_host, easyedit_cannot_run, forget_steer, snapshot_dir,
+                           write_plugin_dist_info)
 
-pytestmark = pytest.mark.skipif(
-    snapshot_dir() is None,
-    reason="EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82 next to the repo",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        snapshot_dir() is None,
+        reason="EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82 next to the repo",
+    ),
+    pytest.mark.skipif(easyedit_cannot_run() is not None, reason=str(easyedit_cannot_run())),
+]
 
 LAYER = 3
 PROMPTS = [row["question"] for row in TRAIN_ROWS[:2]]  # EasyEdit's psychopathy generation inputs (test.jsonl)

@@ -305,8 +305,9 @@ def test_to_yaml_round_trips(tmp_path):
     assert load_hparams(tmp_path / "out.yaml") == original
 
 
-def test_default_model_is_the_offline_model():
-    assert HyperParams().model_name_or_path == "smollm2-135m-instruct"
+def test_no_default_model_in_hparams():
+    """The model comes from the file, the top-level config or the user (tests/test_model_required.py)."""
+    assert HyperParams().model_name_or_path is None
 
 
 # ----------------------------------------------------------------- top-level config

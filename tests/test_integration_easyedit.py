@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import build_tiny_model
-from easyedit_host import PATCHES, apply_patches, build_host, snapshot_dir
+from easyedit_host import PATCHES, apply_patches, build_host, easyedit_cannot_run, snapshot_dir
 from easyedit_split.errors import IntegrationError
 from easyedit_split.hparams import ApplySplitHyperParams, SplitHyperParams
 from easyedit_split.integrations import easyedit as bridge
@@ -205,6 +205,7 @@ needs_snapshot = pytest.mark.skipif(
 
 
 @needs_snapshot
+@pytest.mark.skipif(easyedit_cannot_run() is not None, reason=str(easyedit_cannot_run()))
 def test_patched_easyedit_snapshot_registers(clean_steer, tmp_path, default_tokenizer):
     """The real EasyEdit (14cea82 + contrib/easyedit patches): registration works and EasyEdit's registry holds ours."""
     from easyedit_split.models import ensure_default_model_cached

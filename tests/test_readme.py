@@ -25,7 +25,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys, default_model
     The default model the README loads is the session's copy (same files, loaded once per test run)."""
     import easyedit_split.editor
 
-    monkeypatch.setattr(easyedit_split.editor, "load_model_and_tokenizer", lambda *args: default_model_and_tokenizer)
+    monkeypatch.setattr(easyedit_split.editor, "load_model_and_tokenizer", lambda *args, **kwargs: default_model_and_tokenizer)
     (tmp_path / "hparams").symlink_to(REPO / "hparams")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme"}

@@ -68,8 +68,18 @@ def _set_flags():
     return [flag for key, value in SETTINGS.items() for flag in ("--set", f"{key}={value}")]
 
 
-def _launch_env(rank: int, world_size: int) -> dict:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_env(rank: int, world_size: int, port: int) -> dict:
+    """What torchrun / accelerate launch set for each process."""
     env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return env
 
@@ -115,7 +125,8 @@ def test_one_process_equals_the_trainers_own_multi_concept_run(one_process_run, 
 def test_two_processes_write_the_same_files_as_one(one_process_run, tiny_checkpoint, axbench_parquet, tmp_path):
     one, *_ = one_process_run
     two = tmp_path / "axbench" / "spilt_vector"
-    processes = [subprocess.Popen(_command(tiny_checkpoint, axbench_parquet, two), env=_launch_env(rank, 2),
+    port = _free_port()
+    processes = [subprocess.Popen(_command(tiny_checkpoint, axbench_parquet, two), env=_launch_env(rank, 2, port),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
@@ -161,7 +172,7 @@ def test_accelerate_launch_two_cpu_processes(one_process_run, tiny_checkpoint, a
     one, *_ = one_process_run
     out = tmp_path / "accelerate" / "spilt_vector"
     command = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", "29531", "-m", "easyedit_split.sharding",
+               "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "easyedit_split.sharding",
                *_command(tiny_checkpoint, axbench_parquet, out)[3:]]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     started = time.perf_counter()

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Union
 import yaml
 
 from .. import registry
-from ..constants import DEFAULT_MODEL_NAME
 from ..errors import HparamsError
 from .reading import (
     SECTION_NAMES,
@@ -64,7 +63,8 @@ class HyperParams:
 
     Model:
         model_name_or_path: Hugging Face id, local directory, or ``"smollm2-135m-instruct"``,
-            the offline default model (our default; EasyEdit's is a placeholder path).
+            the offline default model. No default: EasyEdit's method files leave it to the
+            top-level config; loading a model with none named is an error that says where to set it.
         dtype: weight dtype name (``fp32``/``float32``, ``fp16``/``float16``/``half``,
             ``bf16``/``bfloat16``, ``auto``); see ``models.resolve_dtype``.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (accelerate placement).
@@ -91,7 +91,7 @@ class HyperParams:
     system_prompt: str = ""
     dtype: str = "fp32"
     seed: int = 42
-    model_name_or_path: str = DEFAULT_MODEL_NAME
+    model_name_or_path: Optional[str] = None
     device: str = "cpu"
     use_cache: bool = True
     generate_orig_output: bool = False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,8 +33,9 @@ from ..generation import GenerationSettings, generate_steered
 from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
 from ..hparams.reading import keep_known_keys
 from ..interventions import DynamicWeightUpdate
-from ..models import load_model_and_tokenizer
+from ..models import load_model_and_tokenizer, require_model_name
 from ..prompts import PromptFormat
+from ..json_values import json_text
 from ..storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ class ModelPool:
     def get(self, hparams: HyperParams) -> tuple[nn.Module, Any]:
         if self.model is not None:
             return self.model, self.tokenizer
-        key = (str(hparams.model_name_or_path), str(hparams.dtype), str(hparams.device))
+        where = f"{getattr(hparams, 'alg_name', type(hparams).__name__)} method file (merged with the top-level config)"
+        key = (require_model_name(hparams.model_name_or_path, where), str(hparams.dtype), str(hparams.device))
         if key not in self._loaded:
             logger.info("loading model %s (%s on %s)", *key)
             self._loaded[key] = load_model_and_tokenizer(*key)
@@ -189,7 +190,7 @@ def generate_results(
 def write_generation_results(results: list[dict], output_dir: PathLike, dataset_name: str) -> Path:
     """`<output_dir>/<dataset>_results.json`, as EasyEdit's `BaseVectorApplier.save_results`."""
     path = Path(output_dir) / f"{dataset_name}_results.json"
-    atomic_write_text(path, json.dumps(results, indent=4, ensure_ascii=False))
+    atomic_write_text(path, json_text(results, indent=4, sort_keys=False, ensure_ascii=False))
     return path
 
 
