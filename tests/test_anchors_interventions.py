@@ -247,3 +247,37 @@ def test_constructor_errors_name_the_key():
     with pytest.raises(ValueError, match="null-it-out .* not 'lora'"):
         DynamicWeightUpdate.from_lora(torch.ones(3, 1), torch.ones(1, 2)).apply(
             torch.zeros(1, 1, 2), torch.zeros(1, 1, 3), torch.tensor(0.0), None, torch.tensor([True]))
+
+
+@pytest.mark.parametrize("method", ["vector", "lora", "local_weight"])
+def test_bf16_model_fp32_update(method):
+    """A bf16 model with an fp32 update: the update stays fp32, m = 0 is bit-identical, the
+    output stays bf16 and the steered logits are close to the fp32 model's."""
+    model32 = build_tiny_model("llama")
+    model16 = build_tiny_model("llama").to(torch.bfloat16)
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(9))
+    if method == "vector":
+        update = DynamicWeightUpdate.from_vector(_rand(32, seed=15))
+    elif method == "lora":
+        update = DynamicWeightUpdate.from_lora(_rand(48, 2, seed=16), _rand(2, 32, seed=17))
+    else:
+        update = DynamicWeightUpdate.from_local_weight(_rand(48, 32, seed=18) * 0.3, _rand(32, seed=19))
+    with torch.no_grad():
+        plain16 = model16(ids).logits
+    assert torch.equal(_logits(model16, ids, {LAYER: update}, 0.0), plain16)
+    got16 = _logits(model16, ids, {LAYER: update}, 1.5)
+    got32 = _logits(model32, ids, {LAYER: update}, 1.5)
+    assert got16.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in update.parameters())
+    assert (got16.float() - plain16.float()).abs().max() > 0.05  # it steered
+    torch.testing.assert_close(got16.float(), got32, rtol=0.05, atol=0.05)
+    # the layer output seen by the next layer is bf16 too (apply keeps the hidden dtype)
+    hidden = torch.randn(2, 3, 32).to(torch.bfloat16)
+    x = torch.randn(2, 3, update.input_size or 1).to(torch.bfloat16) if update.reads_input else None
+    positions = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.bfloat16)
+    out = update.apply(hidden, x, torch.tensor([2.0, -1.0]).view(-1, 1, 1), positions)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[0, 0], hidden[0, 0]) and torch.equal(out[1, 2], hidden[1, 2])
+    if method == "vector":
+        null = update.apply(hidden, None, torch.tensor(0.0), positions, torch.tensor([True, False]))
+        assert null.dtype == torch.bfloat16 and torch.equal(null[1], hidden[1])
