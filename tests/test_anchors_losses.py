@@ -158,3 +158,17 @@ def test_reps_scaled_simpo_scale_above_one():
 def test_reps_rejects_unknown_loss_type():
     with pytest.raises(ValueError, match="loss_type"):
         reps.reps_loss(_terms(), _reps_hp(loss_type="kto"))
+
+
+def test_sft_warning_names_the_ignored_keys_and_the_alternative(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="easyedit_split.methods.sft"):
+        sft._warn_ignored(_split_hp(neg_loss_weight=0.0, margin_penalty_weight=2.0, ref_loss_weight=0.0))
+    assert caplog.messages == [
+        "sft trains only the positive term; {'margin_penalty_weight': 2.0} ignored (use alg_name: split for them)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="easyedit_split.methods.sft"):
+        sft._warn_ignored(_split_hp(neg_loss_weight=0.0, margin_penalty_weight=0.0))
+    assert caplog.messages == []
