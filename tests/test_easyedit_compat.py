@@ -127,12 +127,15 @@ def test_easyedit_multi_concept_dicts_pick_the_concept(model, ids, tmp_path, met
     torch.testing.assert_close(_applied(model, ids, _apply_hparams(tmp_path, method, 1.0, concept_id=1)), expected)
 
 
-def test_easyedit_file_without_metadata_loads(model, tmp_path):
-    """EasyEdit writes no metadata.json; nothing here requires it."""
-    torch.save(_rand(HIDDEN), tmp_path / f"layer_{LAYER}.pt")
+def test_easyedit_file_without_metadata_loads(model, ids, tmp_path):
+    """EasyEdit writes no metadata.json; nothing here requires it, and the vector acts as m * v."""
+    vector = _rand(HIDDEN, seed=7)
+    torch.save(vector, tmp_path / f"layer_{LAYER}.pt")
     assert not (tmp_path / "metadata.json").exists()
-    with apply_from_hparams(model, _apply_hparams(tmp_path, "vector", 1.0)):
-        pass
+    got = _applied(model, ids, _apply_hparams(tmp_path, "vector", -2.0))
+    torch.testing.assert_close(got, _by_hand(model, ids, lambda x: -2.0 * vector))
+    with torch.no_grad():
+        assert (got - model(ids).logits).abs().max() > 1e-3  # it did steer
 
 
 # ============================================================================ here -> EasyEdit's structures
