@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from . import cli_evaluate
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
-from .errors import EasyEditSplitError, HparamsError, StorageError
+from .errors import EasyEditSplitError, HparamsError, ModelError, StorageError
 from .hparams import HyperParams
 from .multipliers import MultiplierError, parse_multipliers
 
@@ -87,7 +87,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
-    from .errors import LayerError
     from .hparams import load_hparams
     from .storage import check_writable, intervention_dir
 
@@ -105,8 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["fast_path_memory_mb"] = args.fast_path_memory_mb
     try:
         editor = SteerEditor.from_hparams(hparams, offline=args.offline or None, **overrides)
-    except LayerError as error:
-        raise LayerError(f"{args.hparams}: {error}") from None
+    except ModelError as error:  # a layer out of range, no model named: say which file
+        raise type(error)(f"{args.hparams}: {error}") from None
     updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0
