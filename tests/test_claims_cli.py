@@ -1,0 +1,90 @@
+"""The CLI's success paths, run as a user runs them (`python -m easyedit_split.cli`, the module the
+`easyedit-split` console script points at), checked against values computed here by hand:
+the trained CAA vector against the mean difference of `output_hidden_states`, `generate`'s
+m = 0 text against plain greedy `model.generate`, `cache-model`'s printed directory."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from easyedit_split.hparams import load_hparams
+from easyedit_split.prompts import PromptFormat, encode_completion
+
+ROOT = Path(__file__).resolve().parents[1]
+CAA_FILE = ROOT / "hparams" / "sentiment" / "smollm2-135m-instruct" / "caa" / "generate_caa.yaml"
+SENTIMENT = ROOT / "easyedit_split" / "datasets" / "sentiment" / "train.jsonl"
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run([sys.executable, "-m", "easyedit_split.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_console_script_is_declared_and_resolves_to_cli_main():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    scripts = [ast.literal_eval(kw.value)["console_scripts"] for node in ast.walk(tree) if isinstance(node, ast.Call)
+               for kw in node.keywords if kw.arg == "entry_points"]
+    assert scripts and "easyedit-split=easyedit_split.cli:main" in scripts[0]
+    from easyedit_split import cli
+
+    assert cli.main is not None and cli.build_parser().prog == "easyedit-split"
+
+
+def test_cache_model_prints_a_directory_with_the_model_files():
+    out = run_cli("cache-model").strip().splitlines()[-1]
+    directory = Path(out)
+    assert directory.is_dir()
+    assert (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+    assert json.loads((directory / "config.json").read_text())["num_hidden_layers"] == 30
+
+
+def _greedy(model, tokenizer, question, max_new_tokens):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_train_then_generate_through_the_cli(tmp_path, default_model_and_tokenizer):
+    model, tokenizer = default_model_and_tokenizer
+    lines = SENTIMENT.read_text().splitlines()[:3]
+    data = tmp_path / "few.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    run_cli("train", "--hparams", CAA_FILE, "--dataset", data, "--output-dir", tmp_path / "out")
+    files = list((tmp_path / "out").rglob("layer_15.pt"))
+    assert len(files) == 1
+    saved = torch.load(files[0], weights_only=True)
+    saved = saved if isinstance(saved, torch.Tensor) else saved["bias"]
+    saved = saved.reshape(-1).float()
+
+    fmt = PromptFormat.from_hparams(load_hparams(CAA_FILE))
+    diffs = []
+    for row in map(json.loads, lines):
+        means = []
+        for completion in (row["answer_matching_behavior"], row["answer_not_matching_behavior"]):
+            encoded = encode_completion(tokenizer, fmt, row["question"], completion)
+            with torch.no_grad():
+                states = model(torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states
+            means.append(states[16][0][encoded.prompt_length:].mean(0))
+        diffs.append(means[0] - means[1])
+    torch.testing.assert_close(saved, torch.stack(diffs).mean(0), rtol=1e-3, atol=1e-4)
+
+    question = "How was your weekend?"
+    out = run_cli("generate", "--vectors", files[0].parent, "--prompt", question, "--multipliers", "0,8",
+                  "--max-new-tokens", "12")
+    texts = dict(re.findall(r"\[m=([+-]?[\d.]+)\] .*\n  (.*)", out))
+    assert set(texts) == {"+0", "+8"}, out
+    assert texts["+0"] == _greedy(model, tokenizer, question, 12)
+    assert texts["+8"] != texts["+0"]
