@@ -120,3 +120,32 @@ def test_multi_concept_caa_stacks_each_concepts_own_mean_difference(tmp_path, ti
             for p in own]).mean(0)
         torch.testing.assert_close(stack[concept].float(), expected, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(trained.for_concept(concept)[1].bias.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _completion_nll(model, tokenizer, fmt, question, completion, adds):
+    """Summed NLL of the completion tokens (everything after the prompt) under a plain forward."""
+    encoded = encode_completion(tokenizer, fmt, question, completion)
+    ids = torch.tensor([encoded.input_ids])
+    logp = torch.log_softmax(_hand_logits(model, ids, adds)[0].double(), -1)
+    targets = ids[0, encoded.prompt_length:]
+    return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+
+def test_editor_evaluate_pref_odds_equal_hand_nll_differences(tiny_chat_model, default_tokenizer):
+    pairs = [
+        PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),
+        PolarityPair("And the food?", "Delicious and fresh!", "Cold and bland, sadly."),
+    ]
+    hp = CAAHyperParams(layers=[1], steer_positions="easyedit")
+    editor = SteerEditor(hp, model=tiny_chat_model, tokenizer=default_tokenizer)
+    v = _vec(9, 32)
+    editor.updates = {1: DynamicWeightUpdate.from_vector(v)}
+    result = editor.evaluate(pairs, multipliers=[-2.0, 0.0, 2.0], manifold=False, n_bootstrap=20, progress=False)
+    fmt = editor.prompt_format
+    assert list(result.multipliers) == [-2.0, 0.0, 2.0]
+    for row, m in enumerate((-2.0, 0.0, 2.0)):
+        adds = {1: m * v} if m else {}
+        expected = [_completion_nll(tiny_chat_model, default_tokenizer, fmt, p.question, p.not_matching, adds)
+                    - _completion_nll(tiny_chat_model, default_tokenizer, fmt, p.question, p.matching, adds) for p in pairs]
+        assert result.metrics.pref_odds[row] == pytest.approx(expected, rel=1e-4, abs=1e-4), m
+    assert result.name == "caa"
