@@ -88,3 +88,36 @@ def test_train_then_generate_through_the_cli(tmp_path, default_model_and_tokeniz
     assert set(texts) == {"+0", "+8"}, out
     assert texts["+0"] == _greedy(model, tokenizer, question, 12)
     assert texts["+8"] != texts["+0"]
+
+
+def _nll(model, tokenizer, fmt, question, completion):
+    encoded = encode_completion(tokenizer, fmt, question, completion)
+    ids = torch.tensor([encoded.input_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    targets = ids[0, encoded.prompt_length:]
+    return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+
+def test_evaluate_through_the_cli_m0_row_equals_plain_forward(tmp_path, default_model_and_tokenizer):
+    import csv
+
+    from easyedit_split.interventions import DynamicWeightUpdate
+    from easyedit_split.steering import SteeringInterventions
+
+    model, tokenizer = default_model_and_tokenizer
+    v = torch.randn(576, generator=torch.Generator().manual_seed(0))
+    SteeringInterventions({15: DynamicWeightUpdate.from_vector(v)}).save(tmp_path / "vec")
+    out = run_cli("evaluate", "--vectors", f"rand={tmp_path / 'vec'}", "--dataset", "sentiment", "--max-examples", "2",
+                  "--multipliers=-4,0,4", "--model", "smollm2-135m-instruct", "--no-plots", "--no-manifold",
+                  "--bootstrap", "10", "--no-progress", "--output-dir", tmp_path / "report")
+    assert "rand" in out
+    rows = {float(r["multiplier"]): r for r in csv.DictReader((tmp_path / "report" / "results.csv").open())}
+    assert sorted(rows) == [-4.0, 0.0, 4.0] and {r["method"] for r in rows.values()} == {"rand"}
+    # the shipped datasets' conventions: strip_leading_space joins (the shipped CAA file states them)
+    fmt = PromptFormat.from_hparams(load_hparams(CAA_FILE))
+    test_rows = [json.loads(line) for line in (SENTIMENT.parent / "test.jsonl").read_text().splitlines()[:2]]
+    expected = sum(_nll(model, tokenizer, fmt, r["question"], r["answer_not_matching_behavior"])
+                   - _nll(model, tokenizer, fmt, r["question"], r["answer_matching_behavior"]) for r in test_rows) / 2
+    assert float(rows[0.0]["pref_odds_mean"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert abs(float(rows[4.0]["pref_odds_mean"]) - expected) > 1e-2
