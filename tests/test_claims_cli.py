@@ -121,3 +121,53 @@ def test_evaluate_through_the_cli_m0_row_equals_plain_forward(tmp_path, default_
                    - _nll(model, tokenizer, fmt, r["question"], r["answer_matching_behavior"]) for r in test_rows) / 2
     assert float(rows[0.0]["pref_odds_mean"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
     assert abs(float(rows[4.0]["pref_odds_mean"]) - expected) > 1e-2
+
+
+POSITIVE = {"glad", "enjoy", "enjoying", "enjoyed", "wonderful", "joy", "love", "loved", "lovely", "great", "happy",
+            "celebrate", "inspiration", "delightful", "delight", "amazing", "beautiful", "perfect", "fun", "best",
+            "excited", "exciting", "fantastic", "pleasure", "dream", "relaxing", "incredible", "awesome", "good"}
+NEGATIVE = {"sorry", "inconvenience", "bad", "hate", "hated", "awful", "terrible", "sad", "unfortunately", "boring",
+            "dread", "worst", "tired", "annoying", "disappointed", "disappointing", "gloomy", "stress", "stressful",
+            "miserable", "horrible", "nightmare", "unable", "can't", "cannot", "don't", "difficult", "problem", "lonely"}
+
+
+def lexicon_score(text: str) -> int:
+    """Positive minus negative words: a crude sentiment score independent of the model."""
+    words = re.findall(r"[a-z']+", text.lower())
+    return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+
+
+def parse_demo_table(out: str) -> dict[str, dict[float, str]]:
+    """{prompt: {m: text}} from `demo --quick`'s side-by-side table (wrapped columns re-joined)."""
+    tables: dict[str, dict[float, str]] = {}
+    blocks = out.split("Prompt: ")[1:]
+    for block in blocks:
+        lines = block.splitlines()
+        prompt = lines[0].strip()
+        headers = [re.match(r"m = ([+-][\d.]+)", h.strip()).group(1) for h in lines[1].split(" | ")]
+        columns: list[list[str]] = [[] for _ in headers]
+        for line in lines[3:]:
+            if not line.strip():
+                break
+            for column, cell in zip(columns, line.split(" | ")):
+                if cell.strip():
+                    column.append(cell.strip())
+        tables[prompt] = {float(h): " ".join(c) for h, c in zip(headers, columns)}
+    return tables
+
+
+def test_demo_quick_table_and_steering_direction(default_model_and_tokenizer):
+    model, tokenizer = default_model_and_tokenizer
+    tables = parse_demo_table(run_cli("demo", "--quick"))
+    from easyedit_split.demo import DEMO_PROMPTS
+
+    assert list(tables) == list(DEMO_PROMPTS)
+    positive = negative = 0
+    for prompt, texts in tables.items():
+        assert sorted(texts) == [-2.0, 0.0, 2.0]
+        assert texts[0.0] == " ".join(_greedy(model, tokenizer, prompt, 32).split())
+        assert texts[2.0] != texts[0.0] and texts[-2.0] != texts[0.0]
+        positive += lexicon_score(texts[2.0])
+        negative += lexicon_score(texts[-2.0])
+    # the sentiment vector at +m reads more positive than at -m (summed over the demo prompts)
+    assert positive > negative, tables
