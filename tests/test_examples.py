@@ -62,6 +62,23 @@ def test_apply_writes_easyedits_generation_records(trained):
     assert len(records[0]["pred"]) == 1 and records[0]["input"] in records[0]["complete_output"][0]
 
 
+def test_apply_orig_pred_is_unsteered_greedy_and_pred_moves(trained, tiny_chat_model, default_tokenizer):
+    """`orig_pred` equals plain greedy `model.generate` on the chat prompt; at m = 2 `pred` differs from it."""
+    path = trained / "generation/smollm2-135m-instruct/spilt/sentiment/spilt_vector/m2.0/sentiment_results.json"
+    records = json.loads(path.read_text())
+    for record in records:
+        text = default_tokenizer.apply_chat_template([{"role": "user", "content": record["input"]}], tokenize=False,
+                                                     add_generation_prompt=True)
+        ids = default_tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = tiny_chat_model.generate(**ids, do_sample=False, max_new_tokens=4,
+                                           pad_token_id=default_tokenizer.eos_token_id)
+        greedy = default_tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert record["orig_pred"][0].strip() == greedy.strip()
+        assert record["pred"][0] != record["orig_pred"][0]
+        assert record["complete_output"][0] == text + record["pred"][0]
+
+
 def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained, tiny_chat_model, default_tokenizer):
     argv = ["--dataset", "sentiment", "--method", "spilt", "--model_name", "smollm2-135m-instruct",
             "--intervention_method", "vector", "--mode", "loss", "--multipliers", "1.5", "--output_dir", str(trained), *TINY]
