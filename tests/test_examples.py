@@ -124,6 +124,22 @@ def test_evaluate_mode_writes_the_report(run_split, trained, tiny_chat_model, de
     assert (report / "preference_utility.png").is_file()
     written = json.loads(next(report.glob("*.json")).read_text())
     assert "spilt_vector" in json.dumps(written)
+    # results.csv's m = 0 row: the mean NLL difference of the evaluated pairs under a plain forward
+    with open(report / "results.csv") as handle:
+        rows = {float(r["multiplier"]): r for r in csv.DictReader(handle)}
+    assert sorted(rows) == [-2.0, 0.0, 2.0]
+
+    def nll(question, completion):
+        encoded = encode_completion(default_tokenizer, PromptFormat(), question, completion)
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_chat_model(ids).logits[0].double(), -1)
+        targets = ids[0, encoded.prompt_length:]
+        return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+    pairs = load_dataset("sentiment", split="test")[:4]
+    expected = sum(nll(p.question, p.not_matching) - nll(p.question, p.matching) for p in pairs) / len(pairs)
+    assert float(rows[0.0]["pref_odds_mean"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
 @pytest.mark.parametrize("argv", [
