@@ -62,6 +62,23 @@ def test_apply_writes_easyedits_generation_records(trained):
     assert len(records[0]["pred"]) == 1 and records[0]["input"] in records[0]["complete_output"][0]
 
 
+def test_apply_orig_pred_is_unsteered_greedy_and_pred_moves(trained, tiny_chat_model, default_tokenizer):
+    """`orig_pred` equals plain greedy `model.generate` on the chat prompt; at m = 2 `pred` differs from it."""
+    path = trained / "generation/smollm2-135m-instruct/spilt/sentiment/spilt_vector/m2.0/sentiment_results.json"
+    records = json.loads(path.read_text())
+    for record in records:
+        text = default_tokenizer.apply_chat_template([{"role": "user", "content": record["input"]}], tokenize=False,
+                                                     add_generation_prompt=True)
+        ids = default_tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = tiny_chat_model.generate(**ids, do_sample=False, max_new_tokens=4,
+                                           pad_token_id=default_tokenizer.eos_token_id)
+        greedy = default_tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert record["orig_pred"][0].strip() == greedy.strip()
+        assert record["pred"][0] != record["orig_pred"][0]
+        assert record["complete_output"][0] == text + record["pred"][0]
+
+
 def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained, tiny_chat_model, default_tokenizer):
     argv = ["--dataset", "sentiment", "--method", "spilt", "--model_name", "smollm2-135m-instruct",
             "--intervention_method", "vector", "--mode", "loss", "--multipliers", "1.5", "--output_dir", str(trained), *TINY]
@@ -107,6 +124,22 @@ def test_evaluate_mode_writes_the_report(run_split, trained, tiny_chat_model, de
     assert (report / "preference_utility.png").is_file()
     written = json.loads(next(report.glob("*.json")).read_text())
     assert "spilt_vector" in json.dumps(written)
+    # results.csv's m = 0 row: the mean NLL difference of the evaluated pairs under a plain forward
+    with open(report / "results.csv") as handle:
+        rows = {float(r["multiplier"]): r for r in csv.DictReader(handle)}
+    assert sorted(rows) == [-2.0, 0.0, 2.0]
+
+    def nll(question, completion):
+        encoded = encode_completion(default_tokenizer, PromptFormat(), question, completion)
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_chat_model(ids).logits[0].double(), -1)
+        targets = ids[0, encoded.prompt_length:]
+        return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+    pairs = load_dataset("sentiment", split="test")[:4]
+    expected = sum(nll(p.question, p.not_matching) - nll(p.question, p.matching) for p in pairs) / len(pairs)
+    assert float(rows[0.0]["pref_odds_mean"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
 @pytest.mark.parametrize("argv", [

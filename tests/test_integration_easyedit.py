@@ -181,22 +181,61 @@ def test_multi_concept_data_returns_easyedits_stacked_shapes(fake_steer, tiny_ch
 
 
 def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_checkpoint, tmp_path):
+    """EasyEdit's Evaluator runs its own branch on the results it is given and ours on the pairs;
+    our numbers equal NLL differences computed here with a plain forward and a hand-written hook."""
     bridge.register_with_easyedit()
     from steer.evaluate.evaluate import Evaluator
 
+    from easyedit_split.data import load_dataset
     from easyedit_split.interventions import DynamicWeightUpdate
+    from easyedit_split.models import load_model_and_tokenizer
+    from easyedit_split.prompts import PromptFormat, encode_completion
     from easyedit_split.storage import save_interventions
 
+    v = torch.randn(32, generator=torch.Generator().manual_seed(0))
     load_dir = tmp_path / "spilt_vector"
-    save_interventions(load_dir, {2: DynamicWeightUpdate.from_vector(torch.randn(32, generator=torch.Generator().manual_seed(0)))})
+    save_interventions(load_dir, {2: DynamicWeightUpdate.from_vector(v)})
     evaluator = Evaluator(eval_methods=["fluency", "preference_utility"], model_name_or_path=str(tiny_checkpoint),
                           steer_vector_load_dir=str(load_dir), preference_data=str(DATA / "powerseeking_sample.csv"),
                           multipliers=[-1.0, 0.0, 1.0])
-    results = evaluator.evaluate([{"pred": ["x"]}], "powerseeking")
-    assert results["fluency"] == 1.0  # EasyEdit's own branch still runs
+    results = evaluator.evaluate([{"pred": ["x"]}, {"pred": ["y"]}], "powerseeking")
+    assert results["fluency"] == 2.0  # EasyEdit's own branch (the stand-in counts the results it was given)
     summary = results["preference_utility"]
-    assert summary["multipliers"] == [-1.0, 0.0, 1.0] and len(summary["pref_odds"]) == 3
-    assert all(0.0 <= a <= 1.0 for a in summary["accuracy"])
+    assert summary["multipliers"] == [-1.0, 0.0, 1.0]
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_checkpoint))
+    fmt = PromptFormat(True, "")
+    pairs = load_dataset(DATA / "powerseeking_sample.csv", split="test")
+    assert len(pairs) == 3
+
+    def nll(question, completion, m):
+        encoded = encode_completion(tokenizer, fmt, question, completion)
+        ids = torch.tensor([encoded.input_ids])
+        # steered from the question's first token on: the tokens before it in the rendered template, counted here
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                 add_generation_prompt=True)
+        start = len(tokenizer(rendered.split(question)[0], add_special_tokens=False)["input_ids"])
+        assert encoded.input_ids[:start] == tokenizer(rendered.split(question)[0], add_special_tokens=False)["input_ids"]
+        add = torch.zeros(ids.shape[1], 32)
+        add[start:] = m * v
+
+        def hook(mod, args, out):
+            return (out[0] + add,) + tuple(out[1:]) if isinstance(out, tuple) else out + add
+
+        hook = model.model.layers[2].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        finally:
+            hook.remove()
+        targets = ids[0, encoded.prompt_length:]
+        return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+    for index, m in enumerate((-1.0, 0.0, 1.0)):
+        odds = [nll(p.question, p.not_matching, m) - nll(p.question, p.matching, m) for p in pairs]
+        assert summary["pref_odds"][index] == pytest.approx(sum(odds) / len(odds), rel=1e-4, abs=1e-4), m
+        assert summary["preference_accuracy"][index] == pytest.approx(sum(o > 0 for o in odds) / len(odds)), m
+    assert summary["accuracy"] == summary["preference_accuracy"]
 
 
 needs_snapshot = pytest.mark.skipif(
