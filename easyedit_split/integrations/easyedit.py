@@ -525,14 +525,9 @@ def register_with_easyedit(
             report.warnings.append(f"steer.evaluate could not be imported ({type(error).__name__}: {error}); "
                                    "the evaluator was not added (install EasyEdit's evaluation requirements)")
         else:
-            registry = getattr(evaluate_package, "EVALUATORS", None)
-            if not isinstance(registry, dict):
-                registry = {}
-                evaluate_package.EVALUATORS = registry
-            registry[EVALUATOR_NAME] = PreferenceUtilityEvaluator
-            evaluate_package.PreferenceUtilityEvaluator = PreferenceUtilityEvaluator
-            from .easyedit_judge import register_judge_evaluator
+            from .easyedit_judge import add_evaluator, register_judge_evaluator
 
+            add_evaluator(evaluate_package, EVALUATOR_NAME, PreferenceUtilityEvaluator)
             register_judge_evaluator(evaluate_package)  # the generation-side judge evaluator, next to it
             try:
                 evaluate_module = _import("steer.evaluate.evaluate")

@@ -47,15 +47,21 @@ def judge_results(results: Sequence[Mapping[str, Any]], concept: str, judge: Uni
     }
 
 
-def register_judge_evaluator(evaluate_package: Any) -> str:
-    """Add `GenerationEvaluator` to ``evaluate_package.EVALUATORS`` (created if absent); returns its name."""
-    from ..evaluation.generation_eval import GenerationEvaluator
-
+def add_evaluator(evaluate_package: Any, name: str, evaluator: type) -> None:
+    """Put `evaluator` in ``evaluate_package.EVALUATORS[name]`` (the dict created if absent) and expose it
+    as an attribute of the package under its class name, as EasyEdit's own evaluators are."""
     registry = getattr(evaluate_package, "EVALUATORS", None)
     if not isinstance(registry, dict):
         registry = {}
         evaluate_package.EVALUATORS = registry
-    registry[JUDGE_EVALUATOR_NAME] = GenerationEvaluator
-    evaluate_package.GenerationEvaluator = GenerationEvaluator
+    registry[name] = evaluator
+    setattr(evaluate_package, evaluator.__name__, evaluator)
+
+
+def register_judge_evaluator(evaluate_package: Any) -> str:
+    """Add `GenerationEvaluator` to ``evaluate_package.EVALUATORS`` (created if absent); returns its name."""
+    from ..evaluation.generation_eval import GenerationEvaluator
+
+    add_evaluator(evaluate_package, JUDGE_EVALUATOR_NAME, GenerationEvaluator)
     evaluate_package.judge_results = judge_results
     return JUDGE_EVALUATOR_NAME
