@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from . import cli_evaluate
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
 from .errors import EasyEditSplitError, HparamsError, ModelError, StorageError
-from .hparams import HyperParams
+from .hparams import HyperParams, load_hparams
 from .multipliers import MultiplierError, parse_multipliers
 
 
@@ -87,7 +87,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
-    from .hparams import load_hparams
     from .storage import check_writable, intervention_dir
 
     hparams = load_hparams(args.hparams)
