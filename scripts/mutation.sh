@@ -16,21 +16,21 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY=/work/main/.venv/bin/python
 MUTMUT="$(dirname "$PY")/mutmut"
 OUT="${OUT:-$REPO/mutation-results}"
-JOBS="${JOBS:-2}"
+JOBS="${JOBS:-2}"  # mutmut children; 1 when sharing the machine
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
 # module name -> "file(s) to mutate | test files"
 declare -A TARGET=(
-  [interventions]="easyedit_split/interventions.py|tests/test_interventions.py tests/test_anchors_interventions.py"
-  [split]="easyedit_split/methods/split.py|tests/test_methods.py tests/test_anchors_losses.py"
-  [sft]="easyedit_split/methods/sft.py|tests/test_methods.py tests/test_anchors_losses.py"
-  [reps]="easyedit_split/methods/reps.py|tests/test_methods.py tests/test_anchors_losses.py"
-  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py"
-  [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py"
-  [fits]="easyedit_split/evaluation/fits.py|tests/test_evaluation_fits.py tests/test_anchors_fits.py"
-  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py"
-  [replay]="easyedit_split/replay.py|tests/test_replay.py"
-  [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py"
+  [interventions]="easyedit_split/interventions.py|tests/test_interventions.py tests/test_anchors_interventions.py tests/test_mutants_interventions.py"
+  [split]="easyedit_split/methods/split.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_split.py"
+  [sft]="easyedit_split/methods/sft.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_sft.py"
+  [reps]="easyedit_split/methods/reps.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_reps.py"
+  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py"
+  [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
+  [fits]="easyedit_split/evaluation/fits.py|tests/test_evaluation_fits.py tests/test_anchors_fits.py tests/test_mutants_fits.py"
+  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_mutants_prompts.py"
+  [replay]="easyedit_split/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
+  [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
 )
 ORDER=(interventions split sft reps metrics fits caa prompts replay training)
 [ "$#" -gt 0 ] && ORDER=("$@")
