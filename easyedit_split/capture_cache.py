@@ -8,6 +8,9 @@ the dtype and this package's code. `capture` keys it on exactly that:
 
 - in memory, within a process: CAA-style comparisons train SFT and SPLIT (and score several
   methods) on the same data at the same layer; the second method reuses the first's capture;
+- in memory, by rows: a capture whose rows are all rows of a kept capture (same model, weights,
+  layer and template) is cut out of it, so SFT and SPLIT on `max_num_of_examples` pairs reuse the
+  capture CAA made of all pairs; the prefix keys/values are recomputed if their length differs;
 - on disk, optionally (`cache_dir`, or the `EASYEDIT_SPLIT_CAPTURE_CACHE` environment variable):
   a file named by the key's hash, so a changed model, layer, data, template, dtype or package
   version can only miss, never load a stale capture.
@@ -28,7 +31,7 @@ import os
 import uuid
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,7 +41,7 @@ from torch import nn
 from . import __version__
 from .models import get_decoder_layers, hidden_size
 from .packing import PackedLayout, capture_layout, select_rows
-from .replay import CapturedInputs, PrefixKeyValues, capture_prefix, concat_captures
+from .replay import CapturedInputs, PrefixKeyValues, capture_prefix, concat_captures, take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ class Capture:
     inputs: CapturedInputs
     prefix: Optional[PrefixKeyValues]
     key: str
-    source: str  # "computed", "memory" or "disk"
+    source: str  # "computed", "memory", "memory rows" (rows of a larger capture) or "disk"
+    family: str = ""  # the key without the data and the prefix: captures whose rows can be shared
+    rows: dict[str, int] = field(default_factory=dict, repr=False)  # row digest -> row
 
 
 _MEMORY: "OrderedDict[str, Capture]" = OrderedDict()
@@ -98,6 +103,45 @@ def _layout_digest(lay: PackedLayout) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _row_digests(lay: PackedLayout) -> list[str]:
+    """Per row, a SHA-256 of its real tokens, their positions and branches (padding excluded)."""
+    digests = []
+    for ids, positions, branch, valid in zip(lay.input_ids, lay.position_ids, lay.branch, lay.valid):
+        digest = hashlib.sha256()
+        for tensor in (ids[valid], positions[valid], branch[valid]):
+            digest.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def _family_key(model: nn.Module, start_layer: int, template: str) -> str:
+    """Everything a capture's rows depend on except the rows themselves (in-memory model identity)."""
+    config = getattr(model, "config", None)
+    parts = [
+        f"package={__version__}", f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
+        "weights={}:{}".format(*_weights_state(model)), f"dtype={next(model.parameters()).dtype}",
+        f"layer={start_layer}", f"template={hashlib.sha256(template.encode()).hexdigest()}",
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _rows_of_larger(model: nn.Module, lay: PackedLayout, family: str, digests: list[str], prefix_length: int,
+                    key: str) -> Optional[Capture]:
+    """The capture of `lay` cut out of a kept capture that holds every one of its rows (same model,
+    weights, layer, template): e.g. SPLIT on `max_num_of_examples` pairs after CAA on all of them."""
+    for entry in reversed(_MEMORY.values()):
+        if entry.family != family or not all(d in entry.rows for d in digests):
+            continue
+        rows = torch.tensor([entry.rows[d] for d in digests], dtype=torch.long)
+        inputs = take_rows(model, entry.inputs, rows, lay.input_ids.shape[1])
+        if entry.prefix is not None and entry.prefix.length == prefix_length:
+            prefix = entry.prefix
+        else:
+            prefix = capture_prefix(model, inputs, prefix_length) if prefix_length > 0 else None
+        return Capture(inputs, prefix, key, "memory rows", family, {d: i for i, d in enumerate(digests)})
+    return None
 
 
 def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_length: int, template: str = "",
@@ -223,7 +267,13 @@ def capture(
     if use_cache and key in _MEMORY:
         _MEMORY.move_to_end(key)
         entry = _MEMORY[key]
-        return Capture(entry.inputs, entry.prefix, key, "memory")
+        return Capture(entry.inputs, entry.prefix, key, "memory", entry.family, entry.rows)
+    family, digests = (_family_key(model, start_layer, template), _row_digests(lay)) if use_cache else ("", [])
+    if use_cache:
+        entry = _rows_of_larger(model, lay, family, digests, prefix_length, key)
+        if entry is not None:
+            _remember(key, entry)
+            return entry
     directory = _cache_dir(cache_dir) if use_cache else None
     path = directory / f"capture-{capture_key(model, lay, start_layer, prefix_length, template)}.pt" if directory else None
     entry = _load(path, key, storage, run_device) if path is not None and path.exists() else None
@@ -240,7 +290,12 @@ def capture(
         if path is not None:
             _save(path, entry)
     if use_cache:
-        _MEMORY[key] = entry
-        while len(_MEMORY) > MEMORY_ENTRIES:
-            _MEMORY.popitem(last=False)
+        entry.family, entry.rows = family, {d: i for i, d in enumerate(digests)}
+        _remember(key, entry)
     return entry
+
+
+def _remember(key: str, entry: Capture) -> None:
+    _MEMORY[key] = entry
+    while len(_MEMORY) > MEMORY_ENTRIES:
+        _MEMORY.popitem(last=False)

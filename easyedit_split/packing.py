@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from .models import hidden_to_logits, model_device
-from .prompts import IGNORE_INDEX, TokenBatch
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion
 from .replay import CapturedInputs, capture_layer_inputs
 
 LAYOUTS = ("packed", "rows")
 
 __all__ = [
     "EncodedPair", "PackedLayout", "build_layout", "capture_layout", "pairs_from_batch", "replay_start",
-    "completion_token_nll", "select_rows", "LAYOUTS",
+    "completion_token_nll", "select_rows", "LAYOUTS", "pair_batch", "capture_template",
 ]
 
 
@@ -168,6 +168,21 @@ def pairs_from_batch(batch: TokenBatch) -> list[EncodedPair]:
             raise ValueError(f"pair {i}: its two rows do not share a prompt (prompt lengths {plen}, {plen2})")
         pairs.append(EncodedPair(tuple(first[:plen]), tuple(first[plen:]), tuple(second[plen:])))
     return pairs
+
+
+def pair_batch(tokenizer: Any, fmt: PromptFormat, pairs: Sequence[Any], max_length: Optional[int] = None) -> TokenBatch:
+    """Every pair's two sequences (`prompts.encode_completion`), row `2i` matching and `2i + 1` not
+    matching: the rows training, CAA and the capture cache share, so equal data gives equal keys."""
+    encoded = []
+    for pair in pairs:
+        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.matching))
+        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.not_matching))
+    return collate(encoded, tokenizer.pad_token_id, max_length)
+
+
+def capture_template(fmt: PromptFormat, tokenizer: Any) -> str:
+    """The prompt rules and chat template text a capture depends on (part of its cache key)."""
+    return f"{fmt!r}\n{getattr(tokenizer, 'chat_template', None) or ''}"
 
 
 def _attention_mask(lay: PackedLayout, dtype: torch.dtype, sliding_window: Optional[int] = None) -> torch.Tensor:

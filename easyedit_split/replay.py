@@ -17,7 +17,7 @@ and values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -262,6 +262,49 @@ def _run_layers(
         output = layer(hidden, **kwargs)
         hidden = output[0] if isinstance(output, tuple) else output
     return hidden
+
+
+def take_rows(model: nn.Module, captured: CapturedInputs, rows: torch.Tensor, width: int) -> CapturedInputs:
+    """The capture of `rows` only, cut to the first `width` positions: what capturing those rows
+    alone at that width gives (each row's states depend on its own tokens only; the padding of
+    the wider capture is cut off). Kwargs shared by several layers stay shared."""
+    layers = get_decoder_layers(model)[captured.start_layer :]
+    device = captured.hidden_states.device
+    done: dict[tuple[str, int], Any] = {}
+    kwargs = []
+    for layer, layer_kwargs in zip(layers, captured.layer_kwargs):
+        cut = {}
+        for key, value in layer_kwargs.items():
+            identity = (key, id(value))
+            if identity not in done:
+                done[identity] = _slice_positions(layer, {key: value}, rows, len(captured), 0, width, device)[key]
+            cut[key] = done[identity]
+        kwargs.append(cut)
+    index = rows.to(device)
+    batch = TokenBatch(*(t.index_select(0, index.to(t.device))[:, :width]
+                         for t in (captured.batch.input_ids, captured.batch.attention_mask, captured.batch.labels)))
+    return CapturedInputs(captured.start_layer, captured.hidden_states.index_select(0, index)[:, :width].contiguous(),
+                          kwargs, batch)
+
+
+def replay_outputs(
+    model: nn.Module, captured: CapturedInputs, layers: Sequence[int], rows: Optional[torch.Tensor] = None,
+) -> dict[int, torch.Tensor]:
+    """Outputs of decoder `layers` (at or above the captured start layer) at every position of
+    `rows`, running layers `start..max(layers)` only (no intervention is needed: hooks fire)."""
+    if min(layers) < captured.start_layer:
+        raise ValueError(f"layers {sorted(layers)} lie below the captured start layer {captured.start_layer}")
+    rows = torch.arange(len(captured)) if rows is None else rows
+    run_device = next(get_decoder_layers(model)[captured.start_layer].parameters()).device
+    hidden = captured.hidden_states.index_select(0, rows.to(captured.hidden_states.device)).to(run_device)
+    width, wanted, outputs = hidden.shape[1], set(layers), {}
+    for offset, layer in enumerate(get_decoder_layers(model)[captured.start_layer : max(layers) + 1]):
+        kwargs = _slice_positions(layer, captured.layer_kwargs[offset], rows, len(captured), 0, width, hidden.device)
+        output = layer(hidden, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output
+        if captured.start_layer + offset in wanted:
+            outputs[captured.start_layer + offset] = hidden
+    return outputs
 
 
 def capture_prefix(model: nn.Module, captured: CapturedInputs, length: int) -> PrefixKeyValues:

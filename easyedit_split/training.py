@@ -72,8 +72,9 @@ from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
 from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, hidden_size, model_device
-from .packing import PackedLayout, build_layout, completion_token_nll, pairs_from_batch, replay_start
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion, first_steered_position
+from .packing import (PackedLayout, build_layout, capture_template, completion_token_nll, pair_batch, pairs_from_batch,
+                      replay_start)
+from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, first_steered_position
 from .replay import CapturedInputs, CompletionNLL, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix
 
 if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
@@ -284,12 +285,8 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Gradie
     if not pairs:
         raise TrainingError("no training pairs: the dataset (or concept) is empty")
     fmt = PromptFormat.from_hparams(hparams)
-    encoded = []
-    for pair in pairs:
-        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.matching))
-        encoded.append(encode_completion(tokenizer, fmt, pair.question, pair.not_matching))
     max_length = hparams.output_length
-    batch = collate(encoded, tokenizer.pad_token_id, max_length)
+    batch = pair_batch(tokenizer, fmt, pairs, max_length)
     empty = ((batch.labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
     if empty:
         example = empty[0] // 2
@@ -299,8 +296,7 @@ def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: Gradie
         )
     # steer_positions (docs/conventions.md): every position from `prefix` on is steered
     prefix = first_steered_position(tokenizer, fmt, hparams.intervention_method, "training", hparams.exclude_bos)
-    template = f"{fmt!r}\n{getattr(tokenizer, 'chat_template', None) or ''}"
-    return PreparedPairs(batch, prefix, template=template, memory_mb=hparams.fast_path_memory_mb)
+    return PreparedPairs(batch, prefix, template=capture_template(fmt, tokenizer), memory_mb=hparams.fast_path_memory_mb)
 
 
 # ============================================================================ one step

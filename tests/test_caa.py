@@ -28,7 +28,13 @@ def _mean_completion_hidden(model, tokenizer, question, completion, layer):
     return _hidden(model, encoded.input_ids, layer)[encoded.prompt_length :].mean(0)
 
 
-def test_caa_completion_and_suffix_matches_hand_computation(tiny_chat_model, default_tokenizer):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_caa_completion_and_suffix_matches_hand_computation(family, default_tokenizer):
+    """This token set goes through the capture cache's packed rows (prompt + both completions in one
+    row, the lowest layer's inputs captured once); the hand computation runs each sequence alone."""
+    from conftest import build_tiny_model
+
+    tiny_chat_model = build_tiny_model(family, vocab_size=len(default_tokenizer))
     pairs = [
         PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),
         PolarityPair("And the food?", "Delicious and fresh!", "Cold and bland, sadly."),

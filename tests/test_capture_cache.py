@@ -134,3 +134,71 @@ def test_sft_after_split_on_the_same_data_captures_once(monkeypatch):
     values = {k: v for k, v in dataclasses.asdict(make_hparams(n_epochs=1)).items() if k in fields}
     sft.train(SFTHyperParams(**{**values, "alg_name": "sft"}), pairs, model, WordTokenizer(), progress=False)
     assert len(calls) == 1
+
+
+def _sft_hparams(**overrides):
+    from easyedit_split.hparams import SFTHyperParams
+
+    fields = {f.name for f in dataclasses.fields(SFTHyperParams)}
+    values = {k: v for k, v in dataclasses.asdict(make_hparams(n_epochs=1, **overrides)).items() if k in fields}
+    return SFTHyperParams(**{**values, "alg_name": "sft"})
+
+
+def test_caa_on_all_pairs_then_sft_and_split_on_fewer_capture_once(monkeypatch):
+    """The main job: CAA on every train pair, then SFT and SPLIT on the first `max_num_of_examples`
+    of them, same model, layer and prompt rules: one capture, the trainers cut their rows out of it."""
+    from easyedit_split.methods import sft, split
+    from easyedit_split.methods.caa import compute_caa_vectors
+    from easyedit_split.prompts import PromptFormat
+
+    calls, sources = [], []
+    original_layout, original_capture = capture_cache.capture_layout, capture_cache.capture
+    monkeypatch.setattr(capture_cache, "capture_layout", lambda *a, **k: calls.append(1) or original_layout(*a, **k))
+
+    def spy(*args, **kwargs):
+        entry = original_capture(*args, **kwargs)
+        sources.append(entry.source)
+        return entry
+
+    monkeypatch.setattr(capture_cache, "capture", spy)
+    model, pairs = build_tiny_model("llama"), word_pairs(6)
+    for i, pair in enumerate(pairs):  # distinct completions per pair: every row is its own
+        pairs[i] = dataclasses.replace(pair, matching=f"good great fine {i}", not_matching=f"bad poor {i} awful")
+    hp = make_hparams(n_epochs=1, max_num_of_examples=4)
+    compute_caa_vectors(model, WordTokenizer(), pairs, [LAYER], PromptFormat.from_hparams(hp), progress=False,
+                        token_set="completion_and_suffix")
+    split.train(hp, pairs, model, WordTokenizer(), progress=False)
+    sft.train(_sft_hparams(max_num_of_examples=4), pairs, model, WordTokenizer(), progress=False)
+    assert len(calls) == 1
+    assert sources == ["computed", "memory rows", "memory"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_rows_cut_from_a_larger_capture_give_the_losses_of_a_fresh_capture(family):
+    model = build_tiny_model(family)
+    pairs = [dataclasses.replace(p, question=p.question + " extra words" * (i % 3), matching=f"good {i} great")
+             for i, p in enumerate(word_pairs(6))]
+    hp = make_hparams(n_epochs=1, ref_loss_weight=0.5)
+    subset = [pairs[4], pairs[1], pairs[2]]  # reordered, and shorter than the longest pair (pair 5)
+    losses = {}
+    for how in ("fresh", "cut"):
+        capture_cache.clear_memory_cache()
+        if how == "cut":
+            captured_source(model, pairs, hp)
+        prepared = prepare_pairs(WordTokenizer(), subset, hp)
+        prepared.capture(model, LAYER)
+        assert prepared.capture_source == ("computed" if how == "fresh" else "memory rows")
+        assert prepared.captured.hidden_states.shape[1] == prepared.layout.input_ids.shape[1]
+        assert prepared.prefix_cache is not None and prepared.prefix_cache.length > 0
+        _, log = train_layer(model, prepared, hp, LAYER, split_loss, needs_reference=True, progress=False)
+        losses[how] = log.losses
+    np.testing.assert_allclose(losses["cut"], losses["fresh"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_row_the_larger_capture_lacks_misses_it():
+    model, pairs, hp = build_tiny_model("llama"), word_pairs(4), make_hparams()
+    captured_source(model, pairs, hp)
+    assert captured_source(model, pairs[:2], hp).capture_source == "memory rows"
+    changed = [pairs[0], dataclasses.replace(pairs[1], not_matching="bad awful")]
+    assert captured_source(model, changed, hp).capture_source == "computed"
+    assert captured_source(model, pairs[:2], hp, layer=LAYER + 1).capture_source == "computed"

@@ -9,7 +9,10 @@ Which positions count is `caa_token_set` (docs/conventions.md):
   count on are averaged; no end-of-turn suffix. The completion is as `completion_join` places
   it (EasyEdit: as stored, so psychopathy's `" Yes"` becomes `"  Yes"`).
 - `completion_and_suffix`: the completion tokens as training and scoring see them
-  (`prompts.encode_completion`: `completion_join`, then the end-of-turn suffix).
+  (`prompts.encode_completion`: `completion_join`, then the end-of-turn suffix). These are the
+  trainers' rows, so CAA takes them from `capture_cache` (each pair packed as prompt + both
+  completions, the layers below the lowest CAA layer run once) and the SFT or SPLIT run that
+  follows on the same data and layer reuses that capture instead of making its own.
 """
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import capture_cache
 from ..constants import CAA_TOKEN_SETS
 from ..data import PolarityPair
 from ..interventions import DynamicWeightUpdate
 from ..models import check_layer, model_device
+from ..packing import build_layout, capture_template, pair_batch, pairs_from_batch
 from ..prompts import IGNORE_INDEX, EncodedCompletion, PromptFormat, TokenBatch, collate, encode_batch
 from ..recording import record_activations
+from ..replay import replay_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,33 @@ def encode_caa_batch(
     return collate(encoded, pad)
 
 
+def _caa_from_capture(
+    model: nn.Module, tokenizer: Any, pairs: Sequence[PolarityPair], layers: Sequence[int], fmt: PromptFormat,
+    progress: bool, memory_mb: Optional[float],
+) -> dict[int, torch.Tensor]:
+    """The `completion_and_suffix` means from packed rows (prompt, matching, not-matching): layer
+    outputs at the branch-1 positions minus those at the branch-2 positions, per pair."""
+    batch = pair_batch(tokenizer, fmt, pairs)
+    lay = build_layout(pairs_from_batch(batch), "packed", pad_id=0)
+    entry = capture_cache.capture(model, lay, min(layers), 0, template=capture_template(fmt, tokenizer),
+                                  memory_mb=memory_mb)
+    logger.info("CAA: layer inputs from the capture cache (%s)", entry.source)
+    totals = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in layers}
+    chunk = capture_cache.rows_per_chunk(model, lay.input_ids.shape[1], memory_mb)
+    for start in tqdm(range(0, len(lay), chunk), desc="CAA activations", disable=not progress):
+        rows = torch.arange(start, min(start + chunk, len(lay)))
+        with torch.no_grad():
+            outputs = replay_outputs(model, entry.inputs, layers, rows)
+        for layer, hidden in outputs.items():
+            branch = lay.branch[rows].to(hidden.device)
+            means = []
+            for side in (1, 2):
+                mask = (branch == side).unsqueeze(-1).float()
+                means.append((hidden.float() * mask).sum(dim=1) / mask.sum(dim=1))
+            totals[layer] += (means[0] - means[1]).sum(dim=0).double().cpu()
+    return {layer: (total / len(pairs)).float() for layer, total in totals.items()}
+
+
 def compute_caa_vectors(
     model: nn.Module,
     tokenizer: Any,
@@ -79,13 +112,19 @@ def compute_caa_vectors(
     batch_size: int = 8,
     progress: bool = True,
     token_set: str = "easyedit",
+    memory_mb: Optional[float] = capture_cache.DEFAULT_MEMORY_MB,
 ) -> dict[int, torch.Tensor]:
-    """Mean difference vectors {layer: [hidden]} over `pairs`, averaging the `token_set` positions."""
+    """Mean difference vectors {layer: [hidden]} over `pairs`, averaging the `token_set` positions
+    (`completion_and_suffix` through the capture cache, in row chunks under `memory_mb`)."""
     if not pairs:
         raise ValueError("CAA needs at least one polarity pair")
     for layer in layers:
         check_layer(model, layer, source="layers")
+    if token_set not in CAA_TOKEN_SETS:
+        raise ValueError(f"caa_token_set: {token_set!r} is not one of {', '.join(CAA_TOKEN_SETS)}")
     fmt = prompt_format or PromptFormat()
+    if token_set == "completion_and_suffix":
+        return _caa_from_capture(model, tokenizer, pairs, list(layers), fmt, progress, memory_mb)
     device = model_device(model)
     totals = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in layers}
     for start in tqdm(range(0, len(pairs), batch_size), desc="CAA activations", disable=not progress):
