@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: peak memory of a block of code and the machine's load.
+"""Shared by the benchmarks: peak memory of a block of code, its floating-point work, the machine's load.
 
 Peak memory is the peak RSS of this process while the block runs on CPU (sampled every 5 ms
 by a thread, psutil), or `torch.cuda.max_memory_allocated` on CUDA (reset at the start).
@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 import torch
@@ -63,3 +63,13 @@ def memory_kind(device: str) -> str:
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f}/{five:.1f}"
+
+
+def count_flops(run: Callable[[], Any]) -> float:
+    """Floating-point operations of `run()` (matrix multiplies and attention, forward and backward,
+    as `torch.utils.flop_counter` counts them; element-wise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
