@@ -129,9 +129,11 @@ def main() -> None:
                         f"| {fast_peak.mb:.0f} | {fast_load} | {ratio:.2f}x | {flop_ratio:.2f}x | {max_diff:.1e} |")
         else:
             rows.append(f"| {k} | not run | | | {fast_peak.seconds:.1f} | {fast_peak.mb:.0f} | {fast_load} | | {flop_ratio:.2f}x | |")
-        per_added.append((k, fast_peak.seconds))
+        per_added.append((k, fast_peak.seconds, fast_flops))
         print(rows[-1], flush=True)
-    slopes = [f"K {a}->{b}: {(tb - ta) / (b - a):.2f} s" for (a, ta), (b, tb) in zip(per_added, per_added[1:])]
+    slopes = [f"K {a}->{b}: {(tb - ta) / (b - a):.2f} s and {(fb - fa) / (b - a) / 1e9:.1f} GFLOP "
+              f"({(fb - fa) / max(tb - ta, 1e-9) / 1e9:.0f} GFLOP/s)"
+              for (a, ta, fa), (b, tb, fb) in zip(per_added, per_added[1:])]
     table = "\n".join([
         "# Sweep scoring benchmark (`benchmarks/bench_sweep.py`, one run)",
         "",
@@ -150,7 +152,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Time per added multiplier on the fast path: " + ", ".join(slopes) + ".",
+        "Time and work per added multiplier on the fast path (the layers above the intervention at the steered "
+        "positions and the LM head at completion tokens, for every pair): " + ", ".join(slopes) + ".",
         "",
         "FLOP ratio: matrix multiplies and attention (`torch.utils.flop_counter`) of the naive sweep over those of the "
         "fast one. The fast path runs only the layers above the intervention at steered positions and the LM head at "
