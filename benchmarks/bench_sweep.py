@@ -99,7 +99,7 @@ def main() -> None:
     vector = caa_vector(model, tokenizer, fmt, train, layer)
     updates = {layer: DynamicWeightUpdate.from_vector(vector.float()).to(args.device)}
     kind = memory_kind(args.device)
-    rows, notes, per_added = [], [], []
+    rows, per_added = [], []
     # naive work is the same for every multiplier: count one and scale
     naive_flops_per_multiplier = count_flops(lambda: naive_sweep(model, tokenizer, fmt, test, updates, [1.0]))
     for k in args.k:
