@@ -294,3 +294,24 @@ def test_each_patch_applies_cleanly_to_the_unmodified_snapshot(tmp_path):
         apply_patches(root, [patch])
     assert "chat_template_ids" in (root / "steer/utils/templates.py").read_text()
     assert "easyedit.steer_methods" in (root / "steer/utils/alg_dict.py").read_text()
+
+
+@pytest.mark.parametrize("with_position_ids", [True, False])
+def test_update_in_easyedits_slot_steers_from_the_prefix_length_on(with_position_ids):
+    """EasyEdit's wrapper calls the slot with the layer output: a vector adds m v at positions
+    >= prefix_length (counted here by hand: 0..3 untouched, 4..6 moved), every position with 0."""
+    from easyedit_split.interventions import DynamicWeightUpdate
+
+    vector = torch.tensor([1.0, -2.0, 0.5])
+    base = torch.zeros(2, 7, 3)
+    kwargs = {"position_ids": torch.arange(7).expand(2, 7)} if with_position_ids else {}
+    out = bridge.EasyEditUpdate(DynamicWeightUpdate.from_vector(vector), prefix_length=4)(base, **kwargs)
+    expected = torch.zeros(2, 7, 3)
+    expected[:, 4:] = vector
+    assert torch.equal(out, expected)
+    everywhere = bridge.EasyEditUpdate(DynamicWeightUpdate.from_vector(vector), prefix_length=0)(base, **kwargs)
+    assert torch.equal(everywhere, vector.expand(2, 7, 3))
+    # a generated token (one position, its position id past the prefix) is steered
+    step = bridge.EasyEditUpdate(DynamicWeightUpdate.from_vector(vector), prefix_length=4)(
+        torch.zeros(2, 1, 3), **({"position_ids": torch.full((2, 1), 9)} if with_position_ids else {}))
+    assert torch.equal(step, vector.expand(2, 1, 3))
