@@ -214,3 +214,28 @@ def test_statistic_to_dict_writes_infinite_values_as_null():
     assert type(data["n"][0]) is int
     stats.mean = np.array([1.5])
     assert stats.to_dict()["mean"] == [1.5] and type(stats.to_dict()["mean"][0]) is float
+
+
+def test_log1mexp_computes_float32_inputs_in_float64():
+    """Scores arrive as float32: the result must still carry float64 precision (the reference is 60-digit
+    decimal arithmetic on the exact float32 values)."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60
+    xs = np.array([-1e-6, -0.3, -0.9, -5.0], dtype=np.float32)
+    expected = [float((1 - Decimal(float(x)).exp()).ln()) for x in xs]
+    np.testing.assert_allclose(log1mexp(xs), expected, rtol=1e-14)
+
+
+def test_summarize_warns_nothing_for_empty_and_single_rows():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = summarize([[np.nan, np.nan], [4.0, np.nan]], n_bootstrap=10)
+    assert np.isnan(stats.mean[0]) and np.isnan(stats.se).all() and stats.mean[1] == 4.0
+
+
+def test_constant_sample_interval_is_exactly_the_value():
+    # averaging three 0.1s gives 0.10000000000000002; the interval of a constant sample is 0.1 itself
+    stats = summarize([[0.1, 0.1, 0.1], [0.1, 0.2, 0.1]], n_bootstrap=50)
+    assert stats.ci_low[0] == 0.1 and stats.ci_high[0] == 0.1
+    assert stats.ci_low[1] < stats.ci_high[1]  # a varying sample gets a real interval
