@@ -7,6 +7,7 @@ the "\\n" becomes "\\n " and the answer is one more token), hidden states from H
 """
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -169,11 +170,29 @@ def test_caa_errors_name_the_problem(tiny_chat_model, default_tokenizer):
         compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs(), [0, 99], progress=False)
 
 
-def test_progress_bar_is_shown_only_when_asked(tiny_chat_model, default_tokenizer, capsys):
+def test_progress_bar_is_shown_by_default_and_only_when_asked(tiny_chat_model, default_tokenizer, capsys):
     compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs()[:1], [0], progress=False)
     assert "CAA activations" not in capsys.readouterr().err
-    compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs()[:1], [0], progress=True)
-    assert "CAA activations" in capsys.readouterr().err
+    compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs()[:1], [0])
+    assert re.search(r"(^|\r)CAA activations: ", capsys.readouterr().err)
+
+
+def test_running_sum_is_float64(tiny_chat_model, default_tokenizer, monkeypatch):
+    """Pair differences 1e8, 1 and -1e8 (one pair per batch): in float32, 1e8 + 1 rounds back to 1e8 and
+    the mean would be 0; accumulated in float64 it is 1/3."""
+    differences = iter([1e8, 1.0, -1e8])
+    hidden = tiny_chat_model.config.hidden_size
+    calls = []
+
+    def fake_means(model, batch, layers):
+        calls.append(batch.input_ids.shape[0])
+        value = next(differences) if len(calls) % 2 else 0.0  # matching side, then not-matching side
+        return {layer: torch.full((1, hidden), value) for layer in layers}
+
+    monkeypatch.setattr(caa, "mean_completion_activations", fake_means)
+    vectors = compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs(), [0], batch_size=1, progress=False)
+    assert calls == [1] * 6
+    torch.testing.assert_close(vectors[0], torch.full((hidden,), 1.0 / 3.0), rtol=1e-6, atol=0)
 
 
 def test_train_on_plain_hparams_uses_easyedits_rules(tiny_chat_model, default_tokenizer):
@@ -193,3 +212,21 @@ def test_train_on_plain_hparams_uses_easyedits_rules(tiny_chat_model, default_to
     suffix = caa.train(SimpleNamespace(layers=[1], caa_token_set="completion_and_suffix"), pairs, tiny_chat_model,
                        default_tokenizer)
     assert ((suffix[1].bias - updates[1].bias).norm() / updates[1].bias.norm()).item() > 1e-3
+
+
+def test_train_reads_the_prompt_format_from_hparams(tiny_chat_model, default_tokenizer):
+    """use_chat_template False: the bare question, then " " + " Yes" as stored -> " ", " Yes" (two answer
+    positions, counted by hand), averaged per side."""
+    pairs = _pairs()
+    updates = caa.train(SimpleNamespace(layers=[1], use_chat_template=False), pairs, tiny_chat_model,
+                        default_tokenizer)
+    diffs = []
+    for pair in pairs:
+        question_length = len(default_tokenizer(pair.question)["input_ids"])
+        side = []
+        for completion in (pair.matching, pair.not_matching):
+            ids = default_tokenizer(pair.question + " " + completion)["input_ids"]
+            assert len(ids) == question_length + 2 and _tokens(default_tokenizer, ids[-2:])[0] == "Ġ"
+            side.append(_hidden_states(tiny_chat_model, ids)[2][0, -2:].mean(0))
+        diffs.append(side[0] - side[1])
+    torch.testing.assert_close(updates[1].bias.detach(), sum(diffs) / 3, rtol=1e-4, atol=1e-5)
