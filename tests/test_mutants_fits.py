@@ -75,6 +75,9 @@ def test_curve_fit_dictionary():
         "good": False, "message": "poor", "at_bounds": ["log_p"],
     }
     assert CurveFit("utility", "none", {}, 0, 8).to_dict()["r2"] is None
+    finite = CurveFit("utility", "full", {}, 9, 8, r2=0.5, rmse=0.125, adjusted_r2=0.25, loo_rmse=0.75, loo_r2=0.375)
+    data = finite.to_dict()
+    assert [data[k] for k in ("r2", "rmse", "adjusted_r2", "loo_rmse", "loo_r2")] == [0.5, 0.125, 0.25, 0.75, 0.375]
 
 
 def test_r_squared_by_hand():
@@ -401,6 +404,9 @@ def test_fit_preference_and_fit_utility_name_their_kind_and_pass_the_shape():
     assert pref.kind == "preference" and pref.n_params == 9 and "full preference" in pref.message
     util = fit_utility(m, np.zeros(9), shape="full")
     assert util.kind == "utility" and util.n_params == 8 and "full utility" in util.message
+    # default shape "auto": 5 points on two sides are too few for "full", so "shared"
+    assert "shared preference model has 7" in fit_preference(m[:5], np.zeros(5)).message
+    assert "shared utility model has 6" in fit_utility(m[:5], np.zeros(5)).message
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -487,6 +493,7 @@ def test_summarize_curves_by_hand_and_defaults():
     assert s.source == "fit" and s.utility_loss == 2.0 and type(s.utility_loss) is float
     assert s.preference_gain == pytest.approx(2.0) and s.drop_multiplier_neg == pytest.approx(-2.0)
     assert s.frontier_area == pytest.approx(0.5, rel=1e-12) and s.frontier_max_loss == 1.0
+    assert s.drop_multiplier_pos == pytest.approx(2.0)
     shifted = summarize_curves(interpolated([1.0, 3.0], [5.0, 7.0]), interpolated([1.0, 3.0], [-1.0, -3.0]),
                                [1.0, 3.0], "interpolation")
     assert shifted.preference_at_0 == 5.0 and shifted.utility_at_0 == -1.0  # at the multiplier nearest 0
@@ -532,10 +539,10 @@ def test_fit_usable_reasons_are_exact():
 
 
 def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
-    m = np.linspace(-2.0, 2.0, 9)
+    m = np.linspace(-2.0, 2.0, 11)  # enough for "full" under "auto": "shared" is the caller's choice
     decay = (0.5, 2.0, 1.0, -0.5, 2.0, 1.0)
     pref, util = preference_curve(m, 1.0, 0.5, -0.2, *decay), utility_curve(m, 3.0, -1.0, *decay)
-    report = fit_and_summarize(m, pref, util, utility_loss=0.5, frontier_max_loss=1.0, shape="shared")
+    report = fit_and_summarize(list(m), pref, util, utility_loss=0.5, frontier_max_loss=1.0, shape="shared")
     assert report.preference.shape == "shared" and report.utility.shape == "shared"
     assert report.preference.kind == "preference" and report.utility.kind == "utility"
     assert report.headline_reason == "" and report.headline.source == "fit"
@@ -550,5 +557,6 @@ def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
         short = fit_and_summarize(m[:4], pref[:4], util[:4])
     assert set(short.summaries) == {"interpolation"} and short.headline.source == "interpolation"
     assert short.headline_reason == "preference: " + short.preference.message
-    assert "summaries from interpolation: preference: not fitted" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "summaries from interpolation: " + short.headline_reason]
     assert short.summaries["interpolation"].utility_loss == 1.0 and short.summaries["interpolation"].frontier_max_loss == 3.0
