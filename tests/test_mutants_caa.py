@@ -230,3 +230,20 @@ def test_train_reads_the_prompt_format_from_hparams(tiny_chat_model, default_tok
             side.append(_hidden_states(tiny_chat_model, ids)[2][0, -2:].mean(0))
         diffs.append(side[0] - side[1])
     torch.testing.assert_close(updates[1].bias.detach(), sum(diffs) / 3, rtol=1e-4, atol=1e-5)
+
+
+def test_activations_stop_after_the_deepest_requested_layer(tiny_chat_model):
+    """Layers above the deepest requested one and the LM head are not run (they cannot change the means)."""
+    from easyedit_split.models import get_layer
+
+    ran = []
+    handles = [get_layer(tiny_chat_model, 3).register_forward_hook(lambda *a: ran.append("layer 3")),
+               tiny_chat_model.lm_head.register_forward_hook(lambda *a: ran.append("lm_head"))]
+    try:
+        ids = torch.tensor([[11, 12, 13]])
+        labels = torch.tensor([[IGNORE_INDEX, 12, 13]])
+        means = mean_completion_activations(tiny_chat_model, TokenBatch(ids, torch.ones_like(ids), labels), [0, 2])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(means) == [0, 2] and ran == []
