@@ -433,6 +433,7 @@ def test_grid_and_reference_multiplier():
     assert _reference_multiplier([-1.0, 2.0]) == 0.0 and _reference_multiplier([0.0, 2.0]) == 0.0
     assert _reference_multiplier([-2.0, 0.0]) == 0.0
     assert _reference_multiplier([3.0, 1.5, 2.0]) == 1.5 and _reference_multiplier([-4.0, -0.5]) == -0.5
+    assert _reference_multiplier([0.5, 1.0, 3.0]) == 0.5  # a range holding 1 but not 0
 
 
 def test_drop_multiplier_by_hand():
@@ -442,11 +443,18 @@ def test_drop_multiplier_by_hand():
     assert drop_multiplier(UTIL, SWEEP, 2.5) == pytest.approx(2.5, rel=1e-12)
     assert drop_multiplier(UTIL, SWEEP, 2.5, -1) is None  # the negative side only loses 2
     assert drop_multiplier(UTIL, SWEEP, 0.0) == 0.0       # reached at once
+    assert drop_multiplier(UTIL, SWEEP, 0.0, -1) == 0.0
+    # inside the first grid step (0.0025 wide) on either side
+    assert drop_multiplier(UTIL, SWEEP, 0.001) == pytest.approx(0.001, rel=1e-9)
+    assert drop_multiplier(UTIL, SWEEP, 0.001, -1) == pytest.approx(-0.001, rel=1e-9)
     # a step down between two grid points: the refinement lands on the matching fraction of the step
     step = lambda q: np.where(np.asarray(q) > 1.00001, -2.0, 0.0)  # noqa: E731
     grid = _grid(SWEEP)
     below, above = grid[grid <= 1.00001].max(), grid[grid > 1.00001].min()
     assert drop_multiplier(step, SWEEP, 0.5) == pytest.approx(below + 0.25 * (above - below), rel=1e-12)
+    mirror = lambda q: np.where(np.asarray(q) < -1.00001, -2.0, 0.0)  # noqa: E731
+    inner, outer = grid[grid >= -1.00001].min(), grid[grid < -1.00001].max()
+    assert drop_multiplier(mirror, SWEEP, 0.5, -1) == pytest.approx(inner + 0.25 * (outer - inner), rel=1e-12)
     # a sweep that does not contain 0: losses are relative to the multiplier nearest 0
     shifted = [1.0, 3.0]
     util = interpolated(shifted, [0.0, -2.0])
@@ -460,12 +468,22 @@ def test_preference_gain_by_hand():
     assert preference_gain(PREF, UTIL, SWEEP, 5.0) == pytest.approx(3.0, rel=1e-12)  # the whole range
     down = interpolated(SWEEP, 0.5 - SWEEP)  # gains on the negative side
     assert preference_gain(down, UTIL, SWEEP, 1.5) == pytest.approx(1.5, rel=1e-12)
+    assert preference_gain(down, UTIL, SWEEP, 0.9991) == pytest.approx(0.9991, rel=1e-12)  # at the drop point
     assert preference_gain(down, UTIL, SWEEP, 5.0) == pytest.approx(2.0, rel=1e-12)
     flat = interpolated(SWEEP, [1.0, 1.0, 1.0])
     assert preference_gain(flat, UTIL, SWEEP, 1.0) == 0.0
     # a utility that dips and recovers: the interval stops at the first drop on each side
     dip = interpolated([-2.0, 0.0, 1.0, 2.0, 3.0], [0.0, 0.0, -2.0, 0.0, 0.0])
     assert preference_gain(PREF, dip, [-2.0, 0.0, 1.0, 2.0, 3.0], 1.0) == pytest.approx(0.5, rel=1e-9)
+    sweep = [-3.0, -2.0, -1.0, 0.0, 2.0]
+    dip = interpolated(sweep, [0.0, 0.0, -2.0, 0.0, 0.0])
+    assert preference_gain(interpolated(sweep, [3.0, 2.0, 1.0, 0.0, -2.0]), dip, sweep, 1.0) == pytest.approx(0.5)
+    # the best preference strictly inside the interval [-1, 1]: a hump of 1 at m = 0.5
+    hump = interpolated([-2.0, 0.0, 0.5, 3.0], [0.0, 0.0, 1.0, 0.0])
+    assert preference_gain(hump, UTIL, SWEEP, 1.0) == pytest.approx(1.0, rel=1e-12)
+    # a utility curve without values (a refused fit) gives no gain
+    refused = CurveFit("utility", "none", {}, 0, 8)
+    assert preference_gain(PREF, refused, SWEEP, 1.0) == 0.0
 
 
 def test_frontier_area_is_the_trapezoid_integral_of_the_gain():
