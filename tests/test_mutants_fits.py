@@ -244,7 +244,8 @@ def test_failing_starts_are_skipped_and_all_failing_refuses(monkeypatch, caplog,
         fit = fit_curve("utility", m, y)
     assert not fit.fitted and fit.shape == "none"
     assert fit.message == "not fitted: the least-squares search failed from every start"
-    assert "utility fit not fitted: the least-squares search failed from every start" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "utility fit not fitted: the least-squares search failed from every start"]
     assert list(fit.params) == list(UTILITY_PARAMS) and all(np.isnan(v) for v in fit.params.values())
     assert (fit.n_points, fit.n_params) == (7, 5)
 
@@ -314,7 +315,7 @@ def test_short_sweeps_are_refused_with_the_counts(kind, m, shape, expected, capl
     with caplog.at_level(logging.WARNING, logger="easyedit_split.evaluation.fits"):
         fit = fit_curve(kind, m, np.linspace(0.0, 1.0, len(m)), shape=shape)
     assert not fit.fitted and fit.shape == "none" and fit.message == expected
-    assert expected in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [expected]
     assert fit.n_points == len(m) and fit.n_params == int(expected.split(" parameters")[0].split()[-1])
     assert list(fit.params) == list(PREFERENCE_PARAMS if kind == "preference" else UTILITY_PARAMS)
 
@@ -578,3 +579,31 @@ def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
         "summaries from interpolation: " + short.headline_reason]
     assert short.summaries["interpolation"].utility_loss == 1.0 and short.summaries["interpolation"].frontier_max_loss == 3.0
+
+
+def test_leave_one_out_refits_start_from_the_full_fit(monkeypatch):
+    """Shared two-sided fit of 8 points with one negative multiplier: the full fit searches from the 24
+    default starts; each refit keeping both sides starts from the full fit's parameters plus every twelfth
+    default start (1 + 2); leaving out the only negative point changes the layout to one side, so that
+    refit starts cold from its 12 defaults. 24 + 7 x 3 + 12 = 57 searches."""
+    m = np.array([-0.5, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    y = utility_curve(m, 2.0, -1.0, 1.0, 2.0, 1.0, -0.5, 2.0, 1.0)
+    spy = _Spy(monkeypatch)
+    fit = fit_curve("utility", m, y, shape="shared")
+    assert fit.fitted and fit.shape == "shared"
+    assert len(spy.calls) == 57
+    main_theta = spy.calls[int(np.argmin([(c["solution"].fun ** 2).sum() for c in spy.calls[:24]]))]["solution"].x
+    # the first refit (point 0 left out) is the one-sided one: 12 cold starts of 3 parameters
+    assert [len(c["x0"]) for c in spy.calls[24:36]] == [3] * 12
+    # the next refit starts from the full fit's parameters (clipped into its bounds)
+    np.testing.assert_array_equal(spy.calls[36]["x0"], np.clip(main_theta, *spy.calls[36]["kwargs"]["bounds"]))
+    assert [len(c["x0"]) for c in spy.calls[36:]] == [4] * 21
+
+
+def test_failed_leave_one_out_refits_give_no_loo_numbers(monkeypatch):
+    m, y = _one_sided_utility(7)
+    spy = _Spy(monkeypatch, fail={i: ValueError("refit") for i in range(12, 40)})
+    fit = fit_curve("utility", m, y)
+    assert len(spy.calls) == 12 + 2  # the full fit, then the first refit's two starts both fail
+    assert fit.fitted and fit.r2 > 0.999999
+    assert np.isnan(fit.loo_rmse) and np.isnan(fit.loo_r2)
