@@ -84,6 +84,7 @@ def test_r_squared_by_hand():
     # SST = 2, SSE = 1
     assert r_squared([1.0, 2.0, 3.0], [1.0, 2.0, 4.0]) == 0.5
     assert r_squared([2, 2], [2, 2]) == 1.0  # constant data fitted exactly
+    assert r_squared([0.0, 0.5], [0.0, 0.25]) == 0.5  # SST = 0.125, SSE = 0.0625 (a total below 1 is no special case)
     assert r_squared([2.0, 2.0], [2.0, 3.0]) == 0.0  # constant data, not fitted
     assert type(r_squared([1, 2], [1, 2])) is float
 
@@ -242,7 +243,7 @@ def test_failing_starts_are_skipped_and_all_failing_refuses(monkeypatch, caplog,
     _Spy(monkeypatch, fail={"all": error})
     with caplog.at_level(logging.WARNING, logger="easyedit_split.evaluation.fits"):
         fit = fit_curve("utility", m, y)
-    assert not fit.fitted and fit.shape == "none"
+    assert not fit.fitted and fit.shape == "none" and fit.kind == "utility"
     assert fit.message == "not fitted: the least-squares search failed from every start"
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         "utility fit not fitted: the least-squares search failed from every start"]
@@ -283,6 +284,11 @@ def test_warm_start_comes_first_then_every_twelfth_start(monkeypatch):
     spy.calls.clear()
     _fit_points("utility", m, y, layout)
     assert len(spy.calls) == 24
+    # a warm start outside the search bounds (a refit without an end point narrows them) is clipped into them
+    spy.calls.clear()
+    _fit_points("utility", m, y, layout, warm_start=np.array([10.0, -10.0, 50.0, -50.0]))
+    low, high = spy.calls[0]["kwargs"]["bounds"]
+    np.testing.assert_array_equal(spy.calls[0]["x0"], [high[0], low[1], high[2], low[3]])
 
 
 # ----------------------------------------------------------------------------- fit_curve
@@ -320,6 +326,31 @@ def test_short_sweeps_are_refused_with_the_counts(kind, m, shape, expected, capl
     assert list(fit.params) == list(PREFERENCE_PARAMS if kind == "preference" else UTILITY_PARAMS)
 
 
+def test_zero_counts_on_the_positive_side():
+    """m >= 0 is the positive side: a sweep ending at 0 has two sides, one starting at 0 has one."""
+    down = np.linspace(-3.0, 0.0, 7)
+    fit = fit_curve("utility", down, 0.1 * down ** 2)
+    assert not fit.fitted and "shared utility model has 6 parameters and needs at least 8" in fit.message
+    up = np.linspace(0.0, 3.0, 7)
+    fit = fit_curve("utility", up, utility_curve(up, 2.0, -1.0, 1.0, 2.0, 1.0, 0.0, 1.0, 1.0), leave_one_out=False)
+    assert fit.fitted and fit.n_params == 5 and fit.r2 > 0.999999
+
+
+def test_a_narrow_two_sided_sweep_fits_both_sides():
+    # all |m| < 1, centres off zero on both sides: both sides need their own centre
+    m = np.linspace(-0.9, 0.9, 8)
+    y = utility_curve(m, 3.0, -1.0, 0.3, 0.2, 1.0, -0.3, 0.2, 1.0)
+    fit = fit_curve("utility", m, y, leave_one_out=False)
+    assert fit.shape == "shared" and fit.n_params == 6 and fit.r2 > 0.99999
+
+
+def test_auto_shape_counts_the_preference_head():
+    # preference "full" has 9 parameters: 10 points are one short, so "shared" (7)
+    m = np.linspace(-2.0, 2.0, 10)
+    fit = fit_preference(m, preference_curve(m, 1.0, 0.5, -0.2, 0.5, 2.0, 1.0, -0.5, 2.0, 1.0))
+    assert fit.shape == "shared" and fit.n_params == 7 and fit.fitted
+
+
 def test_no_finite_points_is_refused():
     fit = fit_curve("utility", [1.0, 2.0], [np.nan, np.nan])
     assert not fit.fitted and fit.n_points == 0
@@ -353,6 +384,10 @@ def test_auto_shape_takes_full_from_k_plus_two_points():
 
 def test_goodness_of_fit_numbers_follow_their_formulas():
     m, y = _one_sided_utility(8, noise=0.3, seed=1)
+    with_loo = fit_curve("utility", m, y)
+    assert not with_loo.is_good and np.isfinite(with_loo.loo_r2)
+    assert with_loo.message == (f"poor fit (adjusted R^2 {with_loo.adjusted_r2:.3f}, leave-one-out R^2 "
+                                f"{with_loo.loo_r2:.3f}; good needs 0.9 and 0.7)")
     fit = fit_curve("utility", m, y, leave_one_out=False)
     predicted = fit(m)
     sse, sst = ((y - predicted) ** 2).sum(), ((y - y.mean()) ** 2).sum()
@@ -376,6 +411,14 @@ def test_leave_one_out_predicts_each_point_from_a_fit_without_it():
     assert fit.loo_rmse == pytest.approx(math.sqrt(np.mean(errors ** 2)), rel=1e-3)
     assert fit.loo_r2 == pytest.approx(1 - (errors ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-3)
     assert fit.loo_rmse > 1e-3
+
+
+def test_leave_one_out_of_data_with_a_small_spread_has_an_r2():
+    m = np.linspace(0.5, 3.5, 8)
+    y = 0.01 * utility_curve(m, 2.0, -1.0, 1.0, 2.0, 1.0, 0.0, 1.0, 1.0) + np.random.default_rng(2).normal(0, 5e-4, 8)
+    assert ((y - y.mean()) ** 2).sum() < 1e-3
+    fit = fit_curve("utility", m, y)
+    assert 0.5 < fit.loo_r2 < 1.0
 
 
 def test_leave_one_out_of_constant_data_has_no_r2():
@@ -571,6 +614,7 @@ def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
     fit = report.summaries["fit"]
     assert fit.utility_loss == 0.5 and fit.frontier_max_loss == 1.0
     assert fit.preference_at_0 == pytest.approx(0.3, abs=1e-6) and fit.utility_at_0 == pytest.approx(2.0, abs=1e-6)
+    assert report.preference.loo_rmse < 1e-3 and report.utility.loo_rmse < 1e-3  # exact curves: each point predicted
     # too few points: both refused, interpolation only, and the reason says which fit and why
     with caplog.at_level(logging.INFO, logger="easyedit_split.evaluation.fits"):
         short = fit_and_summarize(m[:4], pref[:4], util[:4])
