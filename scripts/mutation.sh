@@ -27,7 +27,8 @@ declare -A TARGET=(
   [reps]="easyedit_split/methods/reps.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_reps.py"
   [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py"
   [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
-  [fits]="easyedit_split/evaluation/fits.py|tests/test_evaluation_fits.py tests/test_anchors_fits.py tests/test_mutants_fits.py"
+  # fits: only the fast synthetic-curve tests (test_evaluation_fits.py takes minutes per mutant under load)
+  [fits]="easyedit_split/evaluation/fits.py|tests/test_mutants_fits.py"
   [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_mutants_prompts.py"
   [replay]="easyedit_split/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
   [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
