@@ -25,7 +25,7 @@ declare -A TARGET=(
   [split]="easyedit_split/methods/split.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_split.py"
   [sft]="easyedit_split/methods/sft.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_sft.py"
   [reps]="easyedit_split/methods/reps.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_reps.py"
-  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py"
+  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py tests/test_capture_cache.py"
   [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
   # fits: only the fast synthetic-curve tests (test_evaluation_fits.py takes minutes per mutant under load)
   [fits]="easyedit_split/evaluation/fits.py|tests/test_mutants_fits.py"

@@ -247,3 +247,77 @@ def test_activations_stop_after_the_deepest_requested_layer(tiny_chat_model):
         for handle in handles:
             handle.remove()
     assert sorted(means) == [0, 2] and ran == []
+
+
+# ----------------------------------------------------------------------------- the capture path
+# (`completion_and_suffix`: layer outputs replayed from the capture cache's packed rows)
+
+
+@pytest.fixture
+def empty_capture_cache():
+    from easyedit_split import capture_cache
+
+    capture_cache.clear_memory_cache()
+    yield capture_cache
+    capture_cache.clear_memory_cache()
+
+
+def _suffix_caa(model, tokenizer, **kwargs):
+    kwargs.setdefault("progress", False)
+    return compute_caa_vectors(model, tokenizer, _pairs(), kwargs.pop("layers", [0]), token_set="completion_and_suffix",
+                               **kwargs)
+
+
+def test_capture_path_captures_at_the_lowest_layer_without_prefix_and_logs_the_source(
+        tiny_chat_model, default_tokenizer, empty_capture_cache, caplog):
+    """The trainers at that layer can then reuse the capture; CAA reads no prefix keys/values."""
+    with caplog.at_level("INFO", logger="easyedit_split.methods.caa"):
+        _suffix_caa(tiny_chat_model, default_tokenizer, layers=[2, 1])
+        _suffix_caa(tiny_chat_model, default_tokenizer, layers=[1])
+    entries = list(empty_capture_cache._MEMORY.values())
+    assert [(e.inputs.start_layer, e.prefix) for e in entries] == [(1, None)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "CAA: layer inputs from the capture cache (computed)", "CAA: layer inputs from the capture cache (memory)"]
+
+
+def test_capture_path_in_row_chunks_equals_one_chunk(tiny_chat_model, default_tokenizer, empty_capture_cache,
+                                                      monkeypatch):
+    """A tiny memory budget replays one packed row (pair) at a time; the vectors do not change."""
+    whole = _suffix_caa(tiny_chat_model, default_tokenizer, memory_mb=None)
+    calls = []
+    original = caa.replay_outputs
+    monkeypatch.setattr(caa, "replay_outputs", lambda m, c, layers, rows: calls.append(rows.tolist()) or original(m, c, layers, rows))
+    chunked = _suffix_caa(tiny_chat_model, default_tokenizer, memory_mb=1e-6)
+    assert calls == [[i] for i in range(len(_pairs()))]
+    torch.testing.assert_close(chunked[0], whole[0], rtol=1e-5, atol=1e-6)
+
+
+def test_capture_path_sums_in_float64(tiny_chat_model, default_tokenizer, empty_capture_cache, monkeypatch):
+    """Pair differences 1e8, 1 and -1e8, one pair per chunk: float32 would give 0, float64 gives 1/3.
+    Each fake output holds the pair's difference at its matching tokens and 0 elsewhere."""
+    differences = iter([1e8, 1.0, -1e8])
+    layouts = []
+    original_build = caa.build_layout
+    monkeypatch.setattr(caa, "build_layout", lambda *a, **k: layouts.append(original_build(*a, **k)) or layouts[-1])
+
+    def fake_outputs(model, captured, layers, rows):
+        matching = (layouts[-1].branch[rows] == 1).unsqueeze(-1).float()
+        value = next(differences)
+        return {layer: value * matching.expand(-1, -1, model.config.hidden_size) for layer in layers}
+
+    monkeypatch.setattr(caa, "replay_outputs", fake_outputs)
+    vectors = _suffix_caa(tiny_chat_model, default_tokenizer, memory_mb=1e-6)
+    torch.testing.assert_close(vectors[0], torch.full((tiny_chat_model.config.hidden_size,), 1.0 / 3.0),
+                               rtol=1e-6, atol=0)
+
+
+def test_capture_path_progress_bar_only_when_asked(tiny_chat_model, default_tokenizer, empty_capture_cache, capsys):
+    _suffix_caa(tiny_chat_model, default_tokenizer)
+    assert "CAA activations" not in capsys.readouterr().err
+    _suffix_caa(tiny_chat_model, default_tokenizer, progress=True)
+    assert re.search(r"(^|\r)CAA activations: ", capsys.readouterr().err)
+
+
+def test_unknown_token_set_of_compute_caa_vectors_names_the_key_and_choices(tiny_chat_model, default_tokenizer):
+    with pytest.raises(ValueError, match=r"^caa_token_set: 'tokens' is not one of easyedit, completion_and_suffix$"):
+        compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs(), [0], token_set="tokens", progress=False)
