@@ -268,6 +268,44 @@ def test_fast_path_without_capture_of_the_layer_names_the_layer(model, v):
         training._steered_nll(model, prepared, LAYER, DynamicWeightUpdate.from_vector(v), hand_plan(), 0.0, None, True)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_steering_from_position_zero_steers_the_shared_first_token(model, v, fast):
+    """prefix_length 0 (lora / local_weight, or exclude_bos false): position 0 holds token 3 in every
+    row but is steered, so the fast path must not take it from an unsteered prefix capture."""
+    prepared = prepared_for(model, fast, prefix_length=0)
+    if fast:
+        assert prepared.replay_from == 0
+    plan = StepPlan(torch.tensor([0, 5]), torch.tensor([1, 4]), torch.tensor([2.0, -1.0]),
+                    torch.zeros(2, dtype=torch.bool), 2)
+    with torch.no_grad():
+        target, opposite = training._steered_nll(model, prepared, LAYER, DynamicWeightUpdate.from_vector(v), plan,
+                                                 0.0, None, fast)
+        expected = torch.stack([hand_nll(model, 0, v, 2.0, 0), hand_nll(model, 5, v, -1.0, 0)])
+        expected_opposite = torch.stack([hand_nll(model, 1, v, 2.0, 0), hand_nll(model, 4, v, -1.0, 0)])
+    torch.testing.assert_close(target.sum, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(opposite.sum, expected_opposite, rtol=1e-4, atol=1e-4)
+
+
+def test_capture_follows_the_layer_and_the_template(model):
+    import uuid
+
+    prepared = hand_prepared()
+    prepared.template = f"template {uuid.uuid4()}"
+    prepared.capture(model, 1)
+    assert prepared.captured.start_layer == 1
+    prepared.capture(model, LAYER)
+    assert prepared.captured.start_layer == LAYER
+    assert prepared.capture_source == "computed"
+    same = hand_prepared()
+    same.template = prepared.template
+    same.capture(model, LAYER)
+    assert same.capture_source == "memory"
+    other = hand_prepared()
+    other.template = f"template {uuid.uuid4()}"  # same tokens, another chat template: not the same capture
+    other.capture(model, LAYER)
+    assert other.capture_source == "computed"
+
+
 # ----------------------------------------------------------------------------- references and packing
 
 
@@ -280,6 +318,21 @@ def test_reference_nll_is_the_unsteered_model_in_chunks(model, v, fast, monkeypa
         expected = torch.stack([hand_nll(model, r, v, 0.0, 0) for r in range(6)])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert prepared.compute_reference(model, fast=fast) is got  # computed once
+
+
+def test_reference_without_a_capture_or_with_fast_false_runs_full_forwards(model, v, monkeypatch):
+    """fast=True before any capture, and fast=False always, take the plain full-forward path."""
+    with torch.no_grad():
+        expected = torch.stack([hand_nll(model, r, v, 0.0, 0) for r in range(6)])
+        got = hand_prepared().compute_reference(model, fast=True)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        captured = prepared_for(model, True)
+
+        def no_packing(*args, **kwargs):
+            raise AssertionError("fast=False must not replay packed rows")
+
+        monkeypatch.setattr(PreparedPairs, "packed_nll", no_packing)
+        torch.testing.assert_close(captured.compute_reference(model, fast=False), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_packed_nll_sums_and_counts_per_completion(model, v):
