@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 
 import pytest
 import torch
@@ -517,6 +518,7 @@ def test_one_optimizer_step_is_adam_first_step_on_the_hand_gradient(model):
     initial = training.new_update(model, hp).bias.detach().clone()
     from easyedit_split.methods.split import split_loss
 
+    started = time.perf_counter()
     update, log = training.train_layer(model, two_example_data(), hp, LAYER, split_loss, progress=False)
     hand_v = initial.clone().requires_grad_(True)
     t = (hand_nll(model, 0, hand_v, 2.0, 1) + hand_nll(model, 2, hand_v, 2.0, 1)) / (2 + 1)
@@ -528,7 +530,7 @@ def test_one_optimizer_step_is_adam_first_step_on_the_hand_gradient(model):
     expected = initial - hp.lr * grad / (grad.abs() + 1e-8)
     torch.testing.assert_close(update.bias.detach(), expected, rtol=0, atol=1e-6)
     assert log.losses == pytest.approx([float(loss)], rel=1e-4)
-    assert log.optimizer_steps == 1 and log.seconds > 0
+    assert log.optimizer_steps == 1 and 0 < log.seconds < time.perf_counter() - started
     assert not update.training and all(p.grad is None for p in update.parameters())
 
 
@@ -603,12 +605,15 @@ def test_zero_scheduled_steps_warns_with_the_numbers(model, caplog):
     hp = make_hparams(batch_size=2, gradient_accumulation_steps=4, n_epochs=1)
     with caplog.at_level(logging.WARNING, logger="easyedit_split.training"):
         training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=False)
-    assert f"layer {LAYER}: 2 batches per epoch < gradient_accumulation_steps=4" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="easyedit_split.training"):
-        training.train_layer(model, hand_prepared(), dataclasses.replace(hp, gradient_accumulation_steps=2), LAYER,
-                             split_loss, progress=False)
-    assert "gradient_accumulation_steps" not in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        f"layer {LAYER}: 2 batches per epoch < gradient_accumulation_steps=4, so the linear schedule has 0 steps "
+        "and the learning rate is 0 (as in EasyEdit); lower gradient_accumulation_steps"]
+    for quiet in (dict(gradient_accumulation_steps=2), dict(n_epochs=0)):  # 1 scheduled step; no training at all
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="easyedit_split.training"):
+            training.train_layer(model, hand_prepared(), dataclasses.replace(hp, **quiet), LAYER, split_loss,
+                                 progress=False)
+        assert caplog.records == []
 
 
 def test_non_finite_parameters_stop_training_and_keep_the_last_good_ones(model):
@@ -627,6 +632,7 @@ def test_non_finite_parameters_stop_training_and_keep_the_last_good_ones(model):
     assert torch.equal(error.value.last_good_update.bias.detach(), initial)
     assert not error.value.last_good_update.training
     assert len(error.value.log.losses) == 1
+    assert error.value.log.concept_id == 5 and error.value.log.layer == LAYER
 
 
 def test_non_finite_loss_names_the_batch(model):
@@ -651,6 +657,8 @@ def test_concept_groups_caps_concepts_and_examples():
     assert groups[1] == pairs[3:5]
     everything = training.concept_groups(pairs, make_hparams(max_concepts=None))
     assert [len(g) for g in everything.values()] == [3, 3, 3]
+    two = training.concept_groups(word_pairs(2, 0) + word_pairs(2, 1), make_hparams(max_concepts=1))
+    assert list(two) == [0]
     single = training.concept_groups(word_pairs(3, 4), make_hparams(max_concepts=1, max_num_of_examples=None))
     assert list(single) == [4] and len(single[4]) == 3
 
@@ -710,3 +718,64 @@ def test_method_trainer_passes_check_reference_and_resume(model, monkeypatch):
     plain = training.method_trainer("other", loss)
     plain(make_hparams(), [], model, None)
     assert seen["needs_reference"] is False and seen["progress"] is True and seen["finished"] is None
+
+
+def test_optimizer_steps_fall_after_every_accumulation_group_and_at_epoch_end(model, monkeypatch):
+    """3 batches per epoch, accumulation 3: one step per epoch, after the third batch (loss calls 3 and 6)."""
+    calls, at_step = [], []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        at_step.append(len(calls))
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    hp = make_hparams(batch_size=1, gradient_accumulation_steps=3, n_epochs=2, preference_pairs=["orig_add"])
+    _, log = training.train_layer(model, hand_prepared(), hp, LAYER,
+                                  lambda t, h: calls.append(1) or t.target_nll_sum.sum(), progress=False)
+    assert at_step == [3, 6] and log.optimizer_steps == 2
+    at_step.clear(), calls.clear()
+    hp = dataclasses.replace(hp, gradient_accumulation_steps=2)  # steps after batch 2 and at the end (batch 3)
+    training.train_layer(model, hand_prepared(), hp, LAYER, lambda t, h: calls.append(1) or t.target_nll_sum.sum(),
+                         progress=False)
+    assert at_step == [2, 3, 5, 6]
+
+
+def test_references_are_computed_once_and_only_when_the_loss_needs_them(model, v, caplog):
+    from easyedit_split.methods.split import split_loss
+
+    hp = make_hparams(n_epochs=1, batch_size=2)
+    prepared = hand_prepared()
+    with caplog.at_level(logging.INFO, logger="easyedit_split.training"):
+        training.train_layer(model, prepared, hp, LAYER, split_loss, progress=False)
+    assert prepared.reference_nll is None
+    assert prepared.captured is None  # released after training
+    assert f"layer {LAYER}: inputs of 3 packed rows: " in caplog.text
+    seen = []
+
+    def spy(terms, hparams):
+        seen.append(terms.target_ref_nll_sum)
+        return split_loss(terms, hparams)
+
+    with torch.no_grad():
+        expected = torch.stack([hand_nll(model, r, v, 0.0, 0) for r in range(6)])
+    for fast in (True, False):
+        prepared = hand_prepared()
+        training.train_layer(model, prepared, dataclasses.replace(hp, ref_loss_weight=0.5), LAYER, spy,
+                             needs_reference=True, progress=False, fast=fast)
+        assert seen and all(r is not None for r in seen)
+        if fast:  # computed once, before the first step, from the unsteered model
+            torch.testing.assert_close(prepared.reference_nll, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_bar_only_when_asked(model, capsys):
+    from easyedit_split.methods.split import split_loss
+
+    hp = make_hparams(n_epochs=2, batch_size=2)
+    training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=False)
+    assert capsys.readouterr().err == ""
+    training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=True)
+    err = capsys.readouterr().err
+    assert f"layer {LAYER}:" in err and "/4" in err  # 2 epochs x 2 batches = 4 optimizer steps
+    training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=True, description="my run")
+    assert "my run:" in capsys.readouterr().err
