@@ -452,25 +452,40 @@ def test_unsupported_settings_name_the_key(key, value, words):
 
 
 def test_prepare_pairs_rejects_empty_data_and_cut_off_completions():
-    with pytest.raises(TrainingError, match="no training pairs"):
+    with pytest.raises(TrainingError, match="^no training pairs: the dataset \\(or concept\\) is empty$"):
         training.prepare_pairs(WordTokenizer(), [], make_hparams())
+    long_question = "one two three four five six seven eight nine ten eleven twelve"
     pairs = [PolarityPair("a b", "good", "bad", concept_id=0, concept="c"),
-             PolarityPair("one two three four five six", "good", "bad", concept_id=0, concept="c")]
-    # pair 0: BOS + 2 + 1 = 4 tokens; pair 1: BOS + 6 + 1 = 8 tokens, its completion cut off at 6
-    with pytest.raises(TrainingError, match=r"pair 1 \('one two three four five six'\.\.\.\).*output_length=6"):
+             PolarityPair("c d", "good", "bad", concept_id=0, concept="c"),
+             PolarityPair(long_question, "good", "bad", concept_id=0, concept="c")]
+    # pairs 0, 1: BOS + 2 + 1 = 4 tokens; pair 2: BOS + 12 + 1 = 14 tokens, its completion cut off at 6
+    with pytest.raises(TrainingError) as error:
         training.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=6))
+    assert str(error.value) == (f"pair 2 ({long_question[:40]!r}...): its completion is cut off by output_length=6; "
+                                "raise output_length")
+    assert training.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=14)).n_examples == 3
 
 
-def test_prepare_pairs_rows_template_and_budget():
+class TemplateTokenizer(WordTokenizer):
+    chat_template = "TEMPLATE-X"
+
+
+def test_prepare_pairs_rows_padding_template_and_budget():
     hp = make_hparams(fast_path_memory_mb=64.0)
-    prepared = training.prepare_pairs(WordTokenizer(), word_pairs(2), hp)
+    pairs = word_pairs(2) + [PolarityPair("short", "good", "bad", concept_id=0, concept="c")]
+    prepared = training.prepare_pairs(WordTokenizer(), pairs, hp)
     assert prepared.memory_mb == 64.0
-    assert "None" not in prepared.template.splitlines()[-1]  # no chat template: empty last line
+    assert "use_chat_template=False" in prepared.template
+    assert prepared.template.endswith("\n")  # no chat template: nothing after the format
+    assert training.prepare_pairs(TemplateTokenizer(), pairs, hp).template.endswith("\nTEMPLATE-X")
     tok = WordTokenizer()
     question, good, bad = "question number 1 about topic 0", "good great fine", "bad awful poor"
     ids = prepared.batch.input_ids
     assert ids[2].tolist() == tok(question)["input_ids"] + tok(good, add_special_tokens=False)["input_ids"]
     assert ids[3].tolist() == tok(question)["input_ids"] + tok(bad, add_special_tokens=False)["input_ids"]
+    # "short": BOS + 1 + 1 = 3 tokens, right-padded with the tokenizer's pad id (0) to 10
+    assert ids[4].tolist()[3:] == [0] * 7 and prepared.batch.attention_mask[4].tolist() == [1] * 3 + [0] * 7
+    assert prepared.lengths.tolist() == [10, 10, 10, 10, 3, 3]
 
 
 # ----------------------------------------------------------------------------- new_update, log
@@ -663,22 +678,31 @@ def test_concept_groups_caps_concepts_and_examples():
     assert list(single) == [4] and len(single[4]) == 3
 
 
-def test_train_method_reuses_finished_and_reports_each_new_concept(model, monkeypatch):
+def test_train_method_reuses_finished_and_reports_each_new_concept(model, monkeypatch, caplog):
     calls = []
 
     def fake_train_layer(model_, prepared, hparams, layer, loss, **kwargs):
         calls.append((layer, kwargs["concept_id"], prepared.n_examples, kwargs["needs_reference"],
                       kwargs["progress"], kwargs["fast"], kwargs["description"]))
-        return DynamicWeightUpdate("vector", 32), TrainingLog(layer=layer, concept_id=kwargs["concept_id"])
+        losses = [0.5, 0.25] if layer == 1 else []
+        log = TrainingLog(layer=layer, concept_id=kwargs["concept_id"], losses=losses, optimizer_steps=3, seconds=1.25)
+        return DynamicWeightUpdate("vector", 32), log
 
     monkeypatch.setattr(training, "train_layer", fake_train_layer)
     done = DynamicWeightUpdate("vector", 32)
     reported = []
     pairs = word_pairs(2, 0) + word_pairs(3, 1)
     hp = make_hparams(layers=[1, 2])
-    result = training.train_method("split", hp, pairs, model, WordTokenizer(), lambda t, h: None,
-                                   needs_reference=True, progress=False, fast=False, finished={2: {0: done}},
-                                   on_trained=lambda *a: reported.append(a[:2]))
+    with caplog.at_level(logging.INFO, logger="easyedit_split.training"):
+        result = training.train_method("split", hp, pairs, model, WordTokenizer(), lambda t, h: None,
+                                       needs_reference=True, progress=False, fast=False, finished={2: {0: done}},
+                                       on_trained=lambda *a: reported.append(a[:2]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "split layer 1 concept 0: 3 optimizer steps in 1.2 s, last loss 0.2500",
+        "split layer 1 concept 1: 3 optimizer steps in 1.2 s, last loss 0.2500",
+        "layer 2: concept 0 already trained; skipped",
+        "split layer 2 concept 1: 3 optimizer steps in 1.2 s, last loss nan",
+    ]
     assert [c[:3] for c in calls] == [(1, 0, 2), (1, 1, 3), (2, 1, 3)]
     assert all(c[3:6] == (True, False, False) for c in calls)
     assert calls[0][6] == "split layer 1 concept 0"
@@ -701,6 +725,7 @@ def test_method_trainer_passes_check_reference_and_resume(model, monkeypatch):
 
     def fake_train_method(alg_name, hparams, pairs, model_, tokenizer, loss, **kwargs):
         seen.update(alg_name=alg_name, loss=loss, **kwargs)
+        seen["args"] = (hparams, pairs, model_, tokenizer)
         return {"ok": True}
 
     monkeypatch.setattr(training, "train_method", fake_train_method)
@@ -710,8 +735,10 @@ def test_method_trainer_passes_check_reference_and_resume(model, monkeypatch):
                                     check=checked.append)
     hp = make_hparams(ref_loss_weight=0.5)
     marker = object()
-    assert train(hp, [], model, None, progress=False, finished={1: {}}, on_trained=marker) == {"ok": True}
+    pairs, tokenizer = word_pairs(1), WordTokenizer()
+    assert train(hp, pairs, model, tokenizer, progress=False, finished={1: {}}, on_trained=marker) == {"ok": True}
     assert checked == [hp]
+    assert seen.pop("args") == (hp, pairs, model, tokenizer)
     assert seen == dict(alg_name="mine", loss=loss, needs_reference=True, progress=False, finished={1: {}},
                         on_trained=marker)
     assert "mine" in train.__doc__
