@@ -256,7 +256,8 @@ def test_multiplier_zero_rows_are_the_unsteered_model(model, v, fast):
 def test_rows_of_different_examples_are_rejected(model, v):
     prepared = prepared_for(model, True)
     plan = StepPlan(torch.tensor([0, 2]), torch.tensor([3, 1]), torch.ones(2), torch.zeros(2, dtype=torch.bool), 2)
-    with pytest.raises(TrainingError, match="same example"):
+    with pytest.raises(TrainingError, match="^a step row's winning and losing completions must be the same example's two "
+                                            "sequences$"):
         training._steered_nll(model, prepared, LAYER, DynamicWeightUpdate.from_vector(v), plan, 0.0, None, True)
 
 
@@ -435,10 +436,10 @@ def test_plan_draws_each_factor_of_the_table():
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("preference_pairs", ["orig_add", "steered_sub"], r"key 'preference_pairs': \['steered_sub'\]"),
-    ("intervention_positions", "last", r"key 'intervention_positions'.*'last'"),
-    ("intervention_type", "clamping", r"key 'intervention_type'.*'clamping'"),
-    ("inference", True, r"key 'inference'"),
+    ("preference_pairs", ["orig_add", "steered_sub"], r"^key 'preference_pairs': \['steered_sub'\] need steered"),
+    ("intervention_positions", "last", r"^key 'intervention_positions': only 'all' .*, got 'last'$"),
+    ("intervention_type", "clamping", r"^key 'intervention_type': only 'addition' is trained, got 'clamping'$"),
+    ("inference", True, r"^key 'inference': score-only runs are not done by the trainer; use the evaluator$"),
 ])
 def test_unsupported_settings_name_the_key(key, value, words):
     hp = dataclasses.replace(make_hparams(), **{key: value}) if key != "preference_pairs" else make_hparams(
@@ -612,6 +613,10 @@ def test_max_steps_stops_after_that_many_batches(model):
     hp = make_hparams(batch_size=1, n_epochs=3)
     _, log = training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=False, max_steps=2)
     assert len(log.losses) == 2 and log.optimizer_steps == 2
+    # stopped inside an accumulation group: the gradients of the unfinished step are not left on the update
+    update, log = training.train_layer(model, hand_prepared(), dataclasses.replace(hp, gradient_accumulation_steps=2),
+                                       LAYER, split_loss, progress=False, max_steps=1)
+    assert log.optimizer_steps == 0 and all(p.grad is None for p in update.parameters())
 
 
 def test_zero_scheduled_steps_warns_with_the_numbers(model, caplog):
@@ -777,7 +782,8 @@ def test_references_are_computed_once_and_only_when_the_loss_needs_them(model, v
         training.train_layer(model, prepared, hp, LAYER, split_loss, progress=False)
     assert prepared.reference_nll is None
     assert prepared.captured is None  # released after training
-    assert f"layer {LAYER}: inputs of 3 packed rows: " in caplog.text
+    assert [r.getMessage() for r in caplog.records if "packed rows" in r.getMessage()][0] in (
+        f"layer {LAYER}: inputs of 3 packed rows: {source}" for source in ("computed", "memory", "disk"))
     seen = []
 
     def spy(terms, hparams):
@@ -801,8 +807,27 @@ def test_progress_bar_only_when_asked(model, capsys):
     hp = make_hparams(n_epochs=2, batch_size=2)
     training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=False)
     assert capsys.readouterr().err == ""
-    training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=True)
+    training.train_layer(model, hand_prepared(), hp, LAYER, split_loss)  # progress by default
     err = capsys.readouterr().err
     assert f"layer {LAYER}:" in err and "/4" in err  # 2 epochs x 2 batches = 4 optimizer steps
     training.train_layer(model, hand_prepared(), hp, LAYER, split_loss, progress=True, description="my run")
     assert "my run:" in capsys.readouterr().err
+
+
+def test_every_random_draw_comes_from_the_seeded_generator(model, v):
+    """Factors, positions dropout and the steps built from them depend only on the generator passed in:
+    the same seed twice gives the same draws, whatever the global RNG does in between."""
+    hp = make_hparams(steering_factors=[1.0, 2.0, 3.0], intervention_positions_dropout=0.5)
+    prepared = prepared_for(model, True)
+    runs = []
+    for _ in range(2):
+        torch.rand(7)  # move the global RNG
+        plan = training.plan_step(list(range(40)), hp, torch.Generator().manual_seed(4))
+        mask = training._packed_positions(prepared, torch.tensor([0, 1, 2, 0]), 0.5, torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            loss = training.step_loss(model, prepared, LAYER, DynamicWeightUpdate.from_vector(v), hand_plan(),
+                                      lambda t, h: t.target_nll_sum.sum(), hp, generator=torch.Generator().manual_seed(4))
+        runs.append((plan.factors, mask, loss))
+    (f1, m1, l1), (f2, m2, l2) = runs
+    assert torch.equal(f1, f2) and torch.equal(m1, m2) and torch.equal(l1, l2)
+    assert 0 < float(m1.sum()) < float(training._packed_positions(prepared, torch.tensor([0, 1, 2, 0]), 0.0, None).sum())
