@@ -420,6 +420,12 @@ def test_plan_rows_factors_and_chunk_size():
     assert plan.factors.tolist() == [2.5, -2.5, 2.5, -2.5] and plan.factors.dtype == torch.float32
     assert plan.null_rows.tolist() == [False] * 4 and plan.null_rows.dtype == torch.bool
     assert plan.chunk_size == 3 and len(plan) == 4
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:  # factors stay float32 (the intervention's dtype) whatever the default dtype
+        assert training.plan_step([0], hp, torch.Generator()).factors.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)
     only_sub = training.plan_step([1], make_hparams(preference_pairs=["orig_sub"], steering_factors=[2.0]),
                                   torch.Generator())
     assert (only_sub.target_rows.tolist(), only_sub.opposite_rows.tolist()) == ([3], [2])
@@ -469,6 +475,17 @@ def test_prepare_pairs_rejects_empty_data_and_cut_off_completions():
 
 class TemplateTokenizer(WordTokenizer):
     chat_template = "TEMPLATE-X"
+    pad_token_id = 5
+
+
+class BareTokenizer:
+    """A tokenizer without a `chat_template` attribute at all (not a Hugging Face one)."""
+
+    pad_token_id = 0
+    bos_token_id = 1
+
+    def __call__(self, text, add_special_tokens=True):
+        return WordTokenizer()(text, add_special_tokens)
 
 
 def test_prepare_pairs_rows_padding_template_and_budget():
@@ -478,7 +495,10 @@ def test_prepare_pairs_rows_padding_template_and_budget():
     assert prepared.memory_mb == 64.0
     assert "use_chat_template=False" in prepared.template
     assert prepared.template.endswith("\n")  # no chat template: nothing after the format
-    assert training.prepare_pairs(TemplateTokenizer(), pairs, hp).template.endswith("\nTEMPLATE-X")
+    templated = training.prepare_pairs(TemplateTokenizer(), pairs, hp)
+    assert templated.template.endswith("\nTEMPLATE-X")
+    assert templated.batch.input_ids[4].tolist()[3:] == [5] * 7  # padded with the tokenizer's pad id
+    assert training.prepare_pairs(BareTokenizer(), pairs, hp).template.endswith("\n")
     tok = WordTokenizer()
     question, good, bad = "question number 1 about topic 0", "good great fine", "bad awful poor"
     ids = prepared.batch.input_ids
@@ -689,7 +709,7 @@ def test_train_method_reuses_finished_and_reports_each_new_concept(model, monkey
     def fake_train_layer(model_, prepared, hparams, layer, loss, **kwargs):
         calls.append((layer, kwargs["concept_id"], prepared.n_examples, kwargs["needs_reference"],
                       kwargs["progress"], kwargs["fast"], kwargs["description"]))
-        losses = [0.5, 0.25] if layer == 1 else []
+        losses = [0.5, 0.25, 0.125] if layer == 1 else []
         log = TrainingLog(layer=layer, concept_id=kwargs["concept_id"], losses=losses, optimizer_steps=3, seconds=1.25)
         return DynamicWeightUpdate("vector", 32), log
 
@@ -703,8 +723,8 @@ def test_train_method_reuses_finished_and_reports_each_new_concept(model, monkey
                                        needs_reference=True, progress=False, fast=False, finished={2: {0: done}},
                                        on_trained=lambda *a: reported.append(a[:2]))
     assert [r.getMessage() for r in caplog.records] == [
-        "split layer 1 concept 0: 3 optimizer steps in 1.2 s, last loss 0.2500",
-        "split layer 1 concept 1: 3 optimizer steps in 1.2 s, last loss 0.2500",
+        "split layer 1 concept 0: 3 optimizer steps in 1.2 s, last loss 0.1250",
+        "split layer 1 concept 1: 3 optimizer steps in 1.2 s, last loss 0.1250",
         "layer 2: concept 0 already trained; skipped",
         "split layer 2 concept 1: 3 optimizer steps in 1.2 s, last loss nan",
     ]
