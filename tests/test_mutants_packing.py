@@ -102,8 +102,11 @@ def test_to_packed_by_hand_and_back():
     assert first.tolist() == [[1, 2, 0, 0], [3, 40, 0, 0]]
     differing = SEQUENCE_VALUES.clone()
     differing[1, 1] = 5.0  # pair 0's two sequences disagree on prompt position 1
-    with pytest.raises(ValueError, match="differ on prompt positions"):
+    with pytest.raises(ValueError, match="^the two sequences of a pair differ on prompt positions; they cannot share one "
+                                         "prompt pass$"):
         lay.to_packed(differing)
+    exact = lay.to_sequences(packed.double()[[0]], torch.tensor([0]), torch.tensor([1]), 4)
+    assert exact.dtype == torch.float64 and exact.tolist() == [[1, 2, 10, 11]]  # values keep their dtype
 
 
 def test_to_packed_clamps_padding_positions_past_the_sequence_width():
@@ -195,6 +198,8 @@ def test_replay_start_by_hand():
     assert replay_start(same_prompt) == 1  # position 1 predicts the first completion token: replayed
     one_row = build_layout([EncodedPair((3, 4, 5), (7,), (8,))], "packed")
     assert replay_start(one_row) == 2
+    early = build_layout([EncodedPair((3, 4, 5, 6), (7,), (8,)), EncodedPair((3, 9, 5, 6), (7,), (8,))], "packed")
+    assert replay_start(early) == 1  # every row is real at position 1, but its tokens differ there
     padded = build_layout([EncodedPair((3,), (7, 7, 7), (8,)), EncodedPair((3,), (7, 7, 7), (8, 8, 8))], "packed")
     assert replay_start(padded) == 0  # capped by the first target position (0)
 
