@@ -44,6 +44,7 @@ def test_packed_layout_by_hand():
     assert lay.row_pair.tolist() == [0, 1]
     assert lay.input_ids.dtype == lay.position_ids.dtype == lay.target_pos.dtype == torch.long
     assert build_layout(PAIRS, "packed", pad_id=7).input_ids[1, 4] == 7
+    assert torch.equal(build_layout(PAIRS).branch, lay.branch)  # packed by default
 
 
 def test_rows_layout_by_hand():
@@ -61,9 +62,10 @@ def test_rows_layout_by_hand():
 def test_bad_layouts_and_pairs_are_named():
     with pytest.raises(ValueError, match="layout: 'tree' is not one of"):
         build_layout(PAIRS, "tree")
-    with pytest.raises(ValueError, match="at least one prompt token"):
+    with pytest.raises(ValueError, match=r"^a pair needs at least one prompt token \(the first completion token is "
+                                         r"predicted from it\)$"):
         EncodedPair((), (1,), (2,))
-    with pytest.raises(ValueError, match="tokenizes to nothing"):
+    with pytest.raises(ValueError, match="^a completion tokenizes to nothing$"):
         EncodedPair((1,), (), (2,))
     with pytest.raises(ValueError, match="tokenizes to nothing"):
         EncodedPair((1,), (2,), ())
@@ -114,6 +116,8 @@ def test_to_packed_clamps_padding_positions_past_the_sequence_width():
     lay = build_layout([EncodedPair((5,), (6, 7, 8), (9, 10, 11)), EncodedPair((3,), (4,), (2,))], "packed")
     assert lay.position_ids[1].tolist() == [0, 1, 1, 2, 3, 4, 5]
     values = torch.tensor([[1.0, 2, 3, 4], [1, 5, 6, 7], [8, 9, 0, 0], [8, 10, 0, 0]])
+    out_row, position, token, slot = lay.row_targets(torch.tensor([1]))  # rows of 6 and 2 targets
+    assert (out_row.tolist(), position.tolist(), token.tolist(), slot.tolist()) == ([0, 0], [0, 0], [4, 2], [2, 3])
     assert lay.to_packed(values).tolist() == [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 0, 0, 0, 0]]
 
 
@@ -156,7 +160,8 @@ def test_attention_mask_by_hand():
                           [1, 0, 1, 1, 0],
                           [0, 0, 0, 0, 1]]   # padding sees only itself
     assert mask.min() == torch.finfo(torch.float32).min and mask.dtype == torch.float32
-    assert packing._attention_mask(lay, torch.bfloat16).min() == torch.finfo(torch.bfloat16).min
+    bf16 = packing._attention_mask(lay, torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and bf16.min() == torch.finfo(torch.bfloat16).min
     sliding = (packing._attention_mask(lay, torch.float32, sliding_window=2)[:, 0] == 0).long().tolist()
     assert sliding[0] == [[1, 0, 0, 0, 0],
                           [1, 1, 0, 0, 0],
@@ -200,6 +205,7 @@ def test_replay_start_by_hand():
     assert replay_start(one_row) == 2
     early = build_layout([EncodedPair((3, 4, 5, 6), (7,), (8,)), EncodedPair((3, 9, 5, 6), (7,), (8,))], "packed")
     assert replay_start(early) == 1  # every row is real at position 1, but its tokens differ there
+    assert replay_start(early, torch.zeros_like(early.input_ids)) == 1  # nothing steered: still the tokens decide
     padded = build_layout([EncodedPair((3,), (7, 7, 7), (8,)), EncodedPair((3,), (7, 7, 7), (8, 8, 8))], "packed")
     assert replay_start(padded) == 0  # capped by the first target position (0)
 
