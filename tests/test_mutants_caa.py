@@ -321,3 +321,19 @@ def test_capture_path_progress_bar_only_when_asked(tiny_chat_model, default_toke
 def test_unknown_token_set_of_compute_caa_vectors_names_the_key_and_choices(tiny_chat_model, default_tokenizer):
     with pytest.raises(ValueError, match=r"^caa_token_set: 'tokens' is not one of easyedit, completion_and_suffix$"):
         compute_caa_vectors(tiny_chat_model, default_tokenizer, _pairs(), [0], token_set="tokens", progress=False)
+
+
+def test_trainer_after_caa_with_a_chat_template_reuses_its_capture(tiny_chat_model, default_tokenizer,
+                                                                    empty_capture_cache):
+    """The capture key holds the chat template's text: CAA and a trainer with the same template and
+    prompt rules share one capture (a CAA key without the template would be missed)."""
+    from test_training import make_hparams
+
+    from easyedit_split.prompts import PACKAGE_CONVENTIONS
+    from easyedit_split.training import prepare_pairs
+
+    _suffix_caa(tiny_chat_model, default_tokenizer, layers=[2])
+    hp = make_hparams(use_chat_template=True, layers=[2], **PACKAGE_CONVENTIONS)
+    prepared = prepare_pairs(default_tokenizer, _pairs(), hp)
+    prepared.capture(tiny_chat_model, 2)
+    assert prepared.capture_source == "memory rows"
