@@ -443,3 +443,39 @@ def test_captured_input_is_consumed_and_cleared_on_removal(model, ids):
     finally:
         handle.remove()
     assert handle._inputs == {} and handle._hooks == []
+
+
+def test_multiplier_one_is_applied(model):
+    """The default multiplier 1 adds v itself (only 0 short-circuits)."""
+    v = torch.arange(32, dtype=torch.float32) / 32
+    for handle in (attach(model, {1: DynamicWeightUpdate.from_vector(v)}),
+                   InterventionHandle(model, {1: DynamicWeightUpdate.from_vector(v)})):
+        try:
+            assert handle.multiplier.item() == 1.0
+            out = _layer_hook(model, 1)(model.model.layers[1], (), {}, (torch.ones(2, 3, 32),))[0]
+        finally:
+            handle.remove()
+        assert torch.equal(out, torch.ones(2, 3, 32) + v)
+
+
+def test_layer_hook_without_a_captured_input_says_so(model):
+    """If the component's input never arrived (its module was skipped), the error names method and component."""
+    handle = attach(model, {1: DynamicWeightUpdate.for_model(model, "lora", component="mlp_mid")}, 1.0)
+    try:
+        with pytest.raises(RuntimeError) as error:
+            _layer_hook(model, 1)(model.model.layers[1], (), {}, (torch.ones(1, 2, 32),))
+    finally:
+        handle.remove()
+    assert str(error.value) == "lora update at mlp_mid: the component input was not captured"
+
+
+def test_a_fp32_positions_mask_keeps_bf16_hidden_states_bf16():
+    hidden = torch.ones(1, 2, 2, dtype=torch.bfloat16)
+    update = DynamicWeightUpdate.from_vector(torch.tensor([1.0, 2.0]))
+    out = update.apply(hidden, None, torch.tensor(1.0), torch.tensor([[1.0, 0.0]]))
+    assert out.dtype == torch.bfloat16 and out.tolist() == [[[2.0, 3.0], [1.0, 1.0]]]
+
+
+def test_a_one_wide_vector_is_a_vector():
+    update = DynamicWeightUpdate.from_vector(torch.tensor([5.0]))
+    assert update.hidden_size == 1 and update.bias.tolist() == [5.0]

@@ -339,3 +339,20 @@ def test_encode_batch_end_to_end_by_hand():
     assert tok.words(batch.labels[1, 5:].tolist()) == ["Like", "this,", "see.", "<end>"]
     trimmed = encode_batch(tok, PromptFormat(), ["Why?", "How so?"], ["Because.", "Like this, see."], max_length=5)
     assert trimmed.input_ids.shape == (2, 5) and trimmed.attention_mask.sum(dim=1).tolist() == [5, 5]
+
+
+def test_encode_completion_checks_the_tokenizer_limit_itself():
+    """Training encodes rows without `check_completion_length`: the encoder refuses an over-long row on its own."""
+    tok = StubTokenizer(model_max_length=7)
+    with pytest.raises(DatasetError) as error:
+        encode_completion(tok, PromptFormat(), "Why?", "Because it is.")
+    assert str(error.value) == "prompt + completion 'Why?': 8 tokens exceed the model's context of 7 tokens; shorten it"
+    assert len(encode_completion(StubTokenizer(model_max_length=8), PromptFormat(), "Why?", "Because it is.").input_ids) == 8
+
+
+def test_a_41_character_question_is_shortened_with_an_ellipsis():
+    question = "a b c d e f g h i j k l m n o p q r s ttt"
+    assert len(question) == 41
+    with pytest.raises(DatasetError) as error:
+        check_prompt_length(StubTokenizer(chat_template=None, model_max_length=5), PromptFormat(use_chat_template=False), question)
+    assert str(error.value).startswith(f"prompt {question[:40] + '...'!r}: 21 tokens exceed")
