@@ -28,7 +28,7 @@ declare -A TARGET=(
   [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py"
   [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
   [fits]="easyedit_split/evaluation/fits.py|tests/test_evaluation_fits.py tests/test_anchors_fits.py tests/test_mutants_fits.py"
-  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_mutants_prompts.py"
+  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_anchors_positions.py tests/test_mutants_prompts.py"
   [replay]="easyedit_split/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
   [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
 )
