@@ -1,9 +1,9 @@
 """`prompts.py` rule by rule, on a word tokenizer whose every id can be counted by hand.
 
 `StubTokenizer` gives one id per whitespace-separated word and renders a chat as
-`<role> content <end>` turns (`<assistant>` as the generation prompt). So the prompt of question
+`<role> content <end>` turns (an assistant turn ends with `<eot>`) (`<assistant>` as the generation prompt). So the prompt of question
 "q" is `<user> q <end> <assistant>` (4 ids), the common prefix of two prompts is `<user>` (1 id),
-and the end-of-turn suffix is `<end>`. Expected values below are counted from those strings,
+and the suffix that ends an assistant turn is `<eot>`. Expected values below are counted from those strings,
 never taken from the functions under test. Written against the mutants
 `scripts/mutation.sh prompts` left alive; the equivalent ones are listed in docs/mutation/prompts.md.
 """
@@ -44,7 +44,10 @@ class StubTokenizer:
 
     def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
         assert tokenize is False
-        text = "".join(f"<{m['role']}> {m['content']} <end> " for m in messages)
+        if any(m["role"] not in ("system", "user", "assistant") for m in messages):
+            raise ValueError("roles must be system, user or assistant")  # as strict templates do
+        # an assistant turn ends with <eot>, the others with <end> (Llama-2-style templates differ like this)
+        text = "".join(f"<{m['role']}> {m['content']} {'<eot>' if m['role'] == 'assistant' else '<end>'} " for m in messages)
         return text + ("<assistant> " if add_generation_prompt else "")
 
     def words(self, ids):
@@ -112,7 +115,7 @@ def test_prompt_text_with_and_without_template_and_system_prompt():
 
 def test_completion_suffix_is_what_follows_the_assistant_message():
     tok = StubTokenizer()
-    assert PromptFormat().completion_suffix(tok) == " <end> "
+    assert PromptFormat().completion_suffix(tok) == " <eot> "
     assert PromptFormat(include_suffix=False).completion_suffix(tok) == ""
     assert PromptFormat(use_chat_template=False).completion_suffix(tok) == ""
 
@@ -233,8 +236,8 @@ def test_encode_prompt_adds_special_tokens_only_without_template():
 def test_encode_completion_counts_and_suffix():
     tok = StubTokenizer()
     encoded = encode_completion(tok, PromptFormat(), "Why?", " Because it is.")
-    assert encoded.prompt_length == 4 and encoded.completion_length == 4  # Because it is. <end>
-    assert tok.words(encoded.input_ids) == ["<user>", "Why?", "<end>", "<assistant>", "Because", "it", "is.", "<end>"]
+    assert encoded.prompt_length == 4 and encoded.completion_length == 4  # Because it is. <eot>
+    assert tok.words(encoded.input_ids) == ["<user>", "Why?", "<end>", "<assistant>", "Because", "it", "is.", "<eot>"]
     assert tok.special_tokens_requested == [False, False]  # answers never get a BOS
     assert EncodedCompletion([1, 2, 3], 1).completion_length == 2
 
@@ -284,7 +287,7 @@ def test_length_errors_name_the_row_the_count_and_the_limit():
 
 def test_completion_length_counts_prompt_completion_and_suffix():
     tok = StubTokenizer(model_max_length=8)
-    assert check_completion_length(tok, PromptFormat(), "Why?", "Because it is.") == 8  # 4 + 3 + <end>
+    assert check_completion_length(tok, PromptFormat(), "Why?", "Because it is.") == 8  # 4 + 3 + <eot>
     with pytest.raises(DatasetError) as error:
         check_completion_length(tok, PromptFormat(), "Why?", "Because it is so.")
     assert str(error.value) == "prompt + completion 'Why?': 9 tokens exceed the model's context of 8 tokens; shorten it"
@@ -331,13 +334,13 @@ def test_token_batch_moves_every_tensor():
 def test_encode_batch_end_to_end_by_hand():
     tok = StubTokenizer(pad_token_id=None, eos_token_id=2)
     batch = encode_batch(tok, PromptFormat(), ["Why?", "How so?"], ["Because.", "Like this, see."])
-    # row 0: <user> Why? <end> <assistant> Because. <end>           (6, prompt 4)
-    # row 1: <user> How so? <end> <assistant> Like this, see. <end>  (9, prompt 5)
+    # row 0: <user> Why? <end> <assistant> Because. <eot>           (6, prompt 4)
+    # row 1: <user> How so? <end> <assistant> Like this, see. <eot>  (9, prompt 5)
     assert batch.attention_mask.sum(dim=1).tolist() == [6, 9]
     assert batch.input_ids[0, 6:].tolist() == [2, 2, 2]  # padded with EOS (no pad token)
     assert (batch.labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() == [4, 5]
     assert (batch.labels[1] != IGNORE_INDEX).nonzero().flatten().tolist() == [5, 6, 7, 8]
-    assert tok.words(batch.labels[1, 5:].tolist()) == ["Like", "this,", "see.", "<end>"]
+    assert tok.words(batch.labels[1, 5:].tolist()) == ["Like", "this,", "see.", "<eot>"]
     trimmed = encode_batch(tok, PromptFormat(), ["Why?", "How so?"], ["Because.", "Like this, see."], max_length=5)
     assert trimmed.input_ids.shape == (2, 5) and trimmed.attention_mask.sum(dim=1).tolist() == [5, 5]
 
@@ -362,3 +365,16 @@ def test_a_41_character_question_is_shortened_with_an_ellipsis():
 def test_steered_prompt_positions_stay_on_the_mask_device():
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]], device="meta")
     assert steered_prompt_positions(StubTokenizer(), PromptFormat(), mask).device.type == "meta"
+
+
+def test_tokenizers_without_bos_or_length_attributes():
+    """A bare tokenizer object (no `bos_token_id`, no `model_max_length`) is legal: no BOS, no limit of its own."""
+
+    class Bare:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [10 + i for i, _ in enumerate(text.split())]}
+
+    plain = PromptFormat(use_chat_template=False)
+    assert steering_prefix_length(Bare(), plain) == 0
+    assert context_length(Bare()) is None
+    assert context_length(Bare(), SimpleNamespace(config=SimpleNamespace(max_position_embeddings=12))) == 12
