@@ -479,3 +479,11 @@ def test_a_fp32_positions_mask_keeps_bf16_hidden_states_bf16():
 def test_a_one_wide_vector_is_a_vector():
     update = DynamicWeightUpdate.from_vector(torch.tensor([5.0]))
     assert update.hidden_size == 1 and update.bias.tolist() == [5.0]
+
+
+def test_a_per_row_multiplier_follows_the_update_to_its_device():
+    """A [rows, 1, 1] multiplier left on the CPU is moved to where the delta is computed."""
+    update = DynamicWeightUpdate.from_local_weight(torch.ones(3, 2), torch.ones(2))
+    m = torch.tensor([2.0, -1.0]).view(-1, 1, 1)
+    out = update.delta(torch.ones(2, 1, 3), m, torch.float32, META)
+    assert out.device == META and out.shape == (2, 1, 2)
