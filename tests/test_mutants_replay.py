@@ -265,6 +265,7 @@ def test_rows_per_sample_expands_a_shared_row():
     assert _rows_per_sample(own, 2) is own
     scalar = torch.tensor(5)
     assert _rows_per_sample(scalar, 3) is scalar
+    assert _rows_per_sample(torch.tensor([5]), 3).tolist() == [5, 5, 5]  # a 1-d one-row value too
     nested = _rows_per_sample((shared, own, None), 2)
     assert nested[0].shape == (2, 3) and nested[1] is own and nested[2] is None
 
