@@ -449,3 +449,11 @@ def test_capture_prefix_refuses_attention_that_ignores_the_cache():
 def test_captured_inputs_length_is_the_row_count():
     captured = CapturedInputs(0, torch.zeros(5, 2, 3), [], TokenBatch(*(torch.zeros(5, 2, dtype=torch.long),) * 3))
     assert len(captured) == 5
+
+
+def test_a_one_token_prefix_is_still_prepended(llama):
+    batch = _prefix_batch()
+    captured = capture_layer_inputs(llama, batch, 2)
+    prefix = capture_prefix(llama, captured, 1)
+    _, last = _layer_io(llama, 3, batch)
+    torch.testing.assert_close(replay_hidden_after_prefix(llama, captured, prefix), last[:, 1:], rtol=1e-5, atol=1e-5)
