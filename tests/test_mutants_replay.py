@@ -374,6 +374,7 @@ def test_slice_positions_by_hand():
     assert unwindowed.tolist() == [[[[True, True, True, True]]]]
     moved = _slice_positions(layer, kwargs, rows, 3, 2, 4, META)
     assert moved["attention_mask"].device == META and moved["position_ids"].device == META
+    assert moved["cache_position"].device == META and moved["position_embeddings"][0].device == META  # shared ones too
 
 
 def _prefix_batch():
