@@ -458,3 +458,15 @@ def test_a_one_token_prefix_is_still_prepended(llama):
     prefix = capture_prefix(llama, captured, 1)
     _, last = _layer_io(llama, 3, batch)
     torch.testing.assert_close(replay_hidden_after_prefix(llama, captured, prefix), last[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_token_prefix_under_sdpa_gets_its_causal_mask():
+    """SDPA with no padding captures no mask; replaying from position 1 still needs a bottom-right one."""
+    model = build_tiny_model("llama")
+    model.config._attn_implementation = "sdpa"
+    batch = _batch(lengths=(10, 10, 10), prompt=6, shared=4)
+    captured = capture_layer_inputs(model, batch, 2)
+    assert captured.layer_kwargs[0]["attention_mask"] is None
+    prefix = capture_prefix(model, captured, 1)
+    _, last = _layer_io(model, 3, batch)
+    torch.testing.assert_close(replay_hidden_after_prefix(model, captured, prefix), last[:, 1:], rtol=1e-5, atol=1e-5)
