@@ -148,7 +148,7 @@ class DynamicWeightUpdate(nn.Module):
               device: Optional[torch.device] = None) -> torch.Tensor:
         """`m * (x @ dW + db)` on `device` (the layer output's: with `device_map` layers sit on different
         GPUs; `.to` keeps the gradient path to the fp32 parameters); `multiplier` broadcasts as [batch, 1, 1]."""
-        device = device if device is not None else (x.device if x is not None else self.bias.device)
+        device = device if device is not None else (x.device if x is not None else next(self.parameters()).device)
         if self.method == "vector":
             update = _on(self.bias, device)
         else:

@@ -29,7 +29,7 @@ declare -A TARGET=(
   [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
   # fits: only the fast synthetic-curve tests (test_evaluation_fits.py takes minutes per mutant under load)
   [fits]="easyedit_split/evaluation/fits.py|tests/test_mutants_fits.py"
-  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_mutants_prompts.py"
+  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_anchors_positions.py tests/test_mutants_prompts.py"
   [replay]="easyedit_split/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
   [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
   [packing]="easyedit_split/packing.py|tests/test_mutants_packing.py tests/test_packing.py"  # + test_evaluation_scoring: ~20 s per mutant
