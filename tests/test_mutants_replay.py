@@ -470,3 +470,14 @@ def test_a_one_token_prefix_under_sdpa_gets_its_causal_mask():
     prefix = capture_prefix(model, captured, 1)
     _, last = _layer_io(model, 3, batch)
     torch.testing.assert_close(replay_hidden_after_prefix(model, captured, prefix), last[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_select_rows_selects_one_dimensional_values_and_two_row_batches():
+    """A batch-first value with one dimension is selected by rows too, and so is a 2-row batch
+    (only a batch of one row, or a value shared by every row, is left as it is)."""
+    from easyedit_split.replay import _select_rows
+
+    assert _select_rows(torch.tensor([10, 11, 12, 13]), torch.tensor([2, 0]), 4).tolist() == [12, 10]
+    two = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert _select_rows(two, torch.tensor([1]), 2).tolist() == [[3.0, 4.0]]
+    assert _select_rows(two[:1], torch.tensor([1, 0]), 2).tolist() == [[1.0, 2.0]]  # shared: kept
