@@ -481,3 +481,61 @@ def test_select_rows_selects_one_dimensional_values_and_two_row_batches():
     two = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     assert _select_rows(two, torch.tensor([1]), 2).tolist() == [[3.0, 4.0]]
     assert _select_rows(two[:1], torch.tensor([1, 0]), 2).tolist() == [[1.0, 2.0]]  # shared: kept
+
+
+def test_take_rows_equals_capturing_those_rows_alone_at_that_width(gemma):
+    """`take_rows` (rows cut out of a wider capture) against a capture of just those rows: hidden
+    states, every layer's kwargs (masks and rotary tables cut to the width) and the token batch."""
+    from easyedit_split.replay import take_rows
+
+    batch = _batch(lengths=(9, 6, 8))
+    gemma2 = gemma
+    whole = capture_layer_inputs(gemma2, batch, 1)
+    rows = torch.tensor([2, 1])
+    width = 8
+    cut = take_rows(gemma2, whole, rows, width)
+    fields = ("input_ids", "attention_mask", "labels")
+    alone = capture_layer_inputs(gemma2, TokenBatch(*(getattr(batch, f)[rows][:, :width] for f in fields)), 1)
+    torch.testing.assert_close(cut.hidden_states, alone.hidden_states, rtol=1e-5, atol=1e-6)
+    for field in fields:
+        assert torch.equal(getattr(cut.batch, field), getattr(alone.batch, field)), field
+    for mine, theirs in zip(cut.layer_kwargs, alone.layer_kwargs):
+        assert mine.keys() == theirs.keys()
+        for key in ("attention_mask", "position_embeddings"):
+            for a, b in zip(*(v if isinstance(v, tuple) else (v,) for v in (mine[key], theirs[key]))):
+                assert a.shape == b.shape, key
+                torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_replay_outputs_by_hand_hooks(llama):
+    """Layer outputs from the captured inputs equal what forward hooks see in a full forward; no
+    layer above the deepest requested one runs; rows default to all of them; layers below the
+    capture are refused, naming both."""
+    from easyedit_split.models import get_decoder_layers
+    from easyedit_split.replay import replay_outputs
+
+    batch = _batch()
+    seen, calls = {}, []
+    layers = get_decoder_layers(llama)
+    handles = [layers[i].register_forward_hook(
+        lambda m, a, out, i=i: seen.__setitem__(i, (out[0] if isinstance(out, tuple) else out).detach()))
+        for i in (1, 2)]
+    with torch.no_grad():
+        llama(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    captured = capture_layer_inputs(llama, batch, 1)
+    handle = layers[3].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            outputs = replay_outputs(llama, captured, [2, 1])
+            picked = replay_outputs(llama, captured, [2], torch.tensor([2, 0]))
+    finally:
+        handle.remove()
+    assert calls == [] and sorted(outputs) == [1, 2]
+    valid = batch.attention_mask.bool()
+    for layer in (1, 2):
+        torch.testing.assert_close(outputs[layer][valid], seen[layer][valid], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(picked[2][0][valid[2]], seen[2][2][valid[2]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^layers \[0, 2\] lie below the captured start layer 1$"):
+        replay_outputs(llama, captured, [2, 0])
