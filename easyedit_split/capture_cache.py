@@ -116,15 +116,27 @@ def _row_digests(lay: PackedLayout) -> list[str]:
     return digests
 
 
+def _model_parts(model: nn.Module, start_layer: int, template: str, on_disk: bool) -> list[str]:
+    """What a capture depends on besides its rows and prefix: package, model (config, name, revision,
+    attention implementation, weights), dtype, start layer, template."""
+    config = getattr(model, "config", None)
+    weights = _weights_digest(model) if on_disk else "object={}:{}".format(*_weights_state(model))
+    return [
+        f"package={__version__}",
+        f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
+        f"name={getattr(config, 'name_or_path', '')}",
+        f"revision={getattr(config, '_commit_hash', '')}",
+        f"attention={getattr(config, '_attn_implementation', '')}",
+        f"weights={weights}",
+        f"dtype={next(model.parameters()).dtype}",
+        f"layer={start_layer}",
+        f"template={hashlib.sha256(template.encode()).hexdigest()}",
+    ]
+
+
 def _family_key(model: nn.Module, start_layer: int, template: str) -> str:
     """Everything a capture's rows depend on except the rows themselves (in-memory model identity)."""
-    config = getattr(model, "config", None)
-    parts = [
-        f"package={__version__}", f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
-        "weights={}:{}".format(*_weights_state(model)), f"dtype={next(model.parameters()).dtype}",
-        f"layer={start_layer}", f"template={hashlib.sha256(template.encode()).hexdigest()}",
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256("\n".join(_model_parts(model, start_layer, template, on_disk=False)).encode()).hexdigest()
 
 
 def _rows_of_larger(model: nn.Module, lay: PackedLayout, family: str, digests: list[str], prefix_length: int,
@@ -152,21 +164,7 @@ def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_le
 
     The weights enter as a SHA-256 of all their bytes (`on_disk`, computed once per weights state),
     or, for the in-memory cache, as this model object and its parameters' version counters."""
-    config = getattr(model, "config", None)
-    weights = _weights_digest(model) if on_disk else "object={}:{}".format(*_weights_state(model))
-    parts = [
-        f"package={__version__}",
-        f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
-        f"name={getattr(config, 'name_or_path', '')}",
-        f"revision={getattr(config, '_commit_hash', '')}",
-        f"attention={getattr(config, '_attn_implementation', '')}",
-        f"weights={weights}",
-        f"dtype={next(model.parameters()).dtype}",
-        f"layer={start_layer}",
-        f"prefix={prefix_length}",
-        f"data={_layout_digest(lay)}",
-        f"template={hashlib.sha256(template.encode()).hexdigest()}",
-    ]
+    parts = _model_parts(model, start_layer, template, on_disk) + [f"prefix={prefix_length}", f"data={_layout_digest(lay)}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
