@@ -412,11 +412,12 @@ def test_prefix_replay_equals_the_plain_forward_after_the_prefix(llama, start_la
 
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
 def test_prefix_replay_under_the_older_cache_keyword(llama):
-    """Without a `cache` keyword among the captured arguments the prefix goes in as `past_key_values`."""
+    """Without a `cache` keyword among the captured arguments (transformers 4 never has one) the
+    prefix goes in as `past_key_values`."""
     batch = _prefix_batch()
     captured = capture_layer_inputs(llama, batch, 2)
     for kwargs in captured.layer_kwargs:
-        del kwargs["cache"]
+        kwargs.pop("cache", None)
     prefix = capture_prefix(llama, captured, 4)
     assert len(prefix.keys) == 2
     _, last = _layer_io(llama, 3, batch)
@@ -439,8 +440,10 @@ def test_capture_prefix_refuses_attention_that_ignores_the_cache():
     model = build_tiny_model("llama")
     for layer in model.model.layers:
         attention = layer.self_attn
-        attention.forward = functools.partial(lambda original, *args, cache=None, **kwargs: original(*args, **kwargs),
-                                              attention.forward)
+        # drops the cache under every keyword transformers has used for it (5: `cache`, 4: `past_key_value(s)`)
+        attention.forward = functools.partial(
+            lambda original, *args, cache=None, past_key_value=None, past_key_values=None, **kwargs: original(*args, **kwargs),
+            attention.forward)
     captured = capture_layer_inputs(model, _prefix_batch(), 2)
     with pytest.raises(RuntimeError) as error:
         capture_prefix(model, captured, 4)
