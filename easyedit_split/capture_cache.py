@@ -152,7 +152,7 @@ def _rows_of_larger(model: nn.Module, lay: PackedLayout, family: str, digests: l
             prefix = entry.prefix
         else:
             prefix = capture_prefix(model, inputs, prefix_length) if prefix_length > 0 else None
-        return Capture(inputs, prefix, key, "memory rows", family, {d: i for i, d in enumerate(digests)})
+        return Capture(inputs, prefix, key, "memory rows")
     return None
 
 
@@ -267,14 +267,11 @@ def capture(
         entry = _MEMORY[key]
         return Capture(entry.inputs, entry.prefix, key, "memory", entry.family, entry.rows)
     family, digests = (_family_key(model, start_layer, template), _row_digests(lay)) if use_cache else ("", [])
-    if use_cache:
-        entry = _rows_of_larger(model, lay, family, digests, prefix_length, key)
-        if entry is not None:
-            _remember(key, entry)
-            return entry
-    directory = _cache_dir(cache_dir) if use_cache else None
+    entry = _rows_of_larger(model, lay, family, digests, prefix_length, key) if use_cache else None
+    directory = _cache_dir(cache_dir) if use_cache and entry is None else None
     path = directory / f"capture-{capture_key(model, lay, start_layer, prefix_length, template)}.pt" if directory else None
-    entry = _load(path, key, storage, run_device) if path is not None and path.exists() else None
+    if path is not None and path.exists():
+        entry = _load(path, key, storage, run_device)
     if entry is None:
         chunk = rows_per_chunk(model, lay.input_ids.shape[1], memory_mb)
         parts = []

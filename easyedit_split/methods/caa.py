@@ -93,8 +93,8 @@ def _caa_from_capture(
         rows = torch.arange(start, min(start + chunk, len(lay)))
         with torch.no_grad():
             outputs = replay_outputs(model, entry.inputs, layers, rows)
+        branch = lay.branch[rows].to(outputs[min(layers)].device)
         for layer, hidden in outputs.items():
-            branch = lay.branch[rows].to(hidden.device)
             means = []
             for side in (1, 2):
                 mask = (branch == side).unsqueeze(-1).float()
@@ -120,8 +120,6 @@ def compute_caa_vectors(
         raise ValueError("CAA needs at least one polarity pair")
     for layer in layers:
         check_layer(model, layer, source="layers")
-    if token_set not in CAA_TOKEN_SETS:
-        raise ValueError(f"caa_token_set: {token_set!r} is not one of {', '.join(CAA_TOKEN_SETS)}")
     fmt = prompt_format or PromptFormat()
     if token_set == "completion_and_suffix":
         return _caa_from_capture(model, tokenizer, pairs, list(layers), fmt, progress, memory_mb)
