@@ -139,6 +139,18 @@ def _pairs():
     ]
 
 
+def _last_position_differences(model, tokenizer, fmt, pairs):
+    """Per pair, layer 1's output at the last token of prompt + " " + completion, matching minus
+    not matching (EasyEdit's token set for one-token answers), from Hugging Face's hidden states."""
+    diffs = []
+    for pair in pairs:
+        prompt = fmt.prompt_text(tokenizer, pair.question)
+        side = [_hidden_states(model, tokenizer(prompt + " " + c, add_special_tokens=False)["input_ids"])[2][0, -1]
+                for c in (pair.matching, pair.not_matching)]
+        diffs.append(side[0] - side[1])
+    return diffs
+
+
 def test_vectors_are_the_mean_of_last_position_differences(tiny_chat_model, default_tokenizer):
     """EasyEdit's rule with the template: one answer token per side (counted above), so each pair's
     difference is the hidden state at the last position, matching minus not matching."""
@@ -146,12 +158,7 @@ def test_vectors_are_the_mean_of_last_position_differences(tiny_chat_model, defa
     fmt = PromptFormat(completion_join="as_stored")
     vectors = compute_caa_vectors(tiny_chat_model, default_tokenizer, pairs, [1], prompt_format=fmt, batch_size=2,
                                   progress=False)
-    diffs = []
-    for pair in pairs:
-        prompt = fmt.prompt_text(default_tokenizer, pair.question)
-        side = [_hidden_states(tiny_chat_model, default_tokenizer(prompt + " " + c, add_special_tokens=False)
-                               ["input_ids"])[2][0, -1] for c in (pair.matching, pair.not_matching)]
-        diffs.append(side[0] - side[1])
+    diffs = _last_position_differences(tiny_chat_model, default_tokenizer, fmt, pairs)
     expected = (diffs[0] + diffs[1] + diffs[2]) / 3
     assert set(vectors) == {1} and vectors[1].dtype == torch.float32
     torch.testing.assert_close(vectors[1], expected, rtol=1e-4, atol=1e-5)
@@ -202,12 +209,7 @@ def test_train_on_plain_hparams_uses_easyedits_rules(tiny_chat_model, default_to
     assert set(updates) == {1} and isinstance(updates[1], DynamicWeightUpdate)
     assert updates[1].method == "vector" and updates[1].component == "block"
     fmt = PromptFormat(completion_join="as_stored")
-    diffs = []
-    for pair in pairs:
-        prompt = fmt.prompt_text(default_tokenizer, pair.question)
-        side = [_hidden_states(tiny_chat_model, default_tokenizer(prompt + " " + c, add_special_tokens=False)
-                               ["input_ids"])[2][0, -1] for c in (pair.matching, pair.not_matching)]
-        diffs.append(side[0] - side[1])
+    diffs = _last_position_differences(tiny_chat_model, default_tokenizer, fmt, pairs)
     torch.testing.assert_close(updates[1].bias.detach(), sum(diffs) / 3, rtol=1e-4, atol=1e-5)
     suffix = caa.train(SimpleNamespace(layers=[1], caa_token_set="completion_and_suffix"), pairs, tiny_chat_model,
                        default_tokenizer)
