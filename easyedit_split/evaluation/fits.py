@@ -125,11 +125,18 @@ class CurveFit:
 
 
 def r_squared(observed, predicted) -> float:
-    """`1 - SSE / SST` (1 for a perfect fit of constant data)."""
+    """`1 - SSE / SST`; for constant data 1 when the fit reproduces it to rounding, else 0.
+
+    A least-squares fit of constant data ends a few ulps off (1e-16 here, 0 on another BLAS), so
+    "perfect" is judged at 1e-9 of the data's scale, not by exact equality.
+    """
     observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
     total = ((observed - observed.mean()) ** 2).sum()
     residual = ((observed - predicted) ** 2).sum()
-    return float(1.0 - residual / total) if total > 0 else (1.0 if residual == 0 else 0.0)
+    if total > 0:
+        return float(1.0 - residual / total)
+    rounding = observed.size * (1e-9 * max(1.0, float(np.abs(observed).max(initial=0.0)))) ** 2
+    return 1.0 if residual <= rounding else 0.0
 
 
 def adjusted_r_squared(r2: float, n_points: int, n_params: int) -> float:
