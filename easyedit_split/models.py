@@ -20,7 +20,7 @@ from torch import nn
 
 from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS
 from .errors import LayerError, ModelError
-from .hparams.reading import canonical_dtype_name
+from .dtypes import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -403,21 +403,6 @@ def resolve_model_path(model_name_or_path: Optional[str], offline: Optional[bool
             f"({'offline=True' if offline else 'HF_HUB_OFFLINE is set'}). {_how_to_get(name)}"
         )
     return name
-
-
-def resolve_dtype(name: Any) -> Any:
-    """Turn an EasyEdit dtype name into a `torch.dtype`.
-
-    Accepts `fp32/float32`, `fp16/float16/half`, `bf16/bfloat16`, `fp64/float64`, `torch.dtype`
-    objects and None (float32, EasyEdit's fallback). `"auto"` stays the string `"auto"`, which
-    `from_pretrained(dtype=...)` understands (there is no torch dtype for it).
-    """
-    if name is None:
-        return torch.float32
-    if isinstance(name, torch.dtype):
-        return name
-    canonical = canonical_dtype_name(name)
-    return canonical if canonical == "auto" else getattr(torch, canonical)
 
 
 def load_model_and_tokenizer(

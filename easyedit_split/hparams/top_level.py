@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from .. import registry
-from ..errors import HparamsError
+from ..errors import HparamsError, suggest
 from .loading import load_hparams
 from .base import HyperParams
 from .methods import ApplyHyperParams, TrainHyperParams
-from .reading import apply_key_aliases, check_min, field_types, keep_known_keys, suggest, yaml_path
+from .reading import apply_key_aliases, check_min, field_types, keep_known_keys, yaml_path
 
 
 def _all_method_keys() -> frozenset:
