@@ -13,12 +13,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS
+from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS, PathLike
 from .errors import LayerError, ModelError
 from .dtypes import resolve_dtype
 
@@ -199,7 +199,7 @@ def _transformers_major() -> int:
     return int(transformers.__version__.split(".", 1)[0])
 
 
-def default_model_dir(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+def default_model_dir(cache_dir: Optional[PathLike] = None) -> Path:
     """The converted default model's directory, one per transformers major version.
 
     transformers 4 and 5 save different tokenizer and config forms (5 writes a `TokenizersBackend`
@@ -242,7 +242,7 @@ def require_model_name(model_name_or_path: Optional[str], where: str) -> str:
     return str(model_name_or_path)
 
 
-def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+def ensure_default_model_cached(cache_dir: Optional[PathLike] = None) -> Path:
     """Convert the GGUF default model once into a clean safetensors checkpoint; return its directory.
 
     A GGUF-loaded model keeps a quantizer attached (not trainable, cannot be saved), so its

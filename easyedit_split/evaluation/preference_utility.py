@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
-from ..constants import DEFAULT_SWEEP
+from ..constants import DEFAULT_SWEEP, PathLike
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
 from ..prompts import PromptFormat, first_steered_position
@@ -213,7 +213,7 @@ class PreferenceUtilityEvaluator:
 
     # ------------------------------------------------------------------ several methods
     def compare(self, methods: Mapping[str, UpdatesOrDir], pairs: Sequence[Any],
-                out_dir: Optional[Union[str, Path]] = None, dataset: Optional[str] = None,
+                out_dir: Optional[PathLike] = None, dataset: Optional[str] = None,
                 concept_id: int = 0) -> EvaluationReport:
         """Evaluate every method on the same pairs; write the report to `out_dir` when given."""
         results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id) for name, updates in methods.items()]

@@ -7,13 +7,13 @@ spellings and rejects unknown keys with the closest valid one.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Mapping, Optional, Union
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import yaml
 
 from .. import registry
+from ..constants import PathLike
 from ..dtypes import canonical_dtype_name, resolve_dtype
 from ..errors import HparamsError, suggest
 from .reading import (
@@ -194,7 +194,7 @@ class HyperParams:
         """Plain dict of all keys (YAML-serialisable)."""
         return dataclasses.asdict(self)
 
-    def to_yaml(self, path: Union[str, os.PathLike]) -> None:
+    def to_yaml(self, path: PathLike) -> None:
         """Write all keys as a flat YAML method file that ``from_hparams`` reads back."""
         from ..storage import atomic_write_text  # here, not at the top: storage loads torch; reading files does not
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union, get_args, get_orig
 
 import yaml
 
+from ..constants import PathLike
 from ..errors import HparamsError, suggest
 
 try:  # omegaconf comes with hydra-core; stay usable without it
@@ -184,7 +185,7 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def yaml_path(path: Union[str, os.PathLike]) -> Path:
+def yaml_path(path: PathLike) -> Path:
     """EasyEdit accepts a method path without ``.yaml``; so do we."""
     text = os.fspath(path)
     if not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
@@ -192,7 +193,7 @@ def yaml_path(path: Union[str, os.PathLike]) -> Path:
     return Path(text)
 
 
-def _read_yaml(path: Union[str, os.PathLike]) -> tuple:
+def _read_yaml(path: PathLike) -> tuple:
     """Read a YAML mapping; errors name the file (and line for syntax errors)."""
     file_path = yaml_path(path)
     source = str(file_path)
