@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
-from ..constants import DEFAULT_SWEEP, PathLike
+from ..constants import PathLike
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
 from ..prompts import PromptFormat, first_steered_position
@@ -36,7 +36,6 @@ from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MULTIPLIERS = DEFAULT_SWEEP  # re-exported: examples/run_split.py imports it from evaluation
 UpdatesOrDir = Union[Mapping[int, DynamicWeightUpdate], str, Path]
 
 
