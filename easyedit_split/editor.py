@@ -216,7 +216,7 @@ class SteerEditor:
         **evaluator_options: Any,
     ) -> Any:
         """Run an evaluator from the registry (default: the preference-utility evaluator); `multipliers`
-        None = the form's default sweep (`evaluation.config.form_sweep`).
+        None = the form's default sweep (`evaluation.config.form_sweep`), for both halves when `generate=True`.
 
         `generate=True` also runs the generation-side evaluation (steered generations of the same
         prompts, judged and scored; `generation_options` are `GenerationEvalConfig` fields such as
@@ -233,7 +233,9 @@ class SteerEditor:
             return result
         from .evaluation.generation_eval import GenerationAndPreference, GenerationEvaluator
 
-        options = {"multipliers": list(multipliers), **dict(generation_options or {})}
+        # None: the sweep the preference half was scored at (its form's default), so both halves line up
+        sweep = list(multipliers) if multipliers is not None else list(result.info["multipliers"])
+        options = {"multipliers": sweep, **dict(generation_options or {})}
         generation = GenerationEvaluator(self.model, self.tokenizer, prompt_format=self.prompt_format, **options)
         report = generation.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name,
                                      out_dir=generation_dir)
