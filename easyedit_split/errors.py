@@ -39,5 +39,14 @@ class IntegrationError(EasyEditSplitError, ImportError):
     """An EasyEdit checkout is missing or incomplete; says what to install or set."""
 
 
+class InterventionError(EasyEditSplitError, ValueError):
+    """An intervention cannot be built or applied as asked (unknown form or component, a multiplier
+    of the wrong shape, null-it-out on a non-vector update); a saved file's misfit is a `StorageError`."""
+
+
+class MultiplierError(EasyEditSplitError, ValueError):
+    """A multiplier list that cannot be read; the message names the offending part."""
+
+
 class LayerError(HparamsError, ModelError):
     """A layer index outside the model: a mistake in the hparams and a mismatch with the model."""
