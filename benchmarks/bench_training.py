@@ -34,13 +34,14 @@ import yaml
 
 from measure import count_flops, load, memory_kind, peak_memory
 
-from easyedit_split import capture_cache, training
+from easyedit_split import training
 from easyedit_split.data import load_dataset
+from easyedit_split.fastpath import capture_cache
+from easyedit_split.fastpath.replay import full_forward_nll
 from easyedit_split.hparams import load_hparams
 from easyedit_split.methods.split import split_loss
 from easyedit_split.models import load_model_and_tokenizer
 from easyedit_split.prompts import PromptFormat, encode_batch
-from easyedit_split.replay import full_forward_nll
 from easyedit_split.training import new_update, plan_step, prepare_pairs, step_loss, train_layer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,6 +30,17 @@ _EXPORTS = {
     "load_model_and_tokenizer": "easyedit_split.models",
     "PreferenceUtilityEvaluator": "easyedit_split.evaluation",
     "register_with_easyedit": "easyedit_split.integrations.easyedit",
+    # the error types (errors.py), so `except easyedit_split.StorageError` needs no submodule import
+    "EasyEditSplitError": "easyedit_split.errors",
+    "HparamsError": "easyedit_split.errors",
+    "DatasetError": "easyedit_split.errors",
+    "StorageError": "easyedit_split.errors",
+    "ModelError": "easyedit_split.errors",
+    "TrainingError": "easyedit_split.errors",
+    "IntegrationError": "easyedit_split.errors",
+    "InterventionError": "easyedit_split.errors",
+    "MultiplierError": "easyedit_split.errors",
+    "LayerError": "easyedit_split.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

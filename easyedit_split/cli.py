@@ -11,9 +11,9 @@ from typing import Optional, Sequence
 
 from . import cli_evaluate
 from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, DEFAULT_SWEEP, STEER_POSITIONS
-from .errors import EasyEditSplitError, HparamsError, ModelError, StorageError
+from .errors import EasyEditSplitError, HparamsError, ModelError, MultiplierError, StorageError
 from .hparams import HyperParams, load_hparams
-from .multipliers import MultiplierError, parse_multipliers
+from .multipliers import parse_multipliers
 
 
 def multipliers_arg(text: str) -> list[float]:

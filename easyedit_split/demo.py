@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP, easyedit_alg_dir_name
+from .constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP, canonical_alg_name, easyedit_alg_dir_name
 from .data import load_dataset
 from .demo_generation import run_demo_generation
 from .editor import SteerEditor
 from .evaluation import EvaluationReport, EvaluatorConfig, PreferenceUtilityEvaluator
 from .hparams import CAAHyperParams, load_hparams
 from .prompts import PACKAGE_CONVENTIONS
-from .registry import canonical_name
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def run_main_job(
     seconds["caa + generation"] = time.perf_counter() - mark
 
     train_pairs = load_dataset(dataset, split="train")
-    for name in map(canonical_name, trained_methods):
+    for name in map(canonical_alg_name, trained_methods):
         mark = time.perf_counter()
         hparams = load_hparams(DEMO_CONFIG_DIR / f"generate_{easyedit_alg_dir_name(name)}_vector.yaml")
         methods[name] = editor.train(train_pairs, hparams=hparams, save=False, dataset_name=dataset)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .constants import PathLike
 from .data import PolarityPair, load_dataset
 from .dataset_names import dataset_label
 from .errors import HparamsError
@@ -121,7 +122,7 @@ class SteerEditor:
         split: str = "train",
         hparams: Optional[Union[HyperParams, str, Path]] = None,
         save: Optional[bool] = None,
-        output_dir: Optional[Union[str, Path]] = None,
+        output_dir: Optional[PathLike] = None,
         dataset_name: Optional[str] = None,
     ) -> SteeringInterventions:
         """Produce interventions with the method named by `alg_name`; they become the active ones.
@@ -150,7 +151,7 @@ class SteerEditor:
 
     generate_vectors = train  # EasyEdit's name for the generate step
 
-    def load(self, directory: Union[str, Path], layers: Optional[Sequence[int]] = None, concept_id: int = 0) -> SteeringInterventions:
+    def load(self, directory: PathLike, layers: Optional[Sequence[int]] = None, concept_id: int = 0) -> SteeringInterventions:
         """Load saved interventions (this package's or EasyEdit's files); they become the active ones."""
         self.interventions = SteeringInterventions.load(directory, layers, concept_id, model=self.model)
         return self.interventions
@@ -211,11 +212,11 @@ class SteerEditor:
         evaluator: str = "preference_utility",
         generate: bool = False,
         generation_options: Optional[Mapping[str, Any]] = None,
-        generation_dir: Optional[Union[str, Path]] = None,
+        generation_dir: Optional[PathLike] = None,
         **evaluator_options: Any,
     ) -> Any:
         """Run an evaluator from the registry (default: the preference-utility evaluator); `multipliers`
-        None = the form's default sweep (`evaluation.config.form_sweep`).
+        None = the form's default sweep (`evaluation.config.form_sweep`), for both halves when `generate=True`.
 
         `generate=True` also runs the generation-side evaluation (steered generations of the same
         prompts, judged and scored; `generation_options` are `GenerationEvalConfig` fields such as
@@ -232,7 +233,9 @@ class SteerEditor:
             return result
         from .evaluation.generation_eval import GenerationAndPreference, GenerationEvaluator
 
-        options = {"multipliers": list(multipliers), **dict(generation_options or {})}
+        # None: the sweep the preference half was scored at (its form's default), so both halves line up
+        sweep = list(multipliers) if multipliers is not None else list(result.info["multipliers"])
+        options = {"multipliers": sweep, **dict(generation_options or {})}
         generation = GenerationEvaluator(self.model, self.tokenizer, prompt_format=self.prompt_format, **options)
         report = generation.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name,
                                      out_dir=generation_dir)

@@ -1,4 +1,14 @@
 """Exception types: every user-facing failure names the file, key or row at fault."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+def suggest(key: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string: the hint error messages end with."""
+    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 class EasyEditSplitError(Exception):
@@ -27,6 +37,15 @@ class TrainingError(EasyEditSplitError, RuntimeError):
 
 class IntegrationError(EasyEditSplitError, ImportError):
     """An EasyEdit checkout is missing or incomplete; says what to install or set."""
+
+
+class InterventionError(EasyEditSplitError, ValueError):
+    """An intervention cannot be built or applied as asked (unknown form or component, a multiplier
+    of the wrong shape, null-it-out on a non-vector update); a saved file's misfit is a `StorageError`."""
+
+
+class MultiplierError(EasyEditSplitError, ValueError):
+    """A multiplier list that cannot be read; the message names the offending part."""
 
 
 class LayerError(HparamsError, ModelError):

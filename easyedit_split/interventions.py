@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .constants import INTERVENTION_COMPONENTS, INTERVENTION_METHODS
-from .errors import StorageError
+from .errors import InterventionError, StorageError
 from .models import component_input_size, get_component_module, get_layer, hidden_size
 
 Multiplier = Union[float, int, torch.Tensor]
@@ -59,11 +59,11 @@ class DynamicWeightUpdate(nn.Module):
     ) -> None:
         super().__init__()
         if method not in INTERVENTION_METHODS:
-            raise ValueError(f"intervention_method: '{method}' is not one of {INTERVENTION_METHODS}")
+            raise InterventionError(f"intervention_method: '{method}' is not one of {INTERVENTION_METHODS}")
         if component not in INTERVENTION_COMPONENTS:
-            raise ValueError(f"intervention_components: '{component}' is not one of {INTERVENTION_COMPONENTS}")
+            raise InterventionError(f"intervention_components: '{component}' is not one of {INTERVENTION_COMPONENTS}")
         if method != "vector" and not input_size:
-            raise ValueError(f"intervention_method '{method}' needs input_size (width of the {component} input)")
+            raise InterventionError(f"intervention_method '{method}' needs input_size (width of the {component} input)")
         self.method = method
         self.component = component
         self.hidden_size = hidden_size
@@ -188,7 +188,7 @@ class DynamicWeightUpdate(nn.Module):
         if null_out is None:
             return steered
         if self.method != "vector":
-            raise ValueError(f"null-it-out projects a direction out: it needs a vector update, not '{self.method}'")
+            raise InterventionError(f"null-it-out projects a direction out: it needs a vector update, not '{self.method}'")
         vector = _on(self.bias, steered.device)
         coefficient = torch.relu(steered.to(vector.dtype) @ vector) / (vector @ vector).clamp_min(1e-12)  # [rows, seq]
         coefficient = coefficient * null_out.to(coefficient.device, coefficient.dtype).unsqueeze(1)
@@ -268,9 +268,9 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 def _as_multiplier(multiplier: Multiplier) -> torch.Tensor:
     tensor = torch.as_tensor(multiplier, dtype=torch.float32)
     if tensor.dim() > 1:
-        raise ValueError(f"multiplier must be a float or a 1-d tensor (one per batch row), got shape {tuple(tensor.shape)}")
+        raise InterventionError(f"multiplier must be a float or a 1-d tensor (one per batch row), got shape {tuple(tensor.shape)}")
     if not bool(torch.isfinite(tensor).all()):  # nan/inf would silently turn every steered output into nan
-        raise ValueError(f"multiplier must be finite, got {tensor.tolist()}")
+        raise InterventionError(f"multiplier must be finite, got {tensor.tolist()}")
     return tensor
 
 
@@ -336,7 +336,7 @@ class InterventionHandle:
                 scale = multiplier
             else:
                 if multiplier.shape[0] != hidden.shape[0]:
-                    raise ValueError(
+                    raise InterventionError(
                         f"multiplier has {multiplier.shape[0]} values but the batch has {hidden.shape[0]} rows"
                     )
                 scale = multiplier.view(-1, 1, 1)

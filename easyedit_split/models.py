@@ -13,14 +13,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS
+from .constants import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_NAME, INTERVENTION_COMPONENTS, PathLike
 from .errors import LayerError, ModelError
-from .hparams.reading import canonical_dtype_name
+from .dtypes import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _transformers_major() -> int:
     return int(transformers.__version__.split(".", 1)[0])
 
 
-def default_model_dir(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+def default_model_dir(cache_dir: Optional[PathLike] = None) -> Path:
     """The converted default model's directory, one per transformers major version.
 
     transformers 4 and 5 save different tokenizer and config forms (5 writes a `TokenizersBackend`
@@ -242,7 +242,7 @@ def require_model_name(model_name_or_path: Optional[str], where: str) -> str:
     return str(model_name_or_path)
 
 
-def ensure_default_model_cached(cache_dir: Optional[Union[str, Path]] = None) -> Path:
+def ensure_default_model_cached(cache_dir: Optional[PathLike] = None) -> Path:
     """Convert the GGUF default model once into a clean safetensors checkpoint; return its directory.
 
     A GGUF-loaded model keeps a quantizer attached (not trainable, cannot be saved), so its
@@ -403,21 +403,6 @@ def resolve_model_path(model_name_or_path: Optional[str], offline: Optional[bool
             f"({'offline=True' if offline else 'HF_HUB_OFFLINE is set'}). {_how_to_get(name)}"
         )
     return name
-
-
-def resolve_dtype(name: Any) -> Any:
-    """Turn an EasyEdit dtype name into a `torch.dtype`.
-
-    Accepts `fp32/float32`, `fp16/float16/half`, `bf16/bfloat16`, `fp64/float64`, `torch.dtype`
-    objects and None (float32, EasyEdit's fallback). `"auto"` stays the string `"auto"`, which
-    `from_pretrained(dtype=...)` understands (there is no torch dtype for it).
-    """
-    if name is None:
-        return torch.float32
-    if isinstance(name, torch.dtype):
-        return name
-    canonical = canonical_dtype_name(name)
-    return canonical if canonical == "auto" else getattr(torch, canonical)
 
 
 def load_model_and_tokenizer(

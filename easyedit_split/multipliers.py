@@ -8,11 +8,9 @@ from __future__ import annotations
 import math
 from typing import Iterable, Union
 
-__all__ = ["MultiplierError", "parse_multipliers"]
+from .errors import MultiplierError
 
-
-class MultiplierError(ValueError):
-    """A multiplier list that cannot be read; the message names the offending part."""
+__all__ = ["parse_multipliers"]
 
 
 def _number(text: str, whole: str) -> float:

@@ -92,11 +92,6 @@ EVALUATORS: dict[str, str] = {
 }
 
 
-def canonical_name(alg_name: str) -> str:
-    """`spilt` -> `split`, lower-cased (see `constants.canonical_alg_name`)."""
-    return canonical_alg_name(alg_name)
-
-
 def known_names() -> list[str]:
     """Every accepted `alg_name`, canonical names first, then aliases."""
     return list(METHODS) + [alias for spec in METHODS.values() for alias in spec.aliases]
@@ -104,7 +99,7 @@ def known_names() -> list[str]:
 
 def find_method(alg_name: str) -> Optional[MethodSpec]:
     """The spec for `alg_name`, or None when no method has that name."""
-    return METHODS.get(canonical_name(alg_name))
+    return METHODS.get(canonical_alg_name(alg_name))
 
 
 def get_method(alg_name: str) -> MethodSpec:
@@ -112,7 +107,7 @@ def get_method(alg_name: str) -> MethodSpec:
     spec = find_method(alg_name)
     if spec is None:
         known = known_names()
-        close = difflib.get_close_matches(canonical_name(alg_name), known, n=1)
+        close = difflib.get_close_matches(canonical_alg_name(alg_name), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise HparamsError(f"alg_name: unknown method {alg_name!r}{hint}; known: {', '.join(known)}")
     return spec

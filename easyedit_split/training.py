@@ -67,15 +67,15 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import capture_cache
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
+from .fastpath import capture_cache
+from .fastpath.packing import (PackedLayout, build_layout, capture_template, completion_token_nll, pair_batch,
+                               pairs_from_batch, replay_start)
+from .fastpath.replay import CapturedInputs, CompletionNLL, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix
 from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, hidden_size, model_device
-from .packing import (PackedLayout, build_layout, capture_template, completion_token_nll, pair_batch, pairs_from_batch,
-                      replay_start)
 from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, first_steered_position
-from .replay import CapturedInputs, CompletionNLL, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix
 
 if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
     from .hparams import GradientTrainHyperParams

@@ -39,7 +39,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from easyedit_split import storage  # noqa: E402
-from easyedit_split.constants import DEFAULT_SWEEP, INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name  # noqa: E402
+from easyedit_split.constants import (  # noqa: E402
+    DEFAULT_SWEEP, INTERVENTION_METHODS, METHOD_NAMES, SFT_PREFERENCE_TYPES, easyedit_alg_dir_name,
+)
 from easyedit_split.data import group_by_concept  # noqa: E402
 from easyedit_split.errors import EasyEditSplitError, HparamsError  # noqa: E402
 from easyedit_split.hparams import TopLevelConfig, load_hparams  # noqa: E402
@@ -256,7 +258,7 @@ class Runner:
             updates = storage.load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
             rows = pipeline.score_loss_rows(model, tokenizer, hparams, group, updates, multipliers)
             for multiplier in multipliers:
-                for preference_type in pipeline.LOSS_PREFERENCE_TYPES:
+                for preference_type in SFT_PREFERENCE_TYPES:
                     out = storage.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
                                                    multiplier, preference_type)
                     if len(groups) > 1:

@@ -9,11 +9,11 @@ import torch
 
 from conftest import build_tiny_model
 from test_training import WordTokenizer, make_hparams, word_pairs
-from easyedit_split import capture_cache
 from easyedit_split.evaluation.scoring import score_encoded_pairs
+from easyedit_split.fastpath import capture_cache
+from easyedit_split.fastpath.packing import EncodedPair
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
-from easyedit_split.packing import EncodedPair
 from easyedit_split.training import prepare_pairs, train_layer
 
 LAYER = 2

@@ -10,7 +10,7 @@ import torch
 from conftest import FAMILIES, build_tiny_model
 from easyedit_split import training
 from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
-from easyedit_split.packing import completion_token_nll
+from easyedit_split.fastpath.packing import completion_token_nll
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate, steer
 from easyedit_split.methods.split import split_loss
@@ -173,3 +173,14 @@ def _word_tokenizer():
     backend = Tokenizer(tk_models.WordLevel({f"w{i}": i for i in range(97)}, unk_token="w0"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0", eos_token="w2")
+
+
+def test_the_dtype_names_depend_on_neither_hparams_nor_models():
+    # one way only: hparams and models both read the dtype table, neither imports the other for it
+    import subprocess
+    import sys
+
+    code = ("import sys, easyedit_split.dtypes as d, easyedit_split.hparams; "
+            "print(sorted(m for m in ('torch', 'easyedit_split.models') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

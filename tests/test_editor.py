@@ -124,3 +124,17 @@ def test_steer_with_a_number_first_says_the_argument_order(editor):
     with pytest.raises(TypeError, match="multiplier=4.0"):
         with editor.steer(4.0):
             pass
+
+
+def test_evaluate_with_generate_and_default_multipliers_uses_the_form_sweep_for_both_halves(editor):
+    # multipliers=None used to reach list(None) in the generation half (TypeError)
+    from easyedit_split.evaluation.config import form_sweep
+    from easyedit_split.generation import GenerationSettings
+
+    editor.train(PAIRS, save=False)
+    result = editor.evaluate(PAIRS, manifold=False, n_bootstrap=5, progress=False, generate=True,
+                             generation_options=dict(progress=False, perplexity=False,
+                                                     settings=GenerationSettings(max_new_tokens=1)))
+    sweep = list(form_sweep("vector"))
+    assert list(result.preference.metrics.multipliers) == sweep
+    assert list(result.generation.multipliers) == sweep

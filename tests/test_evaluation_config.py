@@ -62,9 +62,9 @@ def test_evaluator_reads_config_and_keyword_overrides():
     model = torch.nn.Linear(1, 1)
     evaluator = PreferenceUtilityEvaluator(model, None, config=EvaluatorConfig(multipliers=[1, 0], n_bootstrap=5),
                                            nll_mode="token", manifold=False)
-    assert evaluator.multipliers == [0.0, 1.0]
-    assert (evaluator.n_bootstrap, evaluator.nll_mode, evaluator.manifold) == (5, "token", None)
+    assert evaluator.config.multipliers == (0.0, 1.0)
+    assert (evaluator.config.n_bootstrap, evaluator.config.nll_mode, evaluator.config.manifold_options()) == (5, "token", None)
     default = PreferenceUtilityEvaluator(model, None, manifold=False)
-    assert default.multipliers is None  # per form: EvaluatorConfig().sweep_for(form)
+    assert default.config.multipliers is None  # per form: EvaluatorConfig().sweep_for(form)
     with pytest.raises(TypeError, match="multiplier"):
         PreferenceUtilityEvaluator(model, None, multiplier=[1.0])

@@ -8,7 +8,7 @@ from easyedit_split.data import load_dataset
 from easyedit_split.evaluation import PreferenceUtilityEvaluator
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import PromptFormat, encode_batch
-from easyedit_split.replay import capture_layer_inputs
+from easyedit_split.fastpath.replay import capture_layer_inputs
 
 pytestmark = pytest.mark.default_model
 

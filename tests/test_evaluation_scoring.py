@@ -8,7 +8,7 @@ import torch
 from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import EncodedCompletion, collate
-from easyedit_split.replay import full_forward_nll
+from easyedit_split.fastpath.replay import full_forward_nll
 
 SHAPES = [(5, 3, 4), (3, 6, 2), (7, 2, 2), (4, 4, 5), (1, 2, 3)]  # prompt, matching, not-matching lengths
 

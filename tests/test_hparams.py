@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from easyedit_split.dtypes import resolve_dtype
 from easyedit_split.errors import HparamsError
 from easyedit_split.hparams import (
     ApplyCAAHyperParams,
@@ -21,7 +22,7 @@ from easyedit_split.hparams import (
     TopLevelConfig,
     load_hparams,
 )
-from easyedit_split.models import resolve_dtype, validate_layers
+from easyedit_split.models import validate_layers
 from easyedit_split.registry import hparams_class
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from easyedit_split.multipliers import MultiplierError, parse_multipliers
+from easyedit_split.errors import MultiplierError
+from easyedit_split.multipliers import parse_multipliers
 
 
 @pytest.mark.parametrize("text, expected", [

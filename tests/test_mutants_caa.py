@@ -257,7 +257,7 @@ def test_activations_stop_after_the_deepest_requested_layer(tiny_chat_model):
 
 @pytest.fixture
 def empty_capture_cache():
-    from easyedit_split import capture_cache
+    from easyedit_split.fastpath import capture_cache
 
     capture_cache.clear_memory_cache()
     yield capture_cache

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from easyedit_split import packing
-from easyedit_split.packing import EncodedPair, build_layout, pairs_from_batch, replay_start
+from easyedit_split.fastpath import packing
+from easyedit_split.fastpath.packing import EncodedPair, build_layout, pairs_from_batch, replay_start
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 
 PAIRS = [EncodedPair((5, 6), (7, 8), (9,)), EncodedPair((10,), (11,), (12, 13))]

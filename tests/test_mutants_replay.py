@@ -16,7 +16,7 @@ import torch
 from conftest import build_tiny_model
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
-from easyedit_split.replay import (
+from easyedit_split.fastpath.replay import (
     CapturedInputs, CompletionNLL, PrefixKeyValues, _causal_mask, _layer_types, _PrefixedKeyValues, _rows_per_sample,
     _select_rows, _slice_positions, capture_layer_inputs, capture_prefix, completion_nll, concat_captures,
     full_forward_nll, nll_from_hidden, replay_hidden, replay_hidden_after_prefix, shared_prefix_length,
@@ -478,7 +478,7 @@ def test_a_one_token_prefix_under_sdpa_gets_its_causal_mask():
 def test_select_rows_selects_one_dimensional_values_and_two_row_batches():
     """A batch-first value with one dimension is selected by rows too, and so is a 2-row batch
     (only a batch of one row, or a value shared by every row, is left as it is)."""
-    from easyedit_split.replay import _select_rows
+    from easyedit_split.fastpath.replay import _select_rows
 
     assert _select_rows(torch.tensor([10, 11, 12, 13]), torch.tensor([2, 0]), 4).tolist() == [12, 10]
     two = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
@@ -489,7 +489,7 @@ def test_select_rows_selects_one_dimensional_values_and_two_row_batches():
 def test_take_rows_equals_capturing_those_rows_alone_at_that_width(gemma):
     """`take_rows` (rows cut out of a wider capture) against a capture of just those rows: hidden
     states, every layer's kwargs (masks and rotary tables cut to the width) and the token batch."""
-    from easyedit_split.replay import take_rows
+    from easyedit_split.fastpath.replay import take_rows
 
     batch = _batch(lengths=(9, 6, 8))
     gemma2 = gemma
@@ -515,7 +515,7 @@ def test_replay_outputs_by_hand_hooks(llama):
     layer above the deepest requested one runs; rows default to all of them; layers below the
     capture are refused, naming both."""
     from easyedit_split.models import get_decoder_layers
-    from easyedit_split.replay import replay_outputs
+    from easyedit_split.fastpath.replay import replay_outputs
 
     batch = _batch()
     seen, calls = {}, []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from easyedit_split.packing import EncodedPair, _attention_mask, build_layout, replay_start
+from easyedit_split.fastpath.packing import EncodedPair, _attention_mask, build_layout, replay_start
 
 # prompt | matching | not matching
 A = EncodedPair((5, 6, 7), (8, 9), (10,))

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_model
 from easyedit_split.errors import ModelError
 from easyedit_split.interventions import DynamicWeightUpdate, attach
-from easyedit_split.recording import record_activations
+from easyedit_split.fastpath.recording import record_activations
 
 
 def _hook_count(model):

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny_model
 from easyedit_split.interventions import DynamicWeightUpdate, attach
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
-from easyedit_split.replay import (
+from easyedit_split.fastpath.replay import (
     capture_layer_inputs, capture_prefix, completion_nll, full_forward_nll, nll_from_hidden,
     replay_hidden_after_prefix, shared_prefix_length,
 )

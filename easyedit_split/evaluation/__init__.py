@@ -8,7 +8,7 @@ from .config import EvaluatorConfig
 from .fits import CurveFit, fit_and_summarize, fit_preference, fit_utility, preference_curve, utility_curve, validity_decay
 from .manifold import ManifoldOptions, ManifoldProbe, ManifoldResult
 from .metrics import SweepMetrics, compute_metrics, log1mexp, preference_odds, utility_odds
-from .preference_utility import DEFAULT_MULTIPLIERS, MethodResult, PreferenceUtilityEvaluator
+from .preference_utility import MethodResult, PreferenceUtilityEvaluator
 from .report import EvaluationReport
 from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs, score_pairs
 
@@ -16,7 +16,7 @@ EVALUATORS = {name: registry.get_evaluator(name) for name in registry.EVALUATORS
 """Evaluator name -> class, read from the package registry (EasyEdit's `steer.evaluate` gets this mapping)."""
 
 __all__ = [
-    "EVALUATORS", "EvaluatorConfig", "PreferenceUtilityEvaluator", "MethodResult", "EvaluationReport", "DEFAULT_MULTIPLIERS",
+    "EVALUATORS", "EvaluatorConfig", "PreferenceUtilityEvaluator", "MethodResult", "EvaluationReport",
     "ManifoldOptions", "ManifoldProbe", "ManifoldResult", "SweepMetrics", "compute_metrics", "log1mexp",
     "preference_odds", "utility_odds", "CurveFit", "fit_and_summarize", "fit_preference", "fit_utility",
     "preference_curve", "utility_curve", "validity_decay", "EncodedPair", "PairScores", "encode_pairs",

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
-from ..constants import DEFAULT_SWEEP
+from ..constants import PathLike
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
 from ..prompts import PromptFormat, first_steered_position
@@ -36,7 +36,6 @@ from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MULTIPLIERS = DEFAULT_SWEEP  # re-exported: examples/run_split.py imports it from evaluation
 UpdatesOrDir = Union[Mapping[int, DynamicWeightUpdate], str, Path]
 
 
@@ -100,29 +99,15 @@ class PreferenceUtilityEvaluator:
         config: Optional[EvaluatorConfig] = None,
         **options: Any,
     ) -> None:
-        config = (config or EvaluatorConfig()).replace(**options)
-        self.config = config
+        self.config = (config or EvaluatorConfig()).replace(**options)
         self.model = model
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format or PromptFormat()
-        self.multipliers = list(config.multipliers) if config.multipliers is not None else None
-        self.nll_mode = config.nll_mode
-        self.batch_size = int(config.batch_size)
-        self.n_bootstrap = int(config.n_bootstrap)
-        self.confidence = float(config.confidence)
-        self.seed = int(config.seed)
-        self.manifold = config.manifold_options()
-        self.layout = config.layout
-        self.utility_loss = float(config.utility_loss)
-        self.frontier_max_loss = float(config.frontier_max_loss)
-        self.progress = config.progress
-        self.memory_mb = config.memory_mb
-        self.steer_from = config.steer_from
 
     def steer_from_for(self, intervention_method: str) -> int:
         """First steered position when scoring a method of this form (docs/conventions.md)."""
-        if self.steer_from is not None:
-            return int(self.steer_from)
+        if self.config.steer_from is not None:
+            return int(self.config.steer_from)
         if self.tokenizer is None:
             return 0
         return first_steered_position(self.tokenizer, self.prompt_format, intervention_method, "scoring")
@@ -146,21 +131,21 @@ class PreferenceUtilityEvaluator:
 
     def scored_context(self, pairs: Sequence[Any], dataset: Optional[str] = None) -> dict:
         """What was scored: join rule, steered positions, NLL mode, chat template, dataset, number of examples."""
-        tokenizer = self.tokenizer
+        tokenizer, config = self.tokenizer, self.config
         return {
             "join_rule": self.prompt_format.join_rule,
             "completion_join": self.prompt_format.completion_join,
             "steer_positions": self.prompt_format.steer_positions,
-            "nll_mode": self.nll_mode,
+            "nll_mode": config.nll_mode,
             "chat_template": bool(tokenizer is not None and self.prompt_format.uses_template(tokenizer)),
             "system_prompt": self.prompt_format.system_prompt,
             "end_of_turn_suffix": bool(self.prompt_format.include_suffix),
             "dataset": dataset,
             "n_examples": len(pairs),
-            "multipliers": list(self.multipliers) if self.multipliers is not None else "per form (config.form_sweep)",
-            "accuracy_at": list(self.config.accuracy_at),
-            "layout": self.layout,
-            "steered_positions": (f"from token {self.steer_from} to the end" if self.steer_from is not None else
+            "multipliers": list(config.multipliers) if config.multipliers is not None else "per form (config.form_sweep)",
+            "accuracy_at": list(config.accuracy_at),
+            "layout": config.layout,
+            "steered_positions": (f"from token {config.steer_from} to the end" if config.steer_from is not None else
                                   "per method: see each method's info.steered_from (first steered token)"),
             "multiplier_zero": "unsteered model (EasyEdit's loss mode uses factor 0 as null-it-out)",
             "model": getattr(getattr(self.model, "config", None), "_name_or_path", None)
@@ -177,21 +162,23 @@ class PreferenceUtilityEvaluator:
     def evaluate(self, updates_or_dir: UpdatesOrDir, pairs: Sequence[Any], name: str = "method",
                  concept_id: int = 0) -> MethodResult:
         """Score, summarize and fit one intervention (a `{layer: update}` dict or a saved directory)."""
+        config = self.config
         updates, info = self._load(updates_or_dir, concept_id)
         info.update(_describe_updates(updates))
         form = info["intervention_method"]
-        multipliers = list(self.config.sweep_for(form))
+        multipliers = list(config.sweep_for(form))
         steer_from = self.steer_from_for(form)
         info.update(steered_from=steer_from, steer_positions=self.prompt_format.steer_positions, multipliers=multipliers)
         encoded = self._encode(pairs)
-        common = dict(nll_mode=self.nll_mode, batch_size=self.batch_size, layout=self.layout,
-                      pad_token_id=self._pad_id(), progress=self.progress, steer_from=steer_from,
-                      memory_mb=self.memory_mb)
+        common = dict(nll_mode=config.nll_mode, batch_size=int(config.batch_size), layout=config.layout,
+                      pad_token_id=self._pad_id(), progress=config.progress, steer_from=steer_from,
+                      memory_mb=config.memory_mb)
         started = time.perf_counter()
         probe = None
-        if self.manifold is not None:
-            layers = self.manifold.layers or default_probe_layers(min(updates), num_layers(self.model), self.manifold.n_later)
-            probe = ManifoldProbe(layers, self.manifold)
+        manifold = config.manifold_options()
+        if manifold is not None:
+            layers = manifold.layers or default_probe_layers(min(updates), num_layers(self.model), manifold.n_later)
+            probe = ManifoldProbe(layers, manifold)
             score_encoded_pairs(self.model, encoded, {}, [0.0], activation_layers=probe.layers,
                                 activation_hook=probe.collect, desc=f"{name}: manifold reference", **common)
             probe.fit()
@@ -200,20 +187,20 @@ class PreferenceUtilityEvaluator:
             activation_layers=probe.layers if probe else (), activation_hook=probe.measure if probe else None,
             desc=f"{name}: sweep", **common)
         info["seconds_scoring"] = time.perf_counter() - started
-        metrics = compute_metrics(scores, self.n_bootstrap, self.confidence, self.seed)
+        metrics = compute_metrics(scores, int(config.n_bootstrap), float(config.confidence), int(config.seed))
         if metrics.utility_undefined:
             logger.warning("%s: per-token NLLs make p = e^-L_p + e^-L_n >= 1 for %d rows; UtilOdds is undefined there "
                            "(left out of the statistics, counted in 'undefined_utility')",
                            name, int(metrics.undefined_utility.sum()))
         fits = fit_and_summarize(multipliers, metrics.preference.mean, metrics.utility.mean,
-                                 self.utility_loss, self.frontier_max_loss)
-        manifold = probe.result(multipliers, metrics.utility.mean) if probe else None
+                                 float(config.utility_loss), float(config.frontier_max_loss))
+        probed = probe.result(multipliers, metrics.utility.mean) if probe else None
         info["seconds_total"] = time.perf_counter() - started
-        return MethodResult(name, scores, metrics, fits, manifold, info)
+        return MethodResult(name, scores, metrics, fits, probed, info)
 
     # ------------------------------------------------------------------ several methods
     def compare(self, methods: Mapping[str, UpdatesOrDir], pairs: Sequence[Any],
-                out_dir: Optional[Union[str, Path]] = None, dataset: Optional[str] = None,
+                out_dir: Optional[PathLike] = None, dataset: Optional[str] = None,
                 concept_id: int = 0) -> EvaluationReport:
         """Evaluate every method on the same pairs; write the report to `out_dir` when given."""
         results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id) for name, updates in methods.items()]

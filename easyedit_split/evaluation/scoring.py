@@ -28,13 +28,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import capture_cache
+from ..fastpath import capture_cache
+from ..fastpath.packing import LAYOUTS, EncodedPair, build_layout, completion_token_nll, replay_start
+from ..fastpath.recording import record_activations
+from ..fastpath.replay import replay_hidden_after_prefix
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import model_device, num_layers
-from ..packing import LAYOUTS, EncodedPair, build_layout, completion_token_nll, replay_start
 from ..prompts import PromptFormat, encode_completion, encode_prompt, first_steered_position, pad_token_id_of
-from ..recording import record_activations
-from ..replay import replay_hidden_after_prefix
 
 logger = logging.getLogger(__name__)
 

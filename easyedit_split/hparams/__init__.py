@@ -14,7 +14,6 @@ Modules: ``reading`` (YAML, sections, type coercion, aliases, key checks), ``bas
 """
 from __future__ import annotations
 
-from ..constants import canonical_alg_name  # re-exported: producing.py imports it from here
 from .base import HyperParams
 from .loading import load_hparams
 from .methods import (
@@ -51,7 +50,6 @@ __all__ = [
     "ApplyRePSHyperParams",
     "ApplySplitHyperParams",
     "TopLevelConfig",
-    "canonical_alg_name",
     "keep_known_keys",
     "load_hparams",
 ]

@@ -7,20 +7,20 @@ spellings and rejects unknown keys with the closest valid one.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Mapping, Optional, Union
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 import yaml
 
 from .. import registry
-from ..errors import HparamsError
+from ..constants import PathLike
+from ..dtypes import canonical_dtype_name, resolve_dtype
+from ..errors import HparamsError, suggest
 from .reading import (
     SECTION_NAMES,
     Mismatch,
     apply_key_aliases,
     apply_value_aliases,
-    canonical_dtype_name,
     check_min,
     coerce,
     describe,
@@ -28,7 +28,6 @@ from .reading import (
     is_sectioned,
     read_source,
     resolve_section,
-    suggest,
 )
 
 
@@ -66,7 +65,7 @@ class HyperParams:
             the offline default model. No default: EasyEdit's method files leave it to the
             top-level config; loading a model with none named is an error that says where to set it.
         dtype: weight dtype name (``fp32``/``float32``, ``fp16``/``float16``/``half``,
-            ``bf16``/``bfloat16``, ``auto``); see ``models.resolve_dtype``.
+            ``bf16``/``bfloat16``, ``auto``); see ``dtypes.resolve_dtype``.
         device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (accelerate placement).
         use_cache: let the model keep a key/value cache during generation.
         override_model_weights_path: a state-dict file loaded over the model's weights.
@@ -139,8 +138,6 @@ class HyperParams:
     @property
     def torch_dtype(self) -> Any:
         """``dtype`` as a torch dtype (or ``"auto"``)."""
-        from ..models import resolve_dtype  # here, not at the top: configuration code stays free of torch
-
         return resolve_dtype(self.dtype)
 
     @classmethod
@@ -197,7 +194,7 @@ class HyperParams:
         """Plain dict of all keys (YAML-serialisable)."""
         return dataclasses.asdict(self)
 
-    def to_yaml(self, path: Union[str, os.PathLike]) -> None:
+    def to_yaml(self, path: PathLike) -> None:
         """Write all keys as a flat YAML method file that ``from_hparams`` reads back."""
         from ..storage import atomic_write_text  # here, not at the top: storage loads torch; reading files does not
 

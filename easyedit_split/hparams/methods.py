@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, List, Optional, Union
 
 from ..constants import (
-    ALG_ALIASES, CAA_TOKEN_SETS, COMPLETION_JOINS, INTERVENTION_COMPONENTS, INTERVENTION_METHODS, STEER_POSITIONS,
+    ALG_ALIASES, CAA_TOKEN_SETS, COMPLETION_JOINS, INTERVENTION_COMPONENTS, INTERVENTION_METHODS, SFT_PREFERENCE_TYPES,
+    STEER_POSITIONS,
 )
 from ..errors import HparamsError
 from .base import HyperParams
@@ -21,7 +22,6 @@ from .reading import apply_value_aliases, check_choice, check_finite_fields, che
 INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
 PREFERENCE_PAIRS = ("orig_add", "orig_sub", "steered_add", "steered_sub")
-SFT_PREFERENCE_TYPES = ("winning_only", "losing_only")
 
 
 def _check_conventions(params: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import logging
 import math
 import os
@@ -17,7 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union, get_args, get_orig
 
 import yaml
 
-from ..errors import HparamsError
+from ..constants import PathLike
+from ..errors import HparamsError, suggest
 
 try:  # omegaconf comes with hydra-core; stay usable without it
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -48,32 +48,7 @@ VALUE_ALIASES: Dict[str, Dict[str, str]] = {
 }
 
 
-DTYPE_NAMES: Dict[str, str] = {
-    "fp32": "float32", "float32": "float32", "float": "float32", "torch.float32": "float32",
-    "fp16": "float16", "float16": "float16", "half": "float16", "torch.float16": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16", "torch.bfloat16": "bfloat16",
-    "fp64": "float64", "float64": "float64", "double": "float64", "torch.float64": "float64",
-    "auto": "auto",
-}
-
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def canonical_dtype_name(name: Any) -> str:
-    """EasyEdit's dtype spellings (``fp16``, ``half``, ``torch.bfloat16``, ...) -> ``float16``, ``bfloat16``, ``auto``.
-
-    ``torch.dtype`` objects are read by their name, so this module needs no torch;
-    ``models.resolve_dtype`` turns the name into the torch dtype.
-    """
-    if name is not None and not isinstance(name, str) and type(name).__name__ == "dtype":
-        name = str(name)
-    if not isinstance(name, str):
-        raise HparamsError(f"dtype: expected a dtype name such as 'float32', got {type(name).__name__} ({name!r})")
-    canonical = DTYPE_NAMES.get(name.strip().lower())
-    if canonical is None:
-        short = sorted(key for key in DTYPE_NAMES if not key.startswith("torch."))
-        raise HparamsError(f"dtype {name!r} is not known{suggest(name, DTYPE_NAMES)}; use one of {', '.join(short)}")
-    return canonical
 
 
 # --------------------------------------------------------------------------- type checking
@@ -166,12 +141,6 @@ def field_types(cls: type) -> Dict[str, Any]:
     return _HINTS_CACHE[cls]
 
 
-def suggest(key: str, candidates: Any) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise HparamsError(
@@ -216,7 +185,7 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def yaml_path(path: Union[str, os.PathLike]) -> Path:
+def yaml_path(path: PathLike) -> Path:
     """EasyEdit accepts a method path without ``.yaml``; so do we."""
     text = os.fspath(path)
     if not text.endswith((".yaml", ".yml")) and not os.path.exists(text):
@@ -224,7 +193,7 @@ def yaml_path(path: Union[str, os.PathLike]) -> Path:
     return Path(text)
 
 
-def _read_yaml(path: Union[str, os.PathLike]) -> tuple:
+def _read_yaml(path: PathLike) -> tuple:
     """Read a YAML mapping; errors name the file (and line for syntax errors)."""
     file_path = yaml_path(path)
     source = str(file_path)

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from .. import registry
-from ..errors import HparamsError
+from ..constants import PathLike
+from ..errors import HparamsError, suggest
 from .loading import load_hparams
 from .base import HyperParams
 from .methods import ApplyHyperParams, TrainHyperParams
-from .reading import apply_key_aliases, check_min, field_types, keep_known_keys, suggest, yaml_path
+from .reading import apply_key_aliases, check_min, field_types, keep_known_keys, yaml_path
 
 
 def _all_method_keys() -> frozenset:
@@ -142,7 +143,7 @@ class TopLevelConfig(HyperParams):
         merged.update(copy.deepcopy(updates))
         return type(hparams)(**merged)
 
-    def _resolve_path(self, path: str, base_dir: Optional[Union[str, os.PathLike]], key: str) -> Path:
+    def _resolve_path(self, path: str, base_dir: Optional[PathLike], key: str) -> Path:
         candidate = Path(path)
         if not candidate.is_absolute():
             candidate = Path(base_dir or os.getcwd()) / candidate
@@ -154,7 +155,7 @@ class TopLevelConfig(HyperParams):
             )
         return resolved
 
-    def load_train_hparams(self, base_dir: Optional[Union[str, os.PathLike]] = None) -> List[TrainHyperParams]:
+    def load_train_hparams(self, base_dir: Optional[PathLike] = None) -> List[TrainHyperParams]:
         """Train hparams of every ``steer_train_hparam_paths`` file, merged with this config.
 
         Each gets its index-aligned ``steer_vector_output_dirs`` entry and the
@@ -178,7 +179,7 @@ class TopLevelConfig(HyperParams):
                 raise HparamsError(f"{file_path} (merged with the top-level config): {exc}") from None
         return result
 
-    def load_apply_hparams(self, base_dir: Optional[Union[str, os.PathLike]] = None) -> List[ApplyHyperParams]:
+    def load_apply_hparams(self, base_dir: Optional[PathLike] = None) -> List[ApplyHyperParams]:
         """Apply hparams of every ``apply_steer_hparam_paths`` file, merged with this config.
 
         Each gets its index-aligned ``steer_vector_load_dir`` entry.

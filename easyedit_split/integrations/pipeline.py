@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..apply import load_for_apply
-from ..constants import INTERVENTION_METHODS, METHOD_NAMES, easyedit_alg_dir_name
+from ..constants import INTERVENTION_METHODS, METHOD_NAMES, SFT_PREFERENCE_TYPES, easyedit_alg_dir_name
 from ..data import (
     EASYEDIT_GENERATION_FILES, EASYEDIT_TEST_FILES, EASYEDIT_TRAIN_FILES, GenerationExample, PolarityPair,
     easyedit_data_file, group_by_concept, list_datasets, load_dataset, load_generation_data,
@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 LossHyperParams = Union[SFTHyperParams, SplitHyperParams]
 """The methods with NLL loss weights, whose losses EasyEdit's loss mode reports."""
-
-LOSS_PREFERENCE_TYPES = ("winning_only", "losing_only")
 
 
 def expand_runs(method: str, intervention_method: str) -> list[tuple[str, str]]:
@@ -250,8 +248,8 @@ def loss_csv_text(rows: LossRows, hparams: LossHyperParams, multiplier: float, p
     reports the winner's per-token mean NLL, `losing_only` the loser's. Rows are in data order
     (EasyEdit's loader shuffles them), `step` is the example index, epoch 0.
     """
-    if preference_type not in LOSS_PREFERENCE_TYPES:
-        raise HparamsError(f"sft_preference_type: '{preference_type}' is not one of {LOSS_PREFERENCE_TYPES}")
+    if preference_type not in SFT_PREFERENCE_TYPES:
+        raise HparamsError(f"sft_preference_type: '{preference_type}' is not one of {SFT_PREFERENCE_TYPES}")
     out = io.StringIO()
     writer = csv.writer(out)
     header = loss_csv_header(hparams)

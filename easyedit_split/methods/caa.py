@@ -23,15 +23,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import capture_cache
 from ..constants import CAA_TOKEN_SETS
 from ..data import PolarityPair
+from ..fastpath import capture_cache
+from ..fastpath.packing import build_layout, capture_template, pair_batch, pairs_from_batch
+from ..fastpath.recording import record_activations
+from ..fastpath.replay import replay_outputs
 from ..interventions import DynamicWeightUpdate
 from ..models import check_layer, model_device
-from ..packing import build_layout, capture_template, pair_batch, pairs_from_batch
 from ..prompts import IGNORE_INDEX, EncodedCompletion, PromptFormat, TokenBatch, collate, encode_batch
-from ..recording import record_activations
-from ..replay import replay_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .models import hidden_to_logits, model_device
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion
+from ..models import hidden_to_logits, model_device
+from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion
 from .replay import CapturedInputs, capture_layer_inputs
 
 LAYOUTS = ("packed", "rows")

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .models import get_layer
+from ..models import get_layer
 
 __all__ = ["Recording", "record_activations"]
 

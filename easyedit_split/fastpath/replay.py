@@ -22,9 +22,9 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .interventions import DynamicWeightUpdate, attach
-from .models import get_decoder_layers, hidden_to_logits
-from .prompts import IGNORE_INDEX, TokenBatch
+from ..interventions import DynamicWeightUpdate, attach
+from ..models import get_decoder_layers, hidden_to_logits
+from ..prompts import IGNORE_INDEX, TokenBatch
 from .recording import record_activations
 
 # Layer kwargs whose first dimension is the batch; everything else is shared by all rows.

@@ -38,8 +38,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import __version__
-from .models import get_decoder_layers, hidden_size
+from .. import __version__
+from ..models import get_decoder_layers, hidden_size
 from .packing import PackedLayout, capture_layout, select_rows
 from .replay import CapturedInputs, PrefixKeyValues, capture_prefix, concat_captures, take_rows
 
@@ -216,7 +216,7 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 def _from_payload(payload: dict[str, Any], key: str, storage: torch.device, run: torch.device) -> Capture:
-    from .prompts import TokenBatch
+    from ..prompts import TokenBatch
 
     inputs = CapturedInputs(
         payload["start_layer"], payload["hidden_states"].to(storage),
@@ -239,7 +239,7 @@ def _load(path: Path, key: str, storage: torch.device, run: torch.device) -> Opt
 
 
 def _save(path: Path, entry: Capture) -> None:
-    from .storage import atomic_torch_save
+    from ..storage import atomic_torch_save
 
     try:
         atomic_torch_save(_to_payload(entry), path)

@@ -1,0 +1,10 @@
+"""The fast path: how training, CAA and scoring avoid running the same layers twice.
+
+- `recording`: the one activation recorder (`record_activations(model, layers, stop_after=...)`);
+- `replay`: layers below the intervention run once, only the layers from it upward are replayed;
+- `packing`: a prompt and both of its completions share one steered pass (training and scoring);
+- `capture_cache`: one capture per dataset, reused across methods and runs (memory, optional disk).
+
+Nothing here is user-facing API: the modules are imported by `training`, `methods.caa` and
+`evaluation.scoring`, and results match the plain full forward (tests pin this).
+"""
