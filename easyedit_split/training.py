@@ -633,6 +633,10 @@ OnTrained = Callable[[int, int, DynamicWeightUpdate, TrainingLog], None]
 """`(layer, concept_id, update, log)`, called after each (layer, concept) is trained (e.g. to save it)."""
 
 
+PairsOrGroups = Union[Sequence[PolarityPair], Mapping[int, Sequence[PolarityPair]]]
+"""What a trainer takes: the pairs, or their grouping by `concept_groups` (then used as given)."""
+
+
 def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> dict[int, list[PolarityPair]]:
     """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
     (as EasyEdit), each capped at `max_num_of_examples` pairs."""
@@ -646,7 +650,7 @@ def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperPar
 def train_method(
     alg_name: str,
     hparams: GradientTrainHyperParams,
-    pairs: Sequence[PolarityPair],
+    pairs: PairsOrGroups,
     model: nn.Module,
     tokenizer: Any,
     loss: PreferenceLoss,
@@ -662,10 +666,11 @@ def train_method(
     `concept_id`) returns `{layer: {concept_id: update}}`. Nothing is written here: `finished`
     (`{layer: {concept_id: update}}`, from an earlier run) is reused instead of trained, and
     `on_trained` is called after every newly trained (layer, concept), in order; `producing`
-    uses both to save and resume.
+    uses both to save and resume. `pairs` may be the grouping `concept_groups` made of them (`producing`
+    groups once per run and passes it to the saver and here).
     """
     _check_supported(hparams)
-    groups = concept_groups(pairs, hparams)
+    groups = pairs if isinstance(pairs, Mapping) else concept_groups(pairs, hparams)
     multi_concept = len(groups) > 1
     for layer in hparams.layers:
         check_layer(model, layer)
@@ -704,7 +709,7 @@ def method_trainer(
 
     def train(
         hparams: GradientTrainHyperParams,
-        pairs: Sequence[PolarityPair],
+        pairs: PairsOrGroups,
         model: nn.Module,
         tokenizer: Any,
         progress: bool = True,

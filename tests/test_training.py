@@ -16,7 +16,7 @@ from easyedit_split.methods.split import split_loss
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.replay import full_forward_nll
 from easyedit_split.producing import ConceptSaver
-from easyedit_split.storage import safe_torch_load
+from easyedit_split.storage.files import safe_torch_load
 from easyedit_split.training import (
     PreparedPairs, StepPlan, plan_step, prepare_pairs, step_loss, train_layer, train_method,
 )

@@ -15,6 +15,7 @@ import yaml
 
 from .. import registry
 from ..errors import HparamsError
+from ..storage.files import atomic_write_text
 from .reading import (
     SECTION_NAMES,
     Mismatch,
@@ -199,8 +200,6 @@ class HyperParams:
 
     def to_yaml(self, path: Union[str, os.PathLike]) -> None:
         """Write all keys as a flat YAML method file that ``from_hparams`` reads back."""
-        from ..storage import atomic_write_text  # here, not at the top: storage loads torch; reading files does not
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
