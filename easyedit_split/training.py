@@ -40,7 +40,7 @@ NLLs (no intervention) are computed once, only when the loss needs them, from th
 `fast=False` runs the plain full forward instead (one sequence per completion, same steered
 positions, same loss; references recomputed every step as EasyEdit does) for tests and the benchmark.
 
-Steered positions: `PreparedPairs.steered` is a per-sequence mask (`[2 * examples, seq]`; by default
+Steered positions: `prepared_pairs.PreparedPairs.steered` is a per-sequence mask (`[2 * examples, seq]`; by default
 every position from `prefix_length` on), laid out into the packed rows. Positions dropout is drawn
 once per (example, pair) on the packed row, so a dropped prompt position is dropped for both
 completions (they share that position's pass); the plain path reads the same draw.
