@@ -42,7 +42,8 @@ from easyedit_split.hparams import load_hparams
 from easyedit_split.methods.split import split_loss
 from easyedit_split.models import load_model_and_tokenizer
 from easyedit_split.prompts import PromptFormat, encode_batch
-from easyedit_split.training import new_update, plan_step, prepare_pairs, step_loss, train_layer
+from easyedit_split.prepared_pairs import prepare_pairs
+from easyedit_split.training import new_update, plan_step, step_loss, train_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "hparams/sentiment/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml"

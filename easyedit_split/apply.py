@@ -10,7 +10,7 @@ from .constants import canonical_alg_name
 from .errors import HparamsError
 from .hparams import ApplyHyperParams
 from .interventions import DynamicWeightUpdate, InterventionHandle, attach
-from .storage import load_interventions
+from .storage.units import load_interventions
 
 
 def per_layer_multipliers(layers: list[int], multipliers: list[float], source: str = "apply hparams") -> dict[int, float]:

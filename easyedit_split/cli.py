@@ -68,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens)
         _print_demo(result)
         return 0
-    from .storage import check_writable
+    from .storage.files import check_writable
 
     check_writable(args.output_dir, "report directory")  # before minutes of training
     print("Main job: CAA, SFT and SPLIT steering vectors on the default model (SmolLM2-135M-Instruct, CPU)\n", flush=True)
@@ -87,7 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
-    from .storage import check_writable, intervention_dir
+    from .easyedit_layout import intervention_dir
+    from .storage.files import check_writable
 
     hparams = load_hparams(args.hparams)
     overrides = {key: value for key, value in (("model_name_or_path", args.model), ("device", args.device),
@@ -116,7 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .model_choice import choose_model
     from .prompts import check_prompt_length
     from .steering import SteeringInterventions
-    from .storage import load_interventions
+    from .storage.units import load_interventions
 
     if args.concept_id < 0:
         raise StorageError(f"{args.vectors}: --concept-id must be >= 0, got {args.concept_id}")

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     from .evaluation import PreferenceUtilityEvaluator
     from .models import load_model_and_tokenizer, num_layers, validate_layers
     from .prompts import PromptFormat, check_completion_length, conventions_for
-    from .storage import check_writable, load_interventions
+    from .storage.files import check_writable
+    from .storage.units import load_interventions
 
     try:
         config = _evaluator_config(args)

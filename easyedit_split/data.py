@@ -26,7 +26,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import DatasetError
 
@@ -49,38 +49,10 @@ __all__ = [
     "group_by_concept",
     "split_pairs",
     "strip_completions",
-    "EASYEDIT_TRAIN_FILES",
-    "EASYEDIT_TEST_FILES",
-    "EASYEDIT_GENERATION_FILES",
-    "easyedit_data_file",
 ]
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
-
-# EasyEdit's hparams/Steer/dataset_format.yaml: where its datasets live, relative to its checkout.
-EASYEDIT_TRAIN_FILES = {
-    "psychopathy": "data/psychopathy/train.jsonl",
-    "powerseeking": "data/powerseeking/train.csv",
-    "axbench": "data/axbench/prod_9b_l20_v1/generate/dpo_train_data.parquet",
-    "axbench_train": "data/axbench/axbench_train.parquet",
-}
-EASYEDIT_TEST_FILES = {
-    "psychopathy": "data/psychopathy/test.jsonl",
-    "axbench": "data/axbench/axbench_test.parquet",
-    "axbench_test": "data/axbench/axbench_test.parquet",
-}
-EASYEDIT_GENERATION_FILES = {
-    "psychopathy": "data/psychopathy/test.jsonl",
-    "axbench": "data/axbench/alpaca_eval.json",
-    "axbench_test": "data/axbench/axbench_test.parquet",
-}
-
-
-def easyedit_data_file(table: Mapping[str, str], dataset: str, base_dir: str | Path) -> Path | None:
-    """Where EasyEdit keeps `dataset` (one of the tables above) under its checkout `base_dir`; None if not listed."""
-    relative = table.get(dataset)
-    return Path(base_dir) / relative if relative else None
 
 
 @dataclass(frozen=True)

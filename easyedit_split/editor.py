@@ -19,7 +19,7 @@ from torch import nn
 
 from .constants import PathLike
 from .data import PolarityPair, load_dataset
-from .dataset_names import dataset_label
+from .easyedit_layout import dataset_label
 from .errors import HparamsError
 from .hparams import ApplyHyperParams, HyperParams, TrainHyperParams, load_hparams
 from .generation import GenerationSettings, generate_steered, texts_by_multiplier

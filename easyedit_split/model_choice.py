@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from .models import require_model_name
-from .storage import read_metadata
+from .storage.units import read_metadata
 
 
 def recorded_model(directories: Iterable[Union[str, Path]]) -> Optional[str]:

@@ -6,39 +6,28 @@ metadata and the resume state of multi-concept runs are written here, after each
 an interrupted run loses at most the concept in progress. CAA (no training) is saved here too,
 one stacked row per concept for multi-concept data.
 
-The method directory is checked for writability and locked (`storage.DirectoryLock`) before any
+The method directory is checked for writability and locked (`storage.units.DirectoryLock`) before any
 compute, so an impossible output path or a second run writing the same directory fails at once.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 from torch import nn
 
+from .constants import PathLike
 from .data import PolarityPair, group_by_concept
+from .easyedit_layout import intervention_dir, layer_file
 from .interventions import DynamicWeightUpdate
 from .registry import get_method
-from .storage import (
-    DirectoryLock,
-    atomic_write_text,
-    check_writable,
-    intervention_dir,
-    intervention_metadata,
-    layer_file,
-    payload_to_update,
-    read_finished_concepts,
-    safe_torch_load,
-    save_interventions,
-    stack_concept_payload,
-    write_directory,
-)
+from .storage.files import atomic_write_text, check_writable, safe_torch_load
+from .storage.payloads import payload_to_update
+from .storage.units import DirectoryLock, intervention_metadata, read_finished_concepts, save_interventions
 from .training import TrainingLog, concept_groups
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, Path]
 
 
 def train_to_dir(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokenizer: Any,
@@ -70,16 +59,17 @@ def train_and_save(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module
             check_writable(hparams.loss_output_dir, "loss_output_dir")
         if not spec.trained:
             return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, None, dataset_name, metadata)
-        return spec.train_function()(hparams, list(pairs), model, tokenizer, progress=progress, finished=None,
-                                     on_trained=_loss_log_writer(hparams))
+        return spec.train_function()(hparams, concept_groups(pairs, hparams), model, tokenizer, progress=progress,
+                                     finished=None, on_trained=_loss_log_writer(hparams))
     directory = check_writable(Path(directory), "intervention directory")
     if getattr(hparams, "loss_output_dir", None):
         check_writable(hparams.loss_output_dir, "loss_output_dir")
     with DirectoryLock(directory):
         if not spec.trained:
             return _compute_and_save(spec.train_function(), hparams, pairs, model, tokenizer, directory, dataset_name, metadata)
-        saver = ConceptSaver(directory, hparams, pairs, model, dataset_name, metadata)
-        return spec.train_function()(hparams, list(pairs), model, tokenizer, progress=progress,
+        groups = concept_groups(pairs, hparams)  # once per run: the saver and the trainer share it
+        saver = ConceptSaver(directory, hparams, groups, model, dataset_name, metadata)
+        return spec.train_function()(hparams, groups, model, tokenizer, progress=progress,
                                      finished=saver.finished(), on_trained=saver)
 
 
@@ -98,18 +88,17 @@ class ConceptSaver:
 
     Single concept: `layer_<L>.pt` and `metadata.json` after each layer. Multi-concept: the
     concept's row (or entry) in the stacked `layer_<L>.pt`, then `metadata.json`, then the resume
-    state `train_state_layer_<L>.json`. Each save is one `storage.write_directory` unit, sealed by
-    the manifest, so between concepts the directory loads with what is finished.
+    state `train_state_layer_<L>.json`. Each save is one `storage.units.save_interventions` unit,
+    sealed by the manifest, so between concepts the directory loads with what is finished.
+    `groups` is the trainer's grouping of the pairs (`training.concept_groups`).
     """
 
-    def __init__(self, directory: Path, hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module,
+    def __init__(self, directory: Path, hparams: Any, groups: Mapping[int, Sequence[PolarityPair]], model: nn.Module,
                  dataset_name: Optional[str], extra: dict) -> None:
         self.directory, self.hparams, self.model, self.dataset_name, self.extra = directory, hparams, model, dataset_name, extra
-        groups = concept_groups(pairs, hparams)
         self.multi_concept = len(groups) > 1
         self.concept_names = {cid: group[0].concept for cid, group in groups.items()}
         self.saved: dict[int, dict[int, DynamicWeightUpdate]] = {}
-        self.payloads: dict[int, Any] = {}
 
     def finished(self) -> dict[int, dict[int, DynamicWeightUpdate]]:
         """Concepts an earlier run saved, `{layer: {concept_id: update}}` (multi-concept runs only)."""
@@ -122,7 +111,6 @@ class ConceptSaver:
             if concepts:
                 payload = safe_torch_load(path)
                 done[layer] = {cid: payload_to_update(payload, concept_id=cid, source=str(path)) for cid in concepts}
-                self.payloads[layer] = payload
                 logger.info("%s: concepts %s already trained (resume state); not retrained", path, concepts)
         self.saved = {layer: dict(updates) for layer, updates in done.items()}
         return done
@@ -134,11 +122,10 @@ class ConceptSaver:
             updates = {saved_layer: concepts[concept_id] for saved_layer, concepts in self.saved.items()}
             save_interventions(self.directory, updates, self._metadata(updates))
             return
-        self.payloads[layer] = stack_concept_payload(self.payloads.get(layer), concept_id, update)
         finished = sorted(self.saved[layer])
         metadata = self._metadata(self.saved, concepts={str(c): self.concept_names[c] for c in finished})
-        write_directory(self.directory, {layer: self.payloads[layer]}, metadata, layers=sorted(self.saved),
-                        train_state={layer: finished}, alg_name=self.hparams.alg_name)
+        save_interventions(self.directory, {layer: self.saved[layer]}, metadata, layers=sorted(self.saved),
+                           train_state={layer: finished}, alg_name=self.hparams.alg_name)
 
     def _metadata(self, updates: dict, **extra: Any) -> dict:
         return intervention_metadata(updates, alg_name=self.hparams.alg_name, hparams=self.hparams, model=self.model,
@@ -160,11 +147,9 @@ def _compute_and_save(train: Any, hparams: Any, pairs: Sequence[PolarityPair], m
             save_interventions(directory, updates, metadata(updates))
         return updates
     result: dict = {layer: {} for layer in hparams.layers}
-    payloads: dict[int, Any] = {}
     for concept_id, group in groups.items():  # multi-concept CAA: one vector per concept, stacked rows
         for layer, update in train(hparams, group, model, tokenizer).items():
             result[layer][concept_id] = update
-            payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
     if directory is not None:
-        write_directory(directory, payloads, metadata(result, concepts=sorted(groups)))
+        save_interventions(directory, result, metadata(result, concepts=sorted(groups)))
     return result

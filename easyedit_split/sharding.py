@@ -32,36 +32,28 @@ import time
 from datetime import timedelta
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
 
+from .constants import PathLike
 from .data import PolarityPair, group_by_concept, load_dataset
+from .easyedit_layout import layer_file
 from .errors import StorageError, TrainingError
 from .hparams import load_hparams
 from .interventions import DynamicWeightUpdate
 from .models import load_model_and_tokenizer, require_model_name
 from .producing import train_and_save
 from .registry import get_method
-from .storage import (
-    atomic_write_text,
-    check_writable,
-    intervention_metadata,
-    layer_file,
-    listed_layers,
-    payload_to_update,
-    safe_torch_load,
-    stack_concept_payload,
-    write_directory,
-)
+from .storage.files import atomic_write_text, check_writable, safe_torch_load
+from .storage.payloads import payload_to_update
+from .storage.units import intervention_metadata, listed_layers, save_interventions
 from .training import concept_groups
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, Path]
 DONE_MARKER = "DONE"
 
 
@@ -192,7 +184,6 @@ def merge_concepts(output_dir: PathLike, concept_ids: Sequence[int], metadata: O
         raise StorageError(f"{output_dir}: concepts {missing} are not finished (no {DONE_MARKER} in shards/concept_<id>/)")
     layers = listed_layers(shard_dir(output_dir, concept_ids[0]), verify=True)
     updates: dict[int, dict[int, DynamicWeightUpdate]] = {}
-    payloads: dict[int, Any] = {}
     for concept_id in concept_ids:
         directory = shard_dir(output_dir, concept_id)
         if listed_layers(directory, verify=True) != layers:
@@ -204,10 +195,9 @@ def merge_concepts(output_dir: PathLike, concept_ids: Sequence[int], metadata: O
             path = layer_file(shard_dir(output_dir, concept_id), layer)
             update = payload_to_update(safe_torch_load(path), source=str(path))
             updates[layer][concept_id] = update
-            payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
     meta = intervention_metadata(updates, concepts=concept_ids, sharded=True, **(metadata or {}))
-    return write_directory(output_dir, payloads, meta, train_state={layer: concept_ids for layer in layers},
-                           alg_name=meta.get("alg_name"))
+    return save_interventions(output_dir, updates, meta, train_state={layer: concept_ids for layer in layers},
+                              alg_name=meta.get("alg_name"))
 
 
 def train_sharded(

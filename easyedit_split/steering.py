@@ -17,10 +17,9 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .constants import PathLike
 from .interventions import DynamicWeightUpdate, InterventionHandle, Multiplier, attach
-from .storage import intervention_metadata, load_interventions, save_interventions, stack_concept_payload, write_directory
-
-PathLike = Union[str, Path]
+from .storage.units import load_interventions, save_interventions
 Trained = Mapping[int, Union[DynamicWeightUpdate, Mapping[int, DynamicWeightUpdate]]]
 """What a method's trainer returns: `{layer: update}` or, for multi-concept data, `{layer: {concept_id: update}}`."""
 
@@ -72,13 +71,11 @@ class SteeringInterventions(Mapping[int, DynamicWeightUpdate]):
         does), metadata.json and the manifest; layer files of other layers in `directory` are deleted."""
         if len(self.concepts) <= 1:
             return save_interventions(directory, self._updates, metadata, self.concept_id)
-        payloads: dict = {}
+        per_layer: dict[int, dict[int, DynamicWeightUpdate]] = {}
         for concept_id, updates in sorted(self.concepts.items()):
             for layer, update in updates.items():
-                payloads[layer] = stack_concept_payload(payloads.get(layer), concept_id, update)
-        per_layer = {layer: {c: u[layer] for c, u in self.concepts.items() if layer in u} for layer in payloads}
-        meta = {**intervention_metadata(per_layer), "concepts": sorted(self.concepts), **(metadata or {})}
-        return write_directory(directory, payloads, meta)
+                per_layer.setdefault(layer, {})[concept_id] = update
+        return save_interventions(directory, per_layer, {"concepts": sorted(self.concepts), **(metadata or {})})
 
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, layer: int) -> DynamicWeightUpdate:

@@ -40,7 +40,7 @@ NLLs (no intervention) are computed once, only when the loss needs them, from th
 `fast=False` runs the plain full forward instead (one sequence per completion, same steered
 positions, same loss; references recomputed every step as EasyEdit does) for tests and the benchmark.
 
-Steered positions: `PreparedPairs.steered` is a per-sequence mask (`[2 * examples, seq]`; by default
+Steered positions: `prepared_pairs.PreparedPairs.steered` is a per-sequence mask (`[2 * examples, seq]`; by default
 every position from `prefix_length` on), laid out into the packed rows. Positions dropout is drawn
 once per (example, pair) on the packed row, so a dropped prompt position is dropped for both
 completions (they share that position's pass); the plain path reads the same draw.
@@ -69,13 +69,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from .data import PolarityPair, group_by_concept
 from .errors import HparamsError, TrainingError
-from .fastpath import capture_cache
-from .fastpath.packing import (PackedLayout, build_layout, capture_template, completion_token_nll, pair_batch,
-                               pairs_from_batch, replay_start)
-from .fastpath.replay import CapturedInputs, CompletionNLL, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix
+from .fastpath.replay import CompletionNLL, full_forward_nll
 from .interventions import DynamicWeightUpdate, InterventionHandle
 from .models import check_layer, hidden_size, model_device
-from .prompts import IGNORE_INDEX, PromptFormat, TokenBatch, first_steered_position
+from .prepared_pairs import PreparedPairs, prepare_pairs
 
 if TYPE_CHECKING:  # annotations only: the trainer reads the fields of any gradient-trained method's hparams
     from .hparams import GradientTrainHyperParams
@@ -85,10 +82,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LossTerms",
     "PreferenceLoss",
-    "PreparedPairs",
     "StepPlan",
     "TrainingLog",
-    "prepare_pairs",
     "plan_step",
     "step_loss",
     "new_update",
@@ -99,7 +94,6 @@ __all__ = [
 ]
 
 SUPPORTED_PAIRS = ("orig_add", "orig_sub")
-_REFERENCE_CHUNK = 64  # rows per unsteered scoring pass (fewer when the memory budget says so)
 
 
 # ============================================================================ loss inputs
@@ -166,137 +160,6 @@ PreferenceLoss = Callable[[LossTerms, "GradientTrainHyperParams"], torch.Tensor]
 def pooled_nll(nll_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Token-weighted mean NLL over the rows of a chunk, as a Hugging Face `outputs.loss` of that batch."""
     return nll_sum.sum() / count.sum().clamp_min(1)
-
-
-# ============================================================================ tokenized data
-
-
-@dataclass
-class PreparedPairs:
-    """Every example's two sequences, tokenized once: row `2i` matching, row `2i + 1` not matching.
-
-    `steered` is the per-sequence steering mask (`[2 * examples, seq]`, 1 = steered); by default
-    every position from `prefix_length` on (EasyEdit's chat-template prefix stays unsteered).
-    `layout` packs each example's prompt and both completions into one row (`packing`); the fast
-    path's `captured` inputs of the trained layer and `prefix_cache` (keys/values of the leading
-    positions every packed row shares, never steered) are of those rows. `reference_nll` holds the
-    unsteered completion NLL sums of every sequence (computed once, when needed).
-    """
-
-    batch: TokenBatch
-    prefix_length: int = 0
-    captured: Optional[CapturedInputs] = None
-    reference_nll: Optional[torch.Tensor] = None
-    prefix_cache: Optional[PrefixKeyValues] = None
-    steered: Optional[torch.Tensor] = None
-    template: str = ""
-    memory_mb: Optional[float] = capture_cache.DEFAULT_MEMORY_MB
-    capture_source: str = ""
-    _layout: Optional[PackedLayout] = field(default=None, repr=False)
-
-    @property
-    def n_examples(self) -> int:
-        return len(self.batch) // 2
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.batch.attention_mask.sum(dim=1)
-
-    @property
-    def layout(self) -> PackedLayout:
-        """One packed row per example: prompt, matching and not-matching completion."""
-        if self._layout is None:
-            self._layout = build_layout(pairs_from_batch(self.batch.to("cpu")), "packed", pad_id=0)
-        return self._layout
-
-    def steering_mask(self) -> torch.Tensor:
-        """The per-sequence steering mask `[2 * examples, seq]` (float, 1 = steered)."""
-        if self.steered is not None:
-            return self.steered.float().cpu()
-        width = self.batch.input_ids.shape[1]
-        return (torch.arange(width) >= self.prefix_length).float().expand(len(self.batch), width)
-
-    def packed_steering(self) -> torch.Tensor:
-        """`steering_mask` laid out like the packed rows `[examples, packed width]`."""
-        return self.layout.to_packed(self.steering_mask())
-
-    def to(self, device: Any) -> "PreparedPairs":
-        return PreparedPairs(self.batch.to(device), self.prefix_length, steered=self.steered, template=self.template,
-                             memory_mb=self.memory_mb, _layout=self._layout)
-
-    def capture(self, model: nn.Module, layer: int) -> CapturedInputs:
-        """Capture (once; `capture_cache` reuses an identical earlier capture) the inputs of layers
-        `layer..N-1` for every packed row, and the keys/values there of the leading positions that
-        are the same in every row and never steered."""
-        if self.captured is None or self.captured.start_layer != layer:
-            skip = replay_start(self.layout, self.packed_steering())
-            entry = capture_cache.capture(model, self.layout, layer, skip, template=self.template,
-                                          memory_mb=self.memory_mb)
-            self.captured, self.prefix_cache, self.capture_source = entry.inputs, entry.prefix, entry.source
-        return self.captured
-
-    def release(self) -> None:
-        """Drop this object's references to the captured inputs (the capture cache may keep them)."""
-        self.captured = self.prefix_cache = None
-
-    @property
-    def replay_from(self) -> int:
-        return self.prefix_cache.length if self.prefix_cache is not None else 0
-
-    def packed_nll(self, model: nn.Module, examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Completion NLL sums and token counts `[len(examples), 2]` (matching, not-matching) of the
-        packed rows `examples`, replayed from the captured inputs at the positions after the cached
-        prefix (hooks attached to the model, such as interventions, fire)."""
-        lay, start = self.layout, self.replay_from
-        device = self.captured.hidden_states.device
-        end = int(lay.lengths[examples].max())
-        hidden = replay_hidden_after_prefix(model, self.captured, self.prefix_cache, examples.to(device), end)
-        out_row, position, token, slot = lay.row_targets(examples)
-        run = hidden.device
-        token_nll = completion_token_nll(model, hidden, out_row.to(run), (position - start).to(run), token.to(run))
-        flat = (out_row * 2 + slot % 2).to(run)
-        sums = torch.zeros(2 * len(examples), dtype=token_nll.dtype, device=run).index_add(0, flat, token_nll)
-        counts = torch.zeros(2 * len(examples), dtype=torch.long).index_add_(0, out_row * 2 + slot % 2,
-                                                                              torch.ones_like(out_row))
-        return sums.view(-1, 2), counts.view(-1, 2).to(run)
-
-    def compute_reference(self, model: nn.Module, fast: bool = True) -> torch.Tensor:
-        """Unsteered completion NLL sum of every sequence (no intervention, no dropout)."""
-        if self.reference_nll is not None:
-            return self.reference_nll
-        sums = []
-        with torch.no_grad():
-            if fast and self.captured is not None:
-                width = int(self.layout.lengths.max())
-                chunk = min(_REFERENCE_CHUNK, capture_cache.rows_per_chunk(model, width, self.memory_mb))
-                for start in range(0, self.n_examples, chunk):
-                    examples = torch.arange(start, min(start + chunk, self.n_examples))
-                    sums.append(self.packed_nll(model, examples)[0].reshape(-1))
-            else:
-                for start in range(0, len(self.batch), _REFERENCE_CHUNK):
-                    rows = torch.arange(start, min(start + _REFERENCE_CHUNK, len(self.batch)))
-                    sums.append(full_forward_nll(model, self.batch, {}, rows=rows).sum)
-        self.reference_nll = torch.cat(sums)
-        return self.reference_nll
-
-
-def prepare_pairs(tokenizer: Any, pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> PreparedPairs:
-    """Tokenize every pair once (chat template, joining and masking of `prompts`)."""
-    if not pairs:
-        raise TrainingError("no training pairs: the dataset (or concept) is empty")
-    fmt = PromptFormat.from_hparams(hparams)
-    max_length = hparams.output_length
-    batch = pair_batch(tokenizer, fmt, pairs, max_length)
-    empty = ((batch.labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
-    if empty:
-        example = empty[0] // 2
-        raise TrainingError(
-            f"pair {example} ({pairs[example].question[:40]!r}...): its completion is cut off by "
-            f"output_length={max_length}; raise output_length"
-        )
-    # steer_positions (docs/conventions.md): every position from `prefix` on is steered
-    prefix = first_steered_position(tokenizer, fmt, hparams.intervention_method, "training", hparams.exclude_bos)
-    return PreparedPairs(batch, prefix, template=capture_template(fmt, tokenizer), memory_mb=hparams.fast_path_memory_mb)
 
 
 # ============================================================================ one step
@@ -633,6 +496,10 @@ OnTrained = Callable[[int, int, DynamicWeightUpdate, TrainingLog], None]
 """`(layer, concept_id, update, log)`, called after each (layer, concept) is trained (e.g. to save it)."""
 
 
+PairsOrGroups = Union[Sequence[PolarityPair], Mapping[int, Sequence[PolarityPair]]]
+"""What a trainer takes: the pairs, or their grouping by `concept_groups` (then used as given)."""
+
+
 def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> dict[int, list[PolarityPair]]:
     """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
     (as EasyEdit), each capped at `max_num_of_examples` pairs."""
@@ -646,7 +513,7 @@ def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperPar
 def train_method(
     alg_name: str,
     hparams: GradientTrainHyperParams,
-    pairs: Sequence[PolarityPair],
+    pairs: PairsOrGroups,
     model: nn.Module,
     tokenizer: Any,
     loss: PreferenceLoss,
@@ -662,10 +529,11 @@ def train_method(
     `concept_id`) returns `{layer: {concept_id: update}}`. Nothing is written here: `finished`
     (`{layer: {concept_id: update}}`, from an earlier run) is reused instead of trained, and
     `on_trained` is called after every newly trained (layer, concept), in order; `producing`
-    uses both to save and resume.
+    uses both to save and resume. `pairs` may be the grouping `concept_groups` made of them (`producing`
+    groups once per run and passes it to the saver and here).
     """
     _check_supported(hparams)
-    groups = concept_groups(pairs, hparams)
+    groups = pairs if isinstance(pairs, Mapping) else concept_groups(pairs, hparams)
     multi_concept = len(groups) > 1
     for layer in hparams.layers:
         check_layer(model, layer)
@@ -704,7 +572,7 @@ def method_trainer(
 
     def train(
         hparams: GradientTrainHyperParams,
-        pairs: Sequence[PolarityPair],
+        pairs: PairsOrGroups,
         model: nn.Module,
         tokenizer: Any,
         progress: bool = True,

@@ -38,7 +38,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from easyedit_split import storage  # noqa: E402
+from easyedit_split import easyedit_layout as layout  # noqa: E402
+from easyedit_split.storage.files import atomic_write_text  # noqa: E402
+from easyedit_split.storage.units import load_interventions  # noqa: E402
 from easyedit_split.constants import (  # noqa: E402
     DEFAULT_SWEEP, INTERVENTION_METHODS, METHOD_NAMES, SFT_PREFERENCE_TYPES, easyedit_alg_dir_name,
 )
@@ -176,7 +178,7 @@ class Runner:
         return self.output_root / "vectors" / self.args.model_name / easyedit_alg_dir_name(method)
 
     def vectors_dir(self, method: str, intervention: str) -> Path:
-        return storage.experiment_vectors_dir(self.output_root, self.args.model_name, method, self.args.dataset, intervention)
+        return layout.experiment_vectors_dir(self.output_root, self.args.model_name, method, self.args.dataset, intervention)
 
     def _pairs(self, split: str) -> list:
         args = self.args
@@ -192,10 +194,10 @@ class Runner:
     # ------------------------------------------------------------------ modes
     def generate(self, method: str, intervention: str) -> bool:
         args = self.args
-        path = storage.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+        path = layout.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
         if path is None:
             logger.warning("[SKIP] no generate hparams for %s/%s/%s (%s) under %s", args.dataset, args.model_name, method,
-                           intervention, [str(r) for r in storage.hparams_roots(self.base_dir)])
+                           intervention, [str(r) for r in layout.hparams_roots(self.base_dir)])
             return True
         logger.info("[GENERATE] %s %s from %s", method, intervention, path)
         if args.dry_run:
@@ -210,7 +212,7 @@ class Runner:
 
     def apply(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
         args = self.args
-        path = storage.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
+        path = layout.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
         if path is None:
             logger.warning("[SKIP] no apply hparams for %s/%s/%s", args.dataset, args.model_name, method)
             return True
@@ -232,7 +234,7 @@ class Runner:
                 self.generation["generation_params"], self.generation["num_responses"],
                 self.generation["generate_orig_output"], seed=hparams.seed,
             )
-            out_dir = storage.experiment_generation_dir(self.output_root, args.model_name, method, args.dataset, intervention,
+            out_dir = layout.experiment_generation_dir(self.output_root, args.model_name, method, args.dataset, intervention,
                                                         multiplier)
             written = pipeline.write_generation_results(results, out_dir, Path(str(args.dataset)).stem)
             logger.info("[SUCCESS] m=%s: %d generations -> %s", multiplier, len(results), written)
@@ -240,7 +242,7 @@ class Runner:
 
     def loss(self, method: str, intervention: str, multipliers: Sequence[float]) -> bool:
         args = self.args
-        path = storage.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
+        path = layout.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
         if path is None:
             logger.warning("[SKIP] no sft/generate_sft_loss.yaml for %s/%s", args.dataset, args.model_name)
             return True
@@ -255,20 +257,20 @@ class Runner:
         pairs = self._pairs("train")
         groups = group_by_concept(pairs)
         for concept_id, group in groups.items():
-            updates = storage.load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
+            updates = load_interventions(init_dir, layers=list(hparams.layers), concept_id=concept_id, model=model)
             rows = pipeline.score_loss_rows(model, tokenizer, hparams, group, updates, multipliers)
             for multiplier in multipliers:
                 for preference_type in SFT_PREFERENCE_TYPES:
-                    out = storage.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
+                    out = layout.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention,
                                                    multiplier, preference_type)
                     if len(groups) > 1:
                         out = out.parent / f"concept_{concept_id}" / out.name
-                    storage.atomic_write_text(out / storage.LOSS_CSV_NAME,
+                    atomic_write_text(out / layout.LOSS_CSV_NAME,
                                                pipeline.loss_csv_text(rows, hparams, multiplier, preference_type))
-            tidy = storage.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention, 0, "x").parent
+            tidy = layout.loss_output_dir(self.output_root, args.model_name, method, args.dataset, intervention, 0, "x").parent
             if len(groups) > 1:
                 tidy = tidy / f"concept_{concept_id}"
-            storage.atomic_write_text(tidy / storage.PER_EXAMPLE_CSV_NAME, pipeline.per_example_csv_text(rows))
+            atomic_write_text(tidy / layout.PER_EXAMPLE_CSV_NAME, pipeline.per_example_csv_text(rows))
             logger.info("[SUCCESS] loss for %d pairs (concept %d) -> %s", len(group), concept_id, tidy)
         return True
 
@@ -282,7 +284,7 @@ class Runner:
                 logger.warning("[SKIP] %s %s: nothing trained at %s (run --mode generate first)", method, intervention, directory)
                 continue
             methods[f"{method}_{intervention}" if method != "caa" else "caa"] = directory
-            path = storage.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
+            path = layout.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
             if prompt_hparams is None and path is not None:
                 prompt_hparams = pipeline.with_overrides(load_hparams(path, kind="train"), self._common())
         report_dir = self.output_root / "results" / args.model_name / Path(str(args.dataset)).stem / "preference_utility"

@@ -31,7 +31,7 @@ declare -A TARGET=(
   [fits]="easyedit_split/evaluation/fits.py|tests/test_mutants_fits.py"
   [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_anchors_positions.py tests/test_mutants_prompts.py"
   [replay]="easyedit_split/fastpath/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
-  [training]="easyedit_split/training.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
+  [training]="easyedit_split/training.py easyedit_split/prepared_pairs.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
   [packing]="easyedit_split/fastpath/packing.py|tests/test_mutants_packing.py tests/test_packing.py"  # + test_evaluation_scoring: ~20 s per mutant
 )
 ORDER=(interventions split sft reps metrics fits caa prompts replay training packing)

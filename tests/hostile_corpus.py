@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from easyedit_split.interventions import DynamicWeightUpdate
-from easyedit_split.storage import LOCK_FILE, MANIFEST_FILE, METADATA_FILE, save_interventions
+from easyedit_split.storage.units import LOCK_FILE, MANIFEST_FILE, METADATA_FILE, save_interventions
 
 
 @dataclass

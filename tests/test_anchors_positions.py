@@ -23,7 +23,8 @@ from easyedit_split.evaluation.scoring import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.sft import sft_loss
 from easyedit_split.prompts import PromptFormat, encode_completion, encode_prompt, steering_prefix_length
-from easyedit_split.training import StepPlan, prepare_pairs, step_loss
+from easyedit_split.prepared_pairs import prepare_pairs
+from easyedit_split.training import StepPlan, step_loss
 from test_training import WordTokenizer, make_hparams
 
 PREFIX_TEXT = (

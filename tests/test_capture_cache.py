@@ -14,7 +14,8 @@ from easyedit_split.fastpath import capture_cache
 from easyedit_split.fastpath.packing import EncodedPair
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
-from easyedit_split.training import prepare_pairs, train_layer
+from easyedit_split.prepared_pairs import prepare_pairs
+from easyedit_split.training import train_layer
 
 LAYER = 2
 

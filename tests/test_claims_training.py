@@ -10,7 +10,7 @@ from easyedit_split.editor import SteerEditor
 from easyedit_split.errors import TrainingError
 from easyedit_split.hparams import SFTHyperParams
 from easyedit_split.prompts import PromptFormat, encode_completion
-from easyedit_split.training import prepare_pairs
+from easyedit_split.prepared_pairs import prepare_pairs
 
 PAIRS = [
     PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),

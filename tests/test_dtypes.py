@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, build_tiny_model
-from easyedit_split import training
+from easyedit_split import prepared_pairs, training
 from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
 from easyedit_split.fastpath.packing import completion_token_nll
 from easyedit_split.hparams import SplitHyperParams
@@ -66,7 +66,7 @@ def test_m0_is_bit_identical_and_steering_matches_fp32(family, method):
     assert error <= 2 * noise + 0.05 * effect, (float(error), float(noise), float(effect))
 
 
-def _prepared_pairs(n_examples: int = 4, vocab: int = 97) -> training.PreparedPairs:
+def _prepared_pairs(n_examples: int = 4, vocab: int = 97) -> prepared_pairs.PreparedPairs:
     """Rows 2i / 2i+1 share a 4-token prompt; 3- and 4-token completions."""
     generator = torch.Generator().manual_seed(3)
     rows = []
@@ -80,7 +80,7 @@ def _prepared_pairs(n_examples: int = 4, vocab: int = 97) -> training.PreparedPa
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
         labels[r, 4 : len(row)] = ids[r, 4 : len(row)]
-    return training.PreparedPairs(TokenBatch(ids, mask, labels), prefix_length=0)
+    return prepared_pairs.PreparedPairs(TokenBatch(ids, mask, labels), prefix_length=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

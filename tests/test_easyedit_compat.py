@@ -21,7 +21,7 @@ from conftest import build_tiny_model
 from easyedit_split.apply import apply_from_hparams
 from easyedit_split.hparams import ApplySplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
-from easyedit_split.storage import save_concept_update, save_interventions
+from easyedit_split.storage.units import save_interventions
 
 LAYER, HIDDEN, INTER, RANK = 1, 32, 48, 2
 LORA_KEYS = {"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}
@@ -177,17 +177,21 @@ def test_written_local_weight_has_exactly_easyedits_keys(tmp_path):
 
 def test_written_multi_concept_files_are_easyedits_layout(tmp_path):
     vectors = tmp_path / "vector"
-    for concept_id in (0, 1, 2):
-        save_concept_update(vectors, LAYER, concept_id, DynamicWeightUpdate.from_vector(_rand(HIDDEN, seed=concept_id)))
+    concepts = {}
+    for concept_id in (0, 1, 2):  # one concept at a time, as a multi-concept run saves them
+        concepts[concept_id] = DynamicWeightUpdate.from_vector(_rand(HIDDEN, seed=concept_id))
+        save_interventions(vectors, {LAYER: dict(concepts)})
     stacked = _plain_load(vectors / f"layer_{LAYER}.pt")
     assert type(stacked) is torch.Tensor and stacked.shape == (3, HIDDEN)
     assert torch.equal(stacked[1], _rand(HIDDEN, seed=1))
 
     loras = tmp_path / "lora"
+    concepts = {}
     for concept_id in (0, 1):
         easyedit = _easyedit_lora(seed=10 + concept_id)
-        save_concept_update(loras, LAYER, concept_id,
-                            DynamicWeightUpdate.from_lora(easyedit["lora_A"], easyedit["lora_B"], component="mlp_mid", alpha=32))
+        concepts[concept_id] = DynamicWeightUpdate.from_lora(easyedit["lora_A"], easyedit["lora_B"], component="mlp_mid",
+                                                             alpha=32)
+        save_interventions(loras, {LAYER: dict(concepts)})
     by_concept = _plain_load(loras / f"layer_{LAYER}.pt")
     assert set(by_concept) == {0, 1} and all(set(p) == LORA_KEYS for p in by_concept.values())
     assert by_concept[1]["concept_id"] == 1  # EasyEdit's applier: `data_states[concept_id]`
@@ -195,7 +199,7 @@ def test_written_multi_concept_files_are_easyedits_layout(tmp_path):
 
 def test_round_trip_through_both_formats_is_exact(model, ids, tmp_path):
     """An EasyEdit file loaded here, written back, read as EasyEdit would: same payload, same logits."""
-    from easyedit_split.storage import load_interventions
+    from easyedit_split.storage.units import load_interventions
 
     payload = _easyedit_local(seed=5)
     source = tmp_path / "easyedit"

@@ -107,7 +107,7 @@ def host(tmp_path_factory):
 
 def _save_vector(directory: Path, seed: int = 0, norm: float = 40.0) -> torch.Tensor:
     from easyedit_split.interventions import DynamicWeightUpdate
-    from easyedit_split.storage import save_interventions
+    from easyedit_split.storage.units import save_interventions
 
     vector = torch.randn(576, generator=torch.Generator().manual_seed(seed))
     vector = vector / vector.norm() * norm
@@ -203,7 +203,7 @@ def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, inter
     from steer.vector_appliers.vector_applier import BaseVectorApplier
 
     from easyedit_split.interventions import DynamicWeightUpdate
-    from easyedit_split.storage import save_interventions
+    from easyedit_split.storage.units import save_interventions
 
     load_dir = host.run / f"leak_{intervention_method}" / f"spilt_{intervention_method}"
     if intervention_method == "vector":

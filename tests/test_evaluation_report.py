@@ -66,7 +66,7 @@ def _save_tiny_setup(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from easyedit_split.storage import save_interventions
+    from easyedit_split.storage.units import save_interventions
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "[UNK]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

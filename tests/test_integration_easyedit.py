@@ -190,7 +190,7 @@ def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_check
     from easyedit_split.interventions import DynamicWeightUpdate
     from easyedit_split.models import load_model_and_tokenizer
     from easyedit_split.prompts import PromptFormat, encode_completion
-    from easyedit_split.storage import save_interventions
+    from easyedit_split.storage.units import save_interventions
 
     v = torch.randn(32, generator=torch.Generator().manual_seed(0))
     load_dir = tmp_path / "spilt_vector"

@@ -11,12 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from easyedit_split.dataset_names import dataset_label, dataset_name
+from easyedit_split.easyedit_layout import dataset_label, dataset_name
 from easyedit_split.editor import SteerEditor
 from easyedit_split.hparams import CAAHyperParams
 from easyedit_split.integrations.pipeline import write_generation_results
 from easyedit_split.interventions import DynamicWeightUpdate
-from easyedit_split.storage import atomic_write_json, intervention_metadata
+from easyedit_split.storage.files import atomic_write_json
+from easyedit_split.storage.units import intervention_metadata
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

@@ -332,7 +332,7 @@ def test_trainer_after_caa_with_a_chat_template_reuses_its_capture(tiny_chat_mod
     from test_training import make_hparams
 
     from easyedit_split.prompts import PACKAGE_CONVENTIONS
-    from easyedit_split.training import prepare_pairs
+    from easyedit_split.prepared_pairs import prepare_pairs
 
     _suffix_caa(tiny_chat_model, default_tokenizer, layers=[2])
     hp = make_hparams(use_chat_template=True, layers=[2], **PACKAGE_CONVENTIONS)

@@ -25,12 +25,13 @@ import time
 import pytest
 import torch
 
-from easyedit_split import training
+from easyedit_split import prepared_pairs, training
 from easyedit_split.data import PolarityPair
 from easyedit_split.errors import HparamsError, TrainingError
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
-from easyedit_split.training import LossTerms, PreparedPairs, StepPlan, TrainingLog
+from easyedit_split.prepared_pairs import PreparedPairs
+from easyedit_split.training import LossTerms, StepPlan, TrainingLog
 from test_training import WordTokenizer, make_hparams, word_pairs
 
 LAYER = 2
@@ -313,7 +314,7 @@ def test_capture_follows_the_layer_and_the_template(model):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_reference_nll_is_the_unsteered_model_in_chunks(model, v, fast, monkeypatch):
-    monkeypatch.setattr(training, "_REFERENCE_CHUNK", 2)  # 3 examples / 6 sequences: several chunks, a short last one
+    monkeypatch.setattr(prepared_pairs, "_REFERENCE_CHUNK", 2)  # 3 examples / 6 sequences: several chunks, a short last one
     prepared = prepared_for(model, fast)
     with torch.no_grad():
         got = prepared.compute_reference(model, fast=fast)
@@ -460,17 +461,17 @@ def test_unsupported_settings_name_the_key(key, value, words):
 
 def test_prepare_pairs_rejects_empty_data_and_cut_off_completions():
     with pytest.raises(TrainingError, match="^no training pairs: the dataset \\(or concept\\) is empty$"):
-        training.prepare_pairs(WordTokenizer(), [], make_hparams())
+        prepared_pairs.prepare_pairs(WordTokenizer(), [], make_hparams())
     long_question = "one two three four five six seven eight nine ten eleven twelve"
     pairs = [PolarityPair("a b", "good", "bad", concept_id=0, concept="c"),
              PolarityPair("c d", "good", "bad", concept_id=0, concept="c"),
              PolarityPair(long_question, "good", "bad", concept_id=0, concept="c")]
     # pairs 0, 1: BOS + 2 + 1 = 4 tokens; pair 2: BOS + 12 + 1 = 14 tokens, its completion cut off at 6
     with pytest.raises(TrainingError) as error:
-        training.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=6))
+        prepared_pairs.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=6))
     assert str(error.value) == (f"pair 2 ({long_question[:40]!r}...): its completion is cut off by output_length=6; "
                                 "raise output_length")
-    assert training.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=14)).n_examples == 3
+    assert prepared_pairs.prepare_pairs(WordTokenizer(), pairs, make_hparams(output_length=14)).n_examples == 3
 
 
 class TemplateTokenizer(WordTokenizer):
@@ -491,14 +492,14 @@ class BareTokenizer:
 def test_prepare_pairs_rows_padding_template_and_budget():
     hp = make_hparams(fast_path_memory_mb=64.0)
     pairs = word_pairs(2) + [PolarityPair("short", "good", "bad", concept_id=0, concept="c")]
-    prepared = training.prepare_pairs(WordTokenizer(), pairs, hp)
+    prepared = prepared_pairs.prepare_pairs(WordTokenizer(), pairs, hp)
     assert prepared.memory_mb == 64.0
     assert "use_chat_template=False" in prepared.template
     assert prepared.template.endswith("\n")  # no chat template: nothing after the format
-    templated = training.prepare_pairs(TemplateTokenizer(), pairs, hp)
+    templated = prepared_pairs.prepare_pairs(TemplateTokenizer(), pairs, hp)
     assert templated.template.endswith("\nTEMPLATE-X")
     assert templated.batch.input_ids[4].tolist()[3:] == [5] * 7  # padded with the tokenizer's pad id
-    assert training.prepare_pairs(BareTokenizer(), pairs, hp).template.endswith("\n")
+    assert prepared_pairs.prepare_pairs(BareTokenizer(), pairs, hp).template.endswith("\n")
     tok = WordTokenizer()
     question, good, bad = "question number 1 about topic 0", "good great fine", "bad awful poor"
     ids = prepared.batch.input_ids

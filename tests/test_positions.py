@@ -14,7 +14,8 @@ from easyedit_split.generation import GenerationSettings, generate_steered
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import PromptFormat, first_steered_position
-from easyedit_split.training import StepPlan, _steered_nll, prepare_pairs
+from easyedit_split.prepared_pairs import prepare_pairs
+from easyedit_split.training import StepPlan, _steered_nll
 
 LAYER = 1
 PREFIX = 24  # hand count: SmolLM2's default system turn + "<|im_start|>user\n"

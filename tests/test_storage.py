@@ -9,10 +9,9 @@ import torch
 
 from easyedit_split.errors import StorageError
 from easyedit_split.interventions import DynamicWeightUpdate, steer
-from easyedit_split.storage import (
-    atomic_torch_save, intervention_dir, load_interventions, read_metadata, safe_torch_load,
-    save_concept_update, save_interventions,
-)
+from easyedit_split.easyedit_layout import intervention_dir
+from easyedit_split.storage.files import atomic_torch_save, safe_torch_load
+from easyedit_split.storage.units import load_interventions, read_metadata, save_interventions
 
 
 def _updates(model):
@@ -79,8 +78,10 @@ def test_easyedit_built_files_load(tiny_model, tmp_path):
 
 def test_concept_updates_stack_like_easyedit(tiny_model, tmp_path):
     hidden = tiny_model.config.hidden_size
-    for concept in (0, 1):
-        save_concept_update(tmp_path, 3, concept, DynamicWeightUpdate.from_vector(torch.full((hidden,), float(concept + 1))))
+    concepts = {}
+    for concept in (0, 1):  # one concept at a time, as a multi-concept run saves them
+        concepts[concept] = DynamicWeightUpdate.from_vector(torch.full((hidden,), float(concept + 1)))
+        save_interventions(tmp_path, {3: dict(concepts)})
     stacked = torch.load(tmp_path / "layer_3.pt", weights_only=True)
     assert stacked.shape == (2, hidden) and stacked[1, 0].item() == 2.0
 

@@ -7,19 +7,18 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from easyedit_split import training
+from easyedit_split import producing, training
 from easyedit_split.data import PolarityPair
 from easyedit_split.errors import HparamsError, TrainingError
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
+from easyedit_split.prepared_pairs import PreparedPairs, prepare_pairs
+from easyedit_split.producing import ConceptSaver
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.fastpath.replay import full_forward_nll
-from easyedit_split.producing import ConceptSaver
-from easyedit_split.storage import safe_torch_load
-from easyedit_split.training import (
-    PreparedPairs, StepPlan, plan_step, prepare_pairs, step_loss, train_layer, train_method,
-)
+from easyedit_split.storage.files import safe_torch_load
+from easyedit_split.training import StepPlan, concept_groups, plan_step, step_loss, train_layer, train_method
 
 LAYER = 2
 
@@ -376,9 +375,27 @@ def test_training_moves_held_out_preference_towards_matching():
 
 def _train_saving(hp, pairs, model, loss, out):
     """The trainer with `producing`'s saver attached, as `producing.train_and_save` runs it."""
-    saver = ConceptSaver(out, hp, pairs, model, None, {})
-    return train_method("split", hp, pairs, model, WordTokenizer(), loss, progress=False,
+    groups = concept_groups(pairs, hp)  # once, shared by the saver and the trainer
+    saver = ConceptSaver(out, hp, groups, model, None, {})
+    return train_method("split", hp, groups, model, WordTokenizer(), loss, progress=False,
                         finished=saver.finished(), on_trained=saver)
+
+
+def test_a_saved_run_groups_its_pairs_by_concept_once(tmp_path, monkeypatch):
+    """`producing` groups once and hands the grouping to the saver and the trainer, which use it as given."""
+    calls = []
+
+    def counting(pairs, hp):
+        calls.append(len(pairs))
+        return concept_groups(pairs, hp)
+
+    monkeypatch.setattr(producing, "concept_groups", counting)
+    monkeypatch.setattr(training, "concept_groups", counting)
+    model = build_tiny_model("llama")
+    result = producing.train_and_save(make_hparams(n_epochs=1), word_pairs(2, 0) + word_pairs(2, 1), model, WordTokenizer(),
+                                      tmp_path / "out", progress=False)
+    assert calls == [4]
+    assert sorted(result[LAYER]) == [0, 1]
 
 
 def test_trainer_writes_nothing(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from easyedit_split.interventions import DynamicWeightUpdate, steer
 from easyedit_split.producing import train_to_dir
 from easyedit_split.prompts import PromptFormat, check_prompt_length, encode_completion
 from easyedit_split.steering import SteeringInterventions
-from easyedit_split.storage import check_writable, intervention_dir
+from easyedit_split.easyedit_layout import intervention_dir
+from easyedit_split.storage.files import check_writable
 
 from conftest import build_tiny_model
 

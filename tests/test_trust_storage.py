@@ -16,9 +16,10 @@ import torch
 from easyedit_split.errors import StorageError
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.steering import SteeringInterventions
-from easyedit_split.storage import (
-    LOCK_FILE, MANIFEST_FILE, METADATA_FILE, SAVE_DELAY_ENV, DirectoryLock, load_interventions, read_manifest,
-    safe_torch_load, save_interventions,
+from easyedit_split.storage.files import safe_torch_load
+from easyedit_split.storage.units import (
+    DirectoryLock, LOCK_FILE, MANIFEST_FILE, METADATA_FILE, SAVE_DELAY_ENV, load_interventions, read_manifest,
+    save_interventions,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_lock_is_reentrant_and_released(tmp_path):
 _SAVER = """
 import sys, torch
 from easyedit_split.interventions import DynamicWeightUpdate
-from easyedit_split.storage import save_interventions
+from easyedit_split.storage.units import save_interventions
 save_interventions(sys.argv[1], {layer: DynamicWeightUpdate.from_vector(torch.ones(32) * layer) for layer in range(30)})
 """
 

@@ -40,7 +40,7 @@ from ..judging import JudgeBackend, JudgeCache, JudgeItem, answer_matches, make_
 from ..judging.lexical import distinct_1_2_3, perplexities
 from ..judging.rubrics import RUBRIC_NAMES, RUBRIC_VERSION
 from ..prompts import PromptFormat
-from ..storage import load_interventions
+from ..storage.units import load_interventions
 from .generation_items import GenerationItem, make_items
 from .generation_report import GenerationReport
 
@@ -189,7 +189,7 @@ class GenerationEvaluator:
 
     def _check_run(self, out_dir: Path, items: Sequence[GenerationItem]) -> None:
         """Record what this run generates; refuse to resume a run that generated something else."""
-        from ..storage import atomic_write_json
+        from ..storage.files import atomic_write_json
 
         fingerprint = self._fingerprint(items)
         path = out_dir / RUN_FILE

@@ -22,7 +22,7 @@ from .. import __version__
 from ..judging import FactorChoice, ScoreSummary, ScoreTable, answer_accuracy, select_factors, summarize
 from ..judging.lexical import distinct_1_2_3
 from ..judging.rubrics import RUBRIC_NAMES
-from ..storage import atomic_write, atomic_write_json, atomic_write_text
+from ..storage.files import atomic_write, atomic_write_json, atomic_write_text
 
 SPLITS = ("dev", "test", "all")
 RATING_SCORES = ("aggregate", *RUBRIC_NAMES)

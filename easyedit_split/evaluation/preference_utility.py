@@ -26,7 +26,7 @@ from ..constants import PathLike
 from ..interventions import DynamicWeightUpdate
 from ..models import num_layers
 from ..prompts import PromptFormat, first_steered_position
-from ..storage import load_interventions, read_metadata
+from ..storage.units import load_interventions, read_metadata
 from .config import EvaluatorConfig
 from .fits import FitReport, fit_and_summarize
 from .manifold import ManifoldProbe, ManifoldResult, default_probe_layers

@@ -16,7 +16,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .. import __version__
-from ..storage import atomic_write, atomic_write_json, atomic_write_text
+from ..storage.files import atomic_write, atomic_write_json, atomic_write_text
 
 CSV_COLUMNS = (
     "method", "multiplier", "pref_odds_mean", "pref_odds_se", "pref_odds_ci_low", "pref_odds_ci_high",

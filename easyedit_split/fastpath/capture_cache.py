@@ -239,7 +239,7 @@ def _load(path: Path, key: str, storage: torch.device, run: torch.device) -> Opt
 
 
 def _save(path: Path, entry: Capture) -> None:
-    from ..storage import atomic_torch_save
+    from ..storage.files import atomic_torch_save
 
     try:
         atomic_torch_save(_to_payload(entry), path)

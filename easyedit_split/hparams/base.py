@@ -16,6 +16,7 @@ from .. import registry
 from ..constants import PathLike
 from ..dtypes import canonical_dtype_name, resolve_dtype
 from ..errors import HparamsError, suggest
+from ..storage.files import atomic_write_text
 from .reading import (
     SECTION_NAMES,
     Mismatch,
@@ -196,8 +197,6 @@ class HyperParams:
 
     def to_yaml(self, path: PathLike) -> None:
         """Write all keys as a flat YAML method file that ``from_hparams`` reads back."""
-        from ..storage import atomic_write_text  # here, not at the top: storage loads torch; reading files does not
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 

@@ -255,7 +255,7 @@ def generate_split(hparams: Any, dataset: Any, model: Any = None, dataset_name: 
     `{"layer_<L>": payload}`, or `{"layer_<L>": {concept_id: payload}}` for multi-concept data.
     """
     from ..editor import SteerEditor
-    from ..storage import update_to_payload
+    from ..storage.payloads import update_to_payload
 
     hp = _our_hparams(hparams, "train")
     pairs = pairs_from_easyedit(dataset, dataset_name)
@@ -372,7 +372,7 @@ def apply_split(hparams: Any, pipline: Any = None, vector: Any = None) -> Any:
     from ..apply import load_for_apply, per_layer_multipliers, scaled_updates
     from ..interventions import attach
     from ..prompts import PromptFormat, first_steered_position
-    from ..storage import payload_to_update
+    from ..storage.payloads import payload_to_update
 
     if pipline is None:
         try:

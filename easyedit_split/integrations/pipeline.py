@@ -23,10 +23,8 @@ from torch import nn
 
 from ..apply import load_for_apply
 from ..constants import INTERVENTION_METHODS, METHOD_NAMES, SFT_PREFERENCE_TYPES, easyedit_alg_dir_name
-from ..data import (
-    EASYEDIT_GENERATION_FILES, EASYEDIT_TEST_FILES, EASYEDIT_TRAIN_FILES, GenerationExample, PolarityPair,
-    easyedit_data_file, group_by_concept, list_datasets, load_dataset, load_generation_data,
-)
+from ..data import GenerationExample, PolarityPair, group_by_concept, list_datasets, load_dataset, load_generation_data
+from ..easyedit_layout import EASYEDIT_GENERATION_FILES, EASYEDIT_TEST_FILES, EASYEDIT_TRAIN_FILES, easyedit_data_file
 from ..errors import DatasetError, HparamsError
 from ..evaluation.scoring import score_pairs
 from ..generation import GenerationSettings, generate_steered
@@ -35,8 +33,7 @@ from ..hparams.reading import keep_known_keys
 from ..interventions import DynamicWeightUpdate
 from ..models import load_model_and_tokenizer, require_model_name
 from ..prompts import PromptFormat
-from ..json_values import json_text
-from ..storage import atomic_write_text
+from ..storage.files import atomic_write_text, json_text
 
 logger = logging.getLogger(__name__)
 

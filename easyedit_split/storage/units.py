@@ -1,0 +1,486 @@
+"""A saved method directory is one unit: its layer files, metadata, manifest, lock and resume states.
+
+Layout (EasyEdit's, see `easyedit_layout`): `layer_<L>.pt` files (payloads: `storage.payloads`), and
+next to them `metadata.json` (model, layers, component, method, hparams, package version) and
+`manifest.json`, both ignored by EasyEdit. The manifest is written first as "incomplete" and
+rewritten last listing every layer file with its size and SHA-256: loaders load exactly what a
+complete manifest lists, so a half-written, mixed or stale directory never loads. A directory
+with neither metadata nor manifest is EasyEdit's own and loads by its file names. Writers hold
+a lock file (`.easyedit_split.lock`, with the pid): a second writer is refused. See docs/storage.md.
+
+`save_interventions` is the one writer of saved results (single concept or stacked concepts);
+`load_interventions` the one reader. Files are loaded weights-only: loading never runs pickled code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from torch import nn
+
+from .. import __version__
+from ..constants import PathLike, canonical_alg_name
+from ..easyedit_layout import LAYER_FILE_NAME, dataset_label, layer_file
+from ..errors import EasyEditSplitError, StorageError
+from ..interventions import DynamicWeightUpdate, check_fits_model
+from ..models import hidden_size, num_layers
+from .files import atomic_torch_save, atomic_write_json, file_mode, file_sha256, safe_torch_load
+from .payloads import payload_concept_count, payload_to_update, stack_concept_payload, update_to_payload
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".easyedit_split.lock"
+MANIFEST_FORMAT = "easyedit_split.manifest"
+MANIFEST_VERSION = 1
+STATE_FILE_PATTERN = "train_state_layer_{layer}.json"
+SAVE_DELAY_ENV = "EASYEDIT_SPLIT_TEST_SAVE_DELAY"
+"""Test hook: seconds to sleep before each layer file is written (the kill-while-saving test)."""
+
+Updates = Mapping[int, Union[DynamicWeightUpdate, Mapping[int, DynamicWeightUpdate]]]
+"""What the writer saves: `{layer: update}` (one concept) or `{layer: {concept_id: update}}` (stacked concepts)."""
+
+_STATE_NAME = re.compile(r"^train_state_layer_(\d+)\.json$")
+_WHAT_TO_DO = "re-run the training that writes it, or delete the directory"
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+class DirectoryLock:
+    """An exclusive lock on a method directory for one writer: `.easyedit_split.lock` holding the pid.
+
+    Created with O_EXCL, so of two processes only one gets it; the other gets a `StorageError`
+    naming the directory and the holder. A lock left by a process that no longer runs (killed)
+    is taken over with a warning. Re-entrant within a process (nested saves of one run).
+    """
+
+    _held: dict[Path, int] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, directory: PathLike) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+
+    def _key(self) -> Path:
+        return self.directory.resolve()
+
+    def acquire(self) -> "DirectoryLock":
+        with self._guard:
+            key = self._key()
+            if self._held.get(key):
+                self._held[key] += 1
+                return self
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode())
+                except FileExistsError:
+                    holder = lock_holder(self.directory)
+                    if holder is not None and _pid_alive(holder):
+                        raise StorageError(
+                            f"{self.directory}: another process (pid {holder}) is writing this directory "
+                            f"(lock file {self.path}); wait for it to finish or choose another output directory") from None
+                    logger.warning("%s: removing the lock of pid %s, which no longer runs (an interrupted save)",
+                                   self.directory, holder)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+                self._held[key] = 1
+                return self
+            raise StorageError(f"{self.directory}: could not take the lock file {self.path}; delete it if no run is writing here")
+
+    def release(self) -> None:
+        with self._guard:
+            key = self._key()
+            count = self._held.get(key, 0) - 1
+            if count > 0:
+                self._held[key] = count
+                return
+            self._held.pop(key, None)
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_holder(directory: PathLike) -> Optional[int]:
+    """The pid in a directory's lock file (None without one, or when unreadable)."""
+    try:
+        return int((Path(directory) / LOCK_FILE).read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def intervention_metadata(
+    updates: Mapping[int, Any],
+    *,
+    alg_name: Optional[str] = None,
+    hparams: Any = None,
+    model: Optional[nn.Module] = None,
+    dataset: Optional[str] = None,
+    **extra: Any,
+) -> dict:
+    """The one `metadata.json` builder: what a method directory holds and what it was made from.
+
+    `updates` maps layer -> update (or, multi-concept, layer -> {concept_id: update}). With
+    `model`, its sizes are recorded so `check_model_matches` can refuse the files on another
+    model; with `hparams`, the whole configuration. `extra` keys are added last.
+    """
+    first = next(iter(updates.values()))
+    if isinstance(first, Mapping):
+        first = next(iter(first.values()))
+    meta: dict[str, Any] = {
+        "package": "easyedit_split",
+        "package_version": __version__,
+        "layers": sorted(int(layer) for layer in updates),
+        "intervention_method": first.method,
+        "intervention_components": first.component,
+    }
+    if alg_name is not None:
+        meta["alg_name"] = canonical_alg_name(alg_name)
+    if dataset is not None:
+        meta["dataset"] = dataset_label(dataset)
+    if hparams is not None:
+        meta["hparams"] = hparams.to_dict()
+    if model is not None:
+        config = getattr(model, "config", None)
+        named = hparams.model_name_or_path if hparams is not None else None
+        meta.update({"model": named or getattr(config, "_name_or_path", None), "model_type": getattr(config, "model_type", None),
+                     "hidden_size": hidden_size(model), "num_layers": num_layers(model)})
+    meta.update(extra)
+    return meta
+
+
+# ----------------------------------------------------------------------------- writing a directory
+
+
+def _save_delay() -> None:
+    delay = os.environ.get(SAVE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    for path in directory.glob(".*.tmp"):
+        logger.info("%s: removing a temporary file left by an interrupted write", path)
+        path.unlink(missing_ok=True)
+
+
+def begin_directory_write(directory: PathLike, keep_layers: Optional[Sequence[int]] = None) -> Path:
+    """Mark `directory` as being written (incomplete manifest), delete stale temporaries, and
+    (with `keep_layers`) layer files and resume states of other layers. Call with the lock held."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(directory)
+    atomic_write_json(directory / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
+                                                  "complete": False, "writer_pid": os.getpid()})
+    if keep_layers is not None:
+        keep = {int(layer) for layer in keep_layers}
+        for path in directory.iterdir():
+            match = LAYER_FILE_NAME.match(path.name) or _STATE_NAME.match(path.name)
+            if match and int(match.group(1)) not in keep:
+                logger.warning("%s: removed, left by an earlier run (this save writes layers %s)", path, sorted(keep))
+                path.unlink()
+    return directory
+
+
+def finish_directory_write(directory: PathLike, layers: Sequence[int], **extra: Any) -> Path:
+    """Write the complete manifest, last: the listed layer files (size, SHA-256) and concept count."""
+    directory = Path(directory)
+    files: dict[str, Any] = {}
+    n_concepts = 0
+    for layer in sorted(int(layer) for layer in layers):
+        path = layer_file(directory, layer)
+        files[path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    meta_path = directory / METADATA_FILE
+    if meta_path.exists():
+        files[METADATA_FILE] = {"bytes": meta_path.stat().st_size, "sha256": file_sha256(meta_path)}
+    if "n_concepts" in extra:
+        n_concepts = int(extra.pop("n_concepts"))
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "complete": True,
+                "package_version": __version__, "layers": sorted(int(layer) for layer in layers),
+                "n_concepts": n_concepts, "files": files, **extra}
+    return atomic_write_json(directory / MANIFEST_FILE, manifest)
+
+
+def _write_payloads(directory: PathLike, payloads: Mapping[int, Any], metadata: dict, layers: Optional[Sequence[int]],
+                    train_state: Optional[Mapping[int, Sequence[int]]], alg_name: Optional[str]) -> list[Path]:
+    """Lock, incomplete manifest, the `payloads`' layer files, metadata, resume states, complete manifest."""
+    directory = Path(directory)
+    layers = sorted(int(layer) for layer in (layers if layers is not None else payloads))
+    written: list[Path] = []
+    with DirectoryLock(directory):
+        try:
+            previous = read_manifest(directory)
+        except StorageError:
+            previous = None
+        begin_directory_write(directory, keep_layers=layers)
+        for layer, payload in payloads.items():
+            _save_delay()
+            written.append(atomic_torch_save(payload, layer_file(directory, layer)))
+        written.append(atomic_write_json(directory / METADATA_FILE, metadata))
+        for layer, concepts in (train_state or {}).items():
+            written.append(write_train_state(directory, layer, concepts, alg_name=alg_name))
+        counts = [payload_concept_count(payload) for payload in payloads.values()]
+        if previous is not None and previous.get("complete") and set(payloads) != set(layers):
+            counts.append(int(previous.get("n_concepts", 0) or 0))  # layers not rewritten keep their count
+        written.append(finish_directory_write(directory, layers, n_concepts=max(counts, default=0)))
+    return written
+
+
+def save_interventions(
+    directory: PathLike,
+    updates: Updates,
+    metadata: Optional[dict] = None,
+    concept_id: int = 0,
+    *,
+    layers: Optional[Sequence[int]] = None,
+    train_state: Optional[Mapping[int, Sequence[int]]] = None,
+    alg_name: Optional[str] = None,
+) -> list[Path]:
+    """The one writer of saved results: a method directory written as one unit (see the module docstring).
+
+    `updates` is `{layer: update}`, one concept saved as `concept_id` (a vector `[hidden]`, one
+    lora/local_weight dict), or `{layer: {concept_id: update}}`, concepts stacked as EasyEdit keeps
+    them (vector rows, a `{concept_id: payload}` dict in the given concept order). `metadata`
+    (usually built by `intervention_metadata`) goes on top of `intervention_metadata(updates)`.
+    `layers` (default: the updates' layers) is what the directory holds afterwards: layer files of
+    other layers are deleted, and only layers whose file changes need to be in `updates`.
+    `train_state` (`{layer: finished concept ids}`, with `alg_name`) is the resume state of a
+    multi-concept run, written in the same unit.
+    """
+    payloads: dict[int, Any] = {}
+    for layer, update in updates.items():
+        if isinstance(update, Mapping):
+            stacked = None
+            for concept, concept_update in update.items():
+                stacked = stack_concept_payload(stacked, concept, concept_update)
+            payloads[int(layer)] = stacked
+        else:
+            payloads[int(layer)] = update_to_payload(update, concept_id)
+    return _write_payloads(directory, payloads, {**intervention_metadata(updates), **(metadata or {})}, layers,
+                           train_state, alg_name)
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+def train_state_file(directory: PathLike, layer: int) -> Path:
+    """The resume state of a multi-concept run at `layer`: which concepts are already in `layer_<L>.pt`."""
+    return Path(directory) / STATE_FILE_PATTERN.format(layer=layer)
+
+
+def write_train_state(directory: PathLike, layer: int, finished_concepts: Sequence[int], alg_name: Optional[str] = None) -> Path:
+    state: dict[str, Any] = {"layer": int(layer), "finished_concepts": sorted(int(c) for c in finished_concepts)}
+    if alg_name is not None:
+        state["alg_name"] = alg_name
+    return atomic_write_json(train_state_file(directory, layer), state)
+
+
+def read_finished_concepts(directory: PathLike, layer: int) -> list[int]:
+    """Concepts a previous run finished at `layer` (empty without a state file)."""
+    path = train_state_file(directory, layer)
+    if not path.exists():
+        return []
+    try:
+        return [int(c) for c in json.loads(path.read_text(encoding="utf-8")).get("finished_concepts", [])]
+    except (ValueError, AttributeError, TypeError) as error:
+        raise StorageError(f"{path}: unreadable resume state ({error}); delete it to retrain every concept") from error
+
+
+# ----------------------------------------------------------------------------- reading a directory
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StorageError(f"{path}: malformed JSON at line {error.lineno}: {error.msg}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise StorageError(f"{path}: unreadable {what} ({error})") from None
+    if not isinstance(data, dict):
+        raise StorageError(f"{path}: the {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_metadata(directory: PathLike) -> dict:
+    path = Path(directory) / METADATA_FILE
+    if not path.exists():
+        return {}
+    return _read_json_object(path, "metadata")
+
+
+def read_manifest(directory: PathLike) -> Optional[dict]:
+    """The directory's manifest (None without one)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    return _read_json_object(path, "manifest")
+
+
+def layer_files(directory: PathLike, strict: bool = True) -> list[int]:
+    """Layers of the `layer_<L>.pt` files present; with `strict`, any other `layer_*.pt` name is an error."""
+    directory = Path(directory)
+    layers = []
+    for path in directory.glob("layer_*.pt"):
+        match = LAYER_FILE_NAME.match(path.name)
+        if match:
+            layers.append(int(match.group(1)))
+        elif strict:
+            raise StorageError(f"{directory}: '{path.name}' is not a layer file name layer_<L>.pt with a layer L >= 0; "
+                               "rename or delete it")
+    return sorted(layers)
+
+
+def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = False) -> list[int]:
+    """The layers that may be loaded from `directory`, after checking it is one complete unit.
+
+    - with a manifest: it must be complete, every `layer_<L>.pt` present must be listed, and (with
+      `verify`) every listed file must have its recorded size and SHA-256;
+    - without one: a directory with neither `metadata.json` nor a lock file is EasyEdit's own and
+      its layer files are listed; anything else of ours without a complete manifest is refused
+      unless `allow_unmanifested` (then it is read as EasyEdit's).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StorageError(f"{directory}: no such intervention directory")
+    holder = lock_holder(directory) if (directory / LOCK_FILE).exists() else None
+    if (directory / LOCK_FILE).exists() and holder is not None and holder != os.getpid() and _pid_alive(holder):
+        raise StorageError(f"{directory}: process {holder} is still writing it (lock file {LOCK_FILE}); load it when that run has finished")
+    manifest = read_manifest(directory)
+    present = layer_files(directory, strict=True)
+    if manifest is None:
+        ours = (directory / METADATA_FILE).exists() or (directory / LOCK_FILE).exists()
+        if ours and not allow_unmanifested:
+            reason = ("a save was interrupted (its lock file is still there)" if (directory / LOCK_FILE).exists()
+                      else "it was not completely saved, or was written before manifests existed")
+            raise StorageError(f"{directory}: has {METADATA_FILE} but no {MANIFEST_FILE}: {reason}. Re-run the training "
+                               "that writes it, or delete the directory; to read it anyway as EasyEdit's files, use "
+                               "allow_unmanifested=True (command line: --easyedit-dir)")
+        if not present:
+            raise StorageError(f"{directory}: holds no layer_<L>.pt files")
+        return present
+    source = directory / MANIFEST_FILE
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise StorageError(f"{source}: not an easyedit_split manifest (format {manifest.get('format')!r})")
+    if manifest.get("complete") is not True:
+        raise StorageError(f"{directory}: incomplete ({MANIFEST_FILE} is marked incomplete): a save was interrupted "
+                           f"and the files may be half written; {_WHAT_TO_DO}")
+    if not isinstance(manifest.get("files"), dict):
+        raise StorageError(f"{source}: 'files' must map file names to their size and SHA-256")
+    try:
+        layers = sorted(int(layer) for layer in manifest.get("layers", []))
+    except (TypeError, ValueError):
+        raise StorageError(f"{source}: 'layers' must be a list of integers, got {manifest.get('layers')!r}") from None
+    unlisted = sorted(set(present) - set(layers))
+    if unlisted:
+        names = ", ".join(layer_file(directory, layer).name for layer in unlisted)
+        raise StorageError(f"{directory}: {names} not listed in {MANIFEST_FILE} (left by another run?); delete "
+                           f"{'them' if len(unlisted) > 1 else 'it'} or {_WHAT_TO_DO}")
+    for layer in layers:
+        path = layer_file(directory, layer)
+        entry = manifest["files"].get(path.name)
+        if not path.is_file():
+            raise StorageError(f"{path}: missing, though {MANIFEST_FILE} lists it; {_WHAT_TO_DO}")
+        if not isinstance(entry, dict):
+            raise StorageError(f"{source}: no entry for {path.name}")
+        if entry.get("bytes") is not None and path.stat().st_size != entry["bytes"]:
+            raise StorageError(f"{path}: {path.stat().st_size} bytes, but {MANIFEST_FILE} recorded {entry['bytes']} "
+                               f"(changed or truncated since it was saved); {_WHAT_TO_DO}")
+        if verify and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+            raise StorageError(f"{path}: its SHA-256 differs from {MANIFEST_FILE} (changed since it was saved); {_WHAT_TO_DO}")
+    return layers
+
+
+def check_model_matches(metadata: dict, model: nn.Module, source: str) -> None:
+    """Metadata written for another model is an error, not a silent mis-application."""
+    try:
+        expected = metadata.get("hidden_size")
+        expected = int(expected) if expected is not None else None
+        layers = metadata.get("num_layers")
+        layers = int(layers) if layers is not None else None
+    except (TypeError, ValueError):
+        raise StorageError(f"{source}: hidden_size/num_layers in {METADATA_FILE} are not integers") from None
+    if expected is not None and expected != hidden_size(model):
+        raise StorageError(
+            f"{source}: written for a model with hidden size {expected} ({metadata.get('model', '?')}), "
+            f"but this model has hidden size {hidden_size(model)}"
+        )
+    if layers is not None and layers != num_layers(model):
+        raise StorageError(
+            f"{source}: written for a model with {layers} layers ({metadata.get('model', '?')}), "
+            f"but this model has {num_layers(model)}"
+        )
+
+
+def load_interventions(
+    directory: PathLike,
+    layers: Optional[list[int]] = None,
+    concept_id: int = 0,
+    model: Optional[nn.Module] = None,
+    intervention_method: Optional[str] = None,
+    allow_unmanifested: bool = False,
+) -> dict[int, DynamicWeightUpdate]:
+    """Load the layers (all, or `layers`) a directory's manifest lists (EasyEdit's directories: its files).
+
+    The directory must be one complete unit (see `listed_layers`). With `model`, shapes and
+    metadata are checked against it. `intervention_method`, when given, must match the files.
+    """
+    directory = Path(directory)
+    listed = listed_layers(directory, allow_unmanifested=allow_unmanifested, verify=True)
+    if concept_id < 0:
+        raise StorageError(f"{directory}: concept_id must be >= 0, got {concept_id}")
+    wanted = list(layers) if layers is not None else listed
+    if not wanted:
+        raise StorageError(f"{directory}: holds no layer_<L>.pt files")
+    metadata = read_metadata(directory)
+    if model is not None:
+        check_model_matches(metadata, model, str(directory))
+    updates: dict[int, DynamicWeightUpdate] = {}
+    for layer in wanted:
+        path = layer_file(directory, layer)
+        if layer not in listed:
+            raise StorageError(f"{path}: missing: layer {layer} is not in this directory (it holds layers {listed})")
+        if model is not None and not 0 <= int(layer) < num_layers(model):
+            raise StorageError(f"{path}: layer {layer} is outside the model's {num_layers(model)} layers")
+        payload = safe_torch_load(path)
+        update = payload_to_update(payload, concept_id=concept_id, source=str(path))
+        if intervention_method and update.method != intervention_method:
+            raise StorageError(f"{path}: holds a '{update.method}' intervention, but intervention_method is '{intervention_method}'")
+        if model is not None:
+            try:
+                check_fits_model(update, model, layer, source=str(path))
+            except (EasyEditSplitError, ValueError, RuntimeError) as error:
+                if str(error).startswith(str(path)):
+                    raise
+                raise StorageError(f"{path}: {error}") from None
+        updates[layer] = update
+    return updates
