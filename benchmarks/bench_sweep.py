@@ -31,7 +31,7 @@ from measure import count_flops, load, memory_kind, peak_memory
 
 from easyedit_split import capture_cache
 from easyedit_split.data import load_dataset
-from easyedit_split.evaluation.scoring import score_pairs
+from easyedit_split.evaluation.sweep_nll import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.models import load_model_and_tokenizer
 from easyedit_split.prompts import PromptFormat, encode_batch, steering_prefix_length

@@ -230,7 +230,7 @@ class SteerEditor:
         result = instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)
         if not generate:
             return result
-        from .evaluation.generation_eval import GenerationAndPreference, GenerationEvaluator
+        from .generation_eval.evaluator import GenerationAndPreference, GenerationEvaluator
 
         options = {"multipliers": list(multipliers), **dict(generation_options or {})}
         generation = GenerationEvaluator(self.model, self.tokenizer, prompt_format=self.prompt_format, **options)

@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny_model
 from test_training import WordTokenizer, make_hparams, word_pairs
 from easyedit_split import capture_cache
-from easyedit_split.evaluation.scoring import score_encoded_pairs
+from easyedit_split.evaluation.sweep_nll import score_encoded_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
 from easyedit_split.packing import EncodedPair

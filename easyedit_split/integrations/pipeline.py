@@ -28,7 +28,7 @@ from ..data import (
     easyedit_data_file, group_by_concept, list_datasets, load_dataset, load_generation_data,
 )
 from ..errors import DatasetError, HparamsError
-from ..evaluation.scoring import score_pairs
+from ..evaluation.sweep_nll import score_pairs
 from ..generation import GenerationSettings, generate_steered
 from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
 from ..hparams.reading import keep_known_keys
