@@ -30,7 +30,7 @@ import torch
 from measure import count_flops, load, memory_kind, peak_memory
 
 from easyedit_split.data import load_dataset
-from easyedit_split.evaluation.scoring import score_pairs
+from easyedit_split.evaluation.sweep_nll import score_pairs
 from easyedit_split.fastpath import capture_cache
 from easyedit_split.fastpath.replay import capture_layer_inputs, full_forward_nll
 from easyedit_split.interventions import DynamicWeightUpdate

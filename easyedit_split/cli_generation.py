@@ -56,7 +56,7 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def generation_config(args: argparse.Namespace, multipliers: Optional[list] = None) -> Any:
     """The `GenerationEvalConfig` of the flags."""
-    from .evaluation.generation_eval import GenerationEvalConfig
+    from .generation_eval.evaluator import GenerationEvalConfig
     from .generation import GenerationSettings
 
     sweep = parse_multipliers(args.generation_multipliers) if args.generation_multipliers else multipliers
@@ -74,8 +74,8 @@ def generation_config(args: argparse.Namespace, multipliers: Optional[list] = No
 def run_generation(args: argparse.Namespace, model: Any, tokenizer: Any, prompt_format: Any,
                    methods: Mapping[str, Any], multipliers: Optional[list], concept_id: Optional[int] = None) -> Any:
     """Generate, score and summarise every method; returns the `GenerationReport`."""
-    from .evaluation.generation_eval import GenerationEvaluator
-    from .evaluation.generation_items import load_generation_items
+    from .generation_eval.evaluator import GenerationEvaluator
+    from .generation_eval.items import load_generation_items
 
     config = generation_config(args, multipliers)
     items = load_generation_items(args.generation_dataset or args.dataset, split=args.split, dev_split=args.dev_split,

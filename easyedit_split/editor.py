@@ -231,7 +231,7 @@ class SteerEditor:
         result = instance.evaluate(self._active(updates), self._pairs(dataset, split), name=name or method_name)
         if not generate:
             return result
-        from .evaluation.generation_eval import GenerationAndPreference, GenerationEvaluator
+        from .generation_eval.evaluator import GenerationAndPreference, GenerationEvaluator
 
         # None: the sweep the preference half was scored at (its form's default), so both halves line up
         sweep = list(multipliers) if multipliers is not None else list(result.info["multipliers"])

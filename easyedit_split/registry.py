@@ -88,7 +88,7 @@ assert tuple(METHODS) == METHOD_NAMES, "the registry lists every method of const
 
 EVALUATORS: dict[str, str] = {
     "preference_utility": "easyedit_split.evaluation.preference_utility:PreferenceUtilityEvaluator",
-    "generation_judge": "easyedit_split.evaluation.generation_eval:GenerationEvaluator",
+    "generation_judge": "easyedit_split.generation_eval.evaluator:GenerationEvaluator",
 }
 
 

@@ -311,7 +311,7 @@ class Runner:
     def generation_scores(self, methods: dict, pairs: Sequence[Any], model: Any, tokenizer: Any, prompt_hparams: Any,
                           report_dir: Path) -> Any:
         """Steered generations of the test prompts, scored as `--eval_methods` asks (resumable under report_dir/generation)."""
-        from easyedit_split.evaluation.generation_eval import GenerationEvaluator, settings_from_easyedit
+        from easyedit_split.generation_eval.evaluator import GenerationEvaluator, settings_from_easyedit
 
         args = self.args
         wanted = {m.lower() for m in (args.eval_methods or ["llm", "ppl", "distinctness"])}

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from easyedit_split.data import PolarityPair
-from easyedit_split.evaluation.scoring import score_pairs
+from easyedit_split.evaluation.sweep_nll import score_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.sft import sft_loss
 from easyedit_split.prompts import PromptFormat, encode_completion, encode_prompt, steering_prefix_length

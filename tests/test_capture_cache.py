@@ -9,7 +9,7 @@ import torch
 
 from conftest import build_tiny_model
 from test_training import WordTokenizer, make_hparams, word_pairs
-from easyedit_split.evaluation.scoring import score_encoded_pairs
+from easyedit_split.evaluation.sweep_nll import score_encoded_pairs
 from easyedit_split.fastpath import capture_cache
 from easyedit_split.fastpath.packing import EncodedPair
 from easyedit_split.interventions import DynamicWeightUpdate

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from easyedit_split.evaluation.manifold import ManifoldOptions, ManifoldProbe, correlations, default_probe_layers
-from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
+from easyedit_split.evaluation.sweep_nll import EncodedPair, score_encoded_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 
 from conftest import build_tiny_model

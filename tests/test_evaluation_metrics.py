@@ -10,7 +10,7 @@ import pytest
 from easyedit_split.evaluation.metrics import (
     compute_metrics, log1mexp, preference_odds, summarize, utility_odds,
 )
-from easyedit_split.evaluation.scoring import PairScores
+from easyedit_split.evaluation.sweep_nll import PairScores
 
 
 def test_log_odds_match_hand_values():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from easyedit_split.evaluation import EVALUATORS, PreferenceUtilityEvaluator
-from easyedit_split.evaluation.scoring import EncodedPair
+from easyedit_split.evaluation.sweep_nll import EncodedPair
 from easyedit_split.interventions import DynamicWeightUpdate
 
 from conftest import build_tiny_model
@@ -210,7 +210,7 @@ def test_summary_reports_preference_accuracy_at_fixed_multipliers_never_the_max(
 
 def test_metrics_json_has_the_new_key_and_the_old_one():
     from easyedit_split.evaluation.metrics import compute_metrics
-    from easyedit_split.evaluation.scoring import PairScores
+    from easyedit_split.evaluation.sweep_nll import PairScores
 
     scores = PairScores(np.array([0.0]), np.array([[1.0, 3.0]]), np.array([[2.0, 2.0]]), np.ones(2), np.ones(2), "sequence")
     metrics = compute_metrics(scores, n_bootstrap=0)

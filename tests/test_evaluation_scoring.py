@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from easyedit_split.evaluation.scoring import EncodedPair, score_encoded_pairs
+from easyedit_split.evaluation.sweep_nll import EncodedPair, score_encoded_pairs
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import EncodedCompletion, collate
 from easyedit_split.fastpath.replay import full_forward_nll
@@ -93,7 +93,7 @@ def test_invalid_arguments_are_named(tiny_model):
 def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
     """Real chat template: the pair encoding (JOIN_RULE, suffix) equals prompts.encode_batch's rows."""
     from easyedit_split.data import load_dataset
-    from easyedit_split.evaluation.scoring import score_pairs
+    from easyedit_split.evaluation.sweep_nll import score_pairs
     from easyedit_split.prompts import PromptFormat, encode_batch, steering_prefix_length
 
     pairs = load_dataset("sentiment", "test")[:3]

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from easyedit_split.evaluation import generation_eval
-from easyedit_split.evaluation.generation_eval import GENERATIONS_FILE, GenerationEvaluator, GenerationRunError
-from easyedit_split.evaluation.generation_items import GenerationItem, dev_test_labels, load_generation_items
-from easyedit_split.evaluation.generation_report import GenerationReport
+from easyedit_split.generation_eval import evaluator as evaluator_module
+from easyedit_split.generation_eval.evaluator import GENERATIONS_FILE, GenerationEvaluator, GenerationRunError
+from easyedit_split.generation_eval.items import GenerationItem, dev_test_labels, load_generation_items
+from easyedit_split.generation_eval.report import GenerationReport
 from easyedit_split.generation import GenerationSettings, generate_steered
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.judging import OpenAICompatibleJudge
@@ -109,12 +109,12 @@ def test_missing_rating_is_counted_not_zero(tiny_chat_model, default_tokenizer, 
         return [GenerationRecord(i, p, m, 0, texts[i] if "drop" in p else texts[1], "") for m in multipliers
                 for i, p in enumerate(prompts)]
 
-    original = generation_eval.generate_steered
-    generation_eval.generate_steered = fake_generate
+    original = evaluator_module.generate_steered
+    evaluator_module.generate_steered = fake_generate
     try:
         report = evaluator.compare({"vec": updates}, items)
     finally:
-        generation_eval.generate_steered = original
+        evaluator_module.generate_steered = original
     cell = report.cells[("vec", 0.0, "test")]
     assert cell.scores["fluency"].n_missing == 1 and cell.scores["fluency"].n_scored == 1
     assert cell.scores["aggregate"].n_missing == 1
@@ -136,7 +136,7 @@ def test_killed_run_resumes_without_regenerating_or_reasking(tiny_chat_model, de
     asked_reference = len(server.requests)
 
     generated: list[tuple[str, float]] = []
-    original = generation_eval.generate_steered
+    original = evaluator_module.generate_steered
 
     def counting(model, tokenizer, prompts, updates, multipliers, settings, prompt_format):
         if len(generated) >= 2 * len(MULTIPLIERS) and not resumed:
@@ -145,7 +145,7 @@ def test_killed_run_resumes_without_regenerating_or_reasking(tiny_chat_model, de
         return original(model, tokenizer, prompts, updates, multipliers, settings, prompt_format)
 
     resumed = False
-    generation_eval.generate_steered = counting
+    evaluator_module.generate_steered = counting
     try:
         out = tmp_path / "killed"
         with pytest.raises(Killed):
@@ -157,7 +157,7 @@ def test_killed_run_resumes_without_regenerating_or_reasking(tiny_chat_model, de
         report = evaluator_for(tiny_chat_model, default_tokenizer, server, settings=settings).compare(
             methods, PROMPTS, out_dir=out)
     finally:
-        generation_eval.generate_steered = original
+        evaluator_module.generate_steered = original
     assert len(generated) == len(PROMPTS) * len(MULTIPLIERS)  # every (prompt, m) generated exactly once
     assert len(set(generated)) == len(generated)
     strip = lambda rows: [{k: v for k, v in row.items()} for row in rows]
@@ -168,12 +168,12 @@ def test_killed_run_resumes_without_regenerating_or_reasking(tiny_chat_model, de
     lines = cache.read_text().splitlines(keepends=True)
     cache.write_text("".join(lines[:-5]) + lines[-5][:10])
     requests_before = len(server.requests)
-    generation_eval.generate_steered = counting
+    evaluator_module.generate_steered = counting
     try:
         again = evaluator_for(tiny_chat_model, default_tokenizer, server, settings=settings).compare(
             methods, PROMPTS, out_dir=out)
     finally:
-        generation_eval.generate_steered = original
+        evaluator_module.generate_steered = original
     assert len(generated) == len(PROMPTS) * len(MULTIPLIERS)  # nothing generated again
     assert len(server.requests) - requests_before == 5
     assert again.rows == report.rows
@@ -262,12 +262,12 @@ def test_answer_accuracy_scored_on_yes_no_data(tiny_chat_model, default_tokenize
         replies = ["Yes, of course.", "**No.**", "I would say no.", "Hmm, hard to say."]
         return [GenerationRecord(i, p, m, 0, replies[i], "") for m in multipliers for i, p in enumerate(prompts)]
 
-    original = generation_eval.generate_steered
-    generation_eval.generate_steered = fake_generate
+    original = evaluator_module.generate_steered
+    evaluator_module.generate_steered = fake_generate
     try:
         report = evaluator.compare({"vec": updates}, items)
     finally:
-        generation_eval.generate_steered = original
+        evaluator_module.generate_steered = original
     # matching: Yes, No, Yes, No -> replies yes (match), no (match), no (other), unparsed
     assert [r["scores"]["answer_matches"][0] for r in report.rows] == [True, True, False, None]
     answers = report.cells[("vec", 0.0, "test")].answers
@@ -390,40 +390,21 @@ def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_
     assert run_split.main(argv[:-8] + ["--eval_methods", "llm"], model=tiny_chat_model, tokenizer=default_tokenizer) == 1
 
 
-def test_preference_accuracy_factor_chosen_on_dev_pairs():
-    import types
-
-    import numpy as np
-
-    from easyedit_split.evaluation.factor_selection import select_preference_accuracy
-
-    def result(name, pref_odds):  # [K multipliers, N pairs]; accuracy = share of pairs with PrefOdds > 0
-        metrics = types.SimpleNamespace(multipliers=np.array([-2.0, 0.0, 2.0, 4.0]), pref_odds=np.array(pref_odds),
-                                        accuracy=(np.array(pref_odds) > 0).mean(axis=1))
-        return types.SimpleNamespace(name=name, metrics=metrics)
-
-    dev = [result("split", [[-1, -1, 1, 1], [1, -1, 1, 1], [1, 1, 1, -1], [1, 1, 1, 1]])]   # 0.5 0.75 0.75 1.0
-    test = [result("split", [[-1, -1], [1, -1], [1, 1], [-1, -1]])]                          # 0 0.5 1.0 0.0
-    choice = select_preference_accuracy(dev, test)["split"]
-    assert choice.multiplier == 4.0 and choice.dev.mean == 1.0 and choice.test.mean == 0.0  # test's best (2) not used
-    assert choice.test.n_scored == 2
-    with pytest.raises(ValueError, match="test split is not allowed"):
-        select_preference_accuracy(test, dev, dev_split="test", test_split="dev")
-
-
 def test_main_job_generation_step(tiny_chat_model, default_tokenizer, server, updates, tmp_path):
-    from easyedit_split.demo_generation import run_demo_generation
+    from easyedit_split.data import load_dataset
+    from easyedit_split.demo import run_demo_generation
 
     judge = OpenAICompatibleJudge("stub-judge", base_url=server.base_url, api_key="k", max_retries=0, backoff=0.01)
+    test_pairs = load_dataset("sentiment", split="test")
     report = run_demo_generation(tiny_chat_model, default_tokenizer, PromptFormat(),
                                  {"caa": updates, "sft": {1: updates[1] * 0.5}, "split": {1: updates[1] * -1.0}},
-                                 out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)
+                                 test_pairs, out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)
     assert report.methods == ["caa", "sft", "split"] and report.multipliers == [0.0, 2.0, 4.0, 8.0]
     assert report.context["n_prompts"] == {"dev": 2, "test": 2}
     assert set(report.choices["aggregate"]) == {"caa", "sft", "split"}
     assert all(r["scores"]["perplexity"] and r["scores"]["distinct_1"] for r in report.rows)
     again = run_demo_generation(tiny_chat_model, default_tokenizer, PromptFormat(), {"caa": {1: updates[1] * 2.0}},
-                                out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)  # retrained: no error
+                                test_pairs, out_dir=tmp_path, max_new_tokens=3, judge=judge, progress=False)  # retrained: no error
     assert again.methods == ["caa"]
 
 

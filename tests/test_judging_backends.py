@@ -13,7 +13,7 @@ from easyedit_split.judging import (
 )
 from easyedit_split.judging.cache import JudgeCacheError
 from easyedit_split.judging.rubrics import RUBRIC_VERSION
-from easyedit_split.judging.scoring import summarize
+from easyedit_split.generation_eval.score_means import summarize
 from openai_stub import StubServer
 
 

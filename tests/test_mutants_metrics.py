@@ -17,7 +17,7 @@ from scipy.stats import bootstrap
 from easyedit_split.evaluation.metrics import (
     compute_metrics, log1mexp, log_valid_probability, summarize, utility_odds,
 )
-from easyedit_split.evaluation.scoring import PairScores
+from easyedit_split.evaluation.sweep_nll import PairScores
 
 # K = 2 multipliers, N = 3 pairs (K != N, so a sum over the wrong axis changes the shape)
 MULTIPLIERS = [-1, 2]  # ints on purpose: the metrics hold them as floats

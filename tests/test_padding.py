@@ -44,7 +44,7 @@ class _WithoutPadOrEos:
 def test_scores_do_not_depend_on_the_pad_id(tiny_chat_model, default_tokenizer):
     """Evaluating with no pad or EOS id gives the same NLLs: padding never reaches a score."""
     from easyedit_split.data import PolarityPair
-    from easyedit_split.evaluation.scoring import score_pairs
+    from easyedit_split.evaluation.sweep_nll import score_pairs
 
     pairs = [PolarityPair("Hi", "Hello there, friend.", "Go away."), PolarityPair("How are you today?", "Fine!", "Bad.")]
     with_pad = score_pairs(tiny_chat_model, default_tokenizer, pairs, {}, [0.0], layout="rows")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from easyedit_split.data import PolarityPair
-from easyedit_split.evaluation.scoring import score_pairs
+from easyedit_split.evaluation.sweep_nll import score_pairs
 from easyedit_split.generation import GenerationSettings, generate_steered
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate

@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 
 from ..constants import DEFAULT_SWEEP, INTERVENTION_METHODS
 from .manifold import ManifoldOptions
-from .scoring import LAYOUTS, NLL_MODES
+from .sweep_nll import LAYOUTS, NLL_MODES
 
 __all__ = ["EvaluatorConfig", "form_sweep", "FORM_MAX_FACTOR", "SWEEP_POINTS_PER_SIDE", "DEFAULT_SWEEP"]
 

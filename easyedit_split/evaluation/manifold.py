@@ -15,7 +15,7 @@ activations off the manifold. Their Pearson/Spearman correlations with UtilOdds(
 per layer.
 
 Activations come from forward hooks on the decoder layers during the replayed sweep
-(`scoring.score_encoded_pairs(activation_hook=...)`); the hook sees a layer's output after the
+(`sweep_nll.score_encoded_pairs(activation_hook=...)`); the hook sees a layer's output after the
 intervention's delta was added.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import bootstrap
 
-from .scoring import PairScores
+from .sweep_nll import PairScores
 
 LN2 = float(np.log(2.0))
 

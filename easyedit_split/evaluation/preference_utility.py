@@ -4,7 +4,7 @@
     result = evaluator.evaluate(updates_or_dir, pairs, name="caa")        # one method
     report = evaluator.compare({"caa": dir1, "split": dir2}, pairs, "out/")  # several, written to disk
 
-Per method: the batched sweep (`scoring`), PrefOdds/UtilOdds statistics (`metrics`), the
+Per method: the batched sweep (`sweep_nll`), PrefOdds/UtilOdds statistics (`metrics`), the
 paper's curve fits and summaries (`fits`) and, optionally, the activation-manifold probe
 (`manifold`). Multiplier 0 is the unsteered model (EasyEdit's loss mode uses factor 0 for
 "project the direction out" instead; compare numbers with that in mind). The formulas, the
@@ -32,7 +32,7 @@ from .fits import FitReport, fit_and_summarize
 from .manifold import ManifoldProbe, ManifoldResult, default_probe_layers
 from .metrics import SweepMetrics, _jsonable, compute_metrics
 from .report import EvaluationReport
-from .scoring import EncodedPair, PairScores, encode_pairs, score_encoded_pairs
+from .sweep_nll import EncodedPair, PairScores, encode_pairs, score_encoded_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -103,7 +103,7 @@ class EvaluationReport:
 
     results: Sequence[Any]            # MethodResult
     context: dict = field(default_factory=dict)
-    generation: Any = None            # generation_report.GenerationReport, when generations were scored too
+    generation: Any = None            # generation_eval.report.GenerationReport, when generations were scored too
 
     def to_dict(self) -> dict:
         data = {"package": "easyedit_split", "package_version": __version__, "scored": self.context,

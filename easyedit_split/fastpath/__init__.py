@@ -6,5 +6,5 @@
 - `capture_cache`: one capture per dataset, reused across methods and runs (memory, optional disk).
 
 Nothing here is user-facing API: the modules are imported by `training`, `methods.caa` and
-`evaluation.scoring`, and results match the plain full forward (tests pin this).
+`evaluation.sweep_nll`, and results match the plain full forward (tests pin this).
 """

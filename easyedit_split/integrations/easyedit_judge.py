@@ -23,7 +23,8 @@ def judge_results(results: Sequence[Mapping[str, Any]], concept: str, judge: Uni
                   cache_path: Optional[Union[str, Path]] = None, progress: bool = True,
                   **judge_options: Any) -> dict[str, Any]:
     """Judge the first prediction of every EasyEdit results record (as EasyEdit's ``llm`` method does)."""
-    from ..judging import JudgeCache, JudgeItem, make_judge, rate_items, summarize
+    from ..generation_eval.score_means import summarize
+    from ..judging import JudgeCache, JudgeItem, make_judge, rate_items
 
     backend = make_judge(judge, **judge_options) if isinstance(judge, str) else judge
     items = []
@@ -60,7 +61,7 @@ def add_evaluator(evaluate_package: Any, name: str, evaluator: type) -> None:
 
 def register_judge_evaluator(evaluate_package: Any) -> str:
     """Add `GenerationEvaluator` to ``evaluate_package.EVALUATORS`` (created if absent); returns its name."""
-    from ..evaluation.generation_eval import GenerationEvaluator
+    from ..generation_eval.evaluator import GenerationEvaluator
 
     add_evaluator(evaluate_package, JUDGE_EVALUATOR_NAME, GenerationEvaluator)
     evaluate_package.judge_results = judge_results

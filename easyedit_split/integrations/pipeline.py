@@ -26,7 +26,7 @@ from ..constants import INTERVENTION_METHODS, METHOD_NAMES, SFT_PREFERENCE_TYPES
 from ..data import GenerationExample, PolarityPair, group_by_concept, list_datasets, load_dataset, load_generation_data
 from ..easyedit_layout import EASYEDIT_GENERATION_FILES, EASYEDIT_TEST_FILES, EASYEDIT_TRAIN_FILES, easyedit_data_file
 from ..errors import DatasetError, HparamsError
-from ..evaluation.scoring import score_pairs
+from ..evaluation.sweep_nll import score_pairs
 from ..generation import GenerationSettings, generate_steered
 from ..hparams import HyperParams, SFTHyperParams, SplitHyperParams
 from ..hparams.reading import keep_known_keys

@@ -7,6 +7,9 @@
 Every answer the judge gives (parseable or not) is appended to the cache as it arrives, so a killed
 run loses nothing that was paid for. A failed request (after the backend's retries) or an answer
 without a rating after `parse_attempts` asks is a missing rating: None, with the reason kept.
+
+Aggregate of one item (EasyEdit / AxBench): the harmonic mean of its concept, instruction and fluency
+ratings, ``3 / (1/c + 1/i + 1/f)``; 0 when any rating is 0; missing (None) when any rating is missing.
 """
 from __future__ import annotations
 
@@ -21,9 +24,17 @@ from .backends import BatchJudgeBackend, JudgeBackend, JudgeRequestError
 from .cache import JudgeCache, cache_key, prompt_hash
 from .parsing import parse_rating
 from .rubrics import RUBRIC_NAMES, RUBRIC_VERSION, judge_prompts
-from .scoring import harmonic_mean_rating
 
 logger = logging.getLogger(__name__)
+
+
+def harmonic_mean_rating(ratings: Sequence[Optional[float]]) -> Optional[float]:
+    """``n / sum(1/r)``; 0 if any rating is 0; None if any rating is None (or there are none)."""
+    if not ratings or any(rating is None for rating in ratings):
+        return None
+    if any(rating == 0 for rating in ratings):
+        return 0.0
+    return len(ratings) / sum(1.0 / rating for rating in ratings)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Missing judge ratings are left out of every mean and counted next to it (never scored as 0).
 Factor selection follows AxBench: each method's multiplier is chosen on the dev split by the
 judge aggregate (or, without a judge, by answer accuracy) and the test-split score at that
-multiplier is reported; the test split never influences the choice (`judging.select_factors`).
+multiplier is reported; the test split never influences the choice (`factor_selection.select_factors`).
 
 Files (atomic writes): ``generation_results.json`` (per-item rows with their scores, summaries,
 choices), ``generation_results.csv``, ``generation_report.md`` (tables and a few generations per m
@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .. import __version__
-from ..judging import FactorChoice, ScoreSummary, ScoreTable, answer_accuracy, select_factors, summarize
-from ..judging.lexical import distinct_1_2_3
 from ..judging.rubrics import RUBRIC_NAMES
 from ..storage.files import atomic_write, atomic_write_json, atomic_write_text
+from .answer_accuracy import answer_accuracy
+from .factor_selection import FactorChoice, select_factors
+from .score_means import ScoreSummary, ScoreTable, summarize
+from .text_metrics import distinct_1_2_3
 
 SPLITS = ("dev", "test", "all")
 RATING_SCORES = ("aggregate", *RUBRIC_NAMES)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from easyedit_split.judging.lexical import completion_nlls, distinct_1_2_3, distinct_n, perplexities, perplexity
+from easyedit_split.generation_eval.text_metrics import completion_nlls, distinct_1_2_3, distinct_n, perplexities, perplexity
 from conftest import build_tiny_model
 
 

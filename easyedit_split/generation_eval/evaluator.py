@@ -1,4 +1,4 @@
-"""Generation-side evaluation: steered generations over a multiplier sweep, scored per item.
+"""The generation-side evaluator: steered generations over a multiplier sweep, scored per item.
 
     evaluator = GenerationEvaluator(model, tokenizer, multipliers=[0, 2, 4], judge="openai:gpt-4o-mini",
                                     concept="positive sentiment")
@@ -13,7 +13,7 @@
 2. **Score** every sample: judge ratings (concept, instruction, fluency; harmonic aggregate; answers
    cached in ``judge_cache.jsonl``, so a resumed run asks nothing twice), answer accuracy for Yes/No
    and lettered datasets, perplexity under the unsteered model and distinct-n.
-3. **Summarise and select** (`generation_report`): means per (method, m, split) with missing ratings
+3. **Summarise and select** (`report`): means per (method, m, split) with missing ratings
    counted, each method's factor chosen on the dev split and its test score at that factor.
 """
 from __future__ import annotations
@@ -36,13 +36,14 @@ from ..constants import DEFAULT_SWEEP
 from ..errors import EasyEditSplitError
 from ..generation import GenerationSettings, generate_steered
 from ..interventions import DynamicWeightUpdate
-from ..judging import JudgeBackend, JudgeCache, JudgeItem, answer_matches, make_judge, rate_items, reference_label
-from ..judging.lexical import distinct_1_2_3, perplexities
+from ..judging import JudgeBackend, JudgeCache, JudgeItem, make_judge, rate_items
 from ..judging.rubrics import RUBRIC_NAMES, RUBRIC_VERSION
 from ..prompts import PromptFormat
 from ..storage.units import load_interventions
-from .generation_items import GenerationItem, make_items
-from .generation_report import GenerationReport
+from .answer_accuracy import answer_matches, reference_label
+from .items import GenerationItem, make_items
+from .report import GenerationReport
+from .text_metrics import distinct_1_2_3, perplexities
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class GenerationEvalConfig:
         concept: the concept description the concept rubric judges against (items' own ``concept`` wins).
         perplexity: perplexity of each generation under the unsteered model.
         answer_accuracy: ``auto`` (when every item's answers are Yes/No or lettered), ``on`` or ``off``.
-        dev_fraction, seed: how unlabelled prompts are divided into dev and test (`generation_items`).
+        dev_fraction, seed: how unlabelled prompts are divided into dev and test (`items`).
         samples_shown: generations per (method, m) shown side by side in the report.
         progress: tqdm bars on generation and judging.
     """

@@ -1,49 +1,13 @@
-"""Harmonic-mean aggregate, zero and missing rules, per-multiplier means, dev-split factor selection."""
+"""Factor selection: chosen on the dev split, reported on the test split; ties, refusals, preference accuracy."""
 from __future__ import annotations
 
+import types
+
+import numpy as np
 import pytest
 
-from easyedit_split.judging.rating import ItemRatings
-from easyedit_split.judging.scoring import (
-    ScoreSummary, ScoreTable, harmonic_mean_rating, mean_by_multiplier, select_factor, select_factors, summarize,
-)
-
-
-@pytest.mark.parametrize("ratings,expected", [
-    ([2, 2, 2], 2.0),
-    ([2, 1, 2], 1.5),              # 3 / (0.5 + 1 + 0.5)
-    ([1, 1, 2], 1.2),              # 3 / (1 + 1 + 0.5)
-    ([2, 0, 2], 0.0),              # any zero -> 0
-    ([0, 0, 0], 0.0),
-    ([1.5, 1, 2], 3 / (1 / 1.5 + 1 + 0.5)),
-    ([2, None, 2], None),          # missing -> missing, never 0
-    ([0, None, 2], None),          # missing wins over zero: we do not know the item's score
-    ([], None),
-])
-def test_harmonic_mean_rating(ratings, expected):
-    got = harmonic_mean_rating(ratings)
-    assert got == (pytest.approx(expected) if expected is not None else None)
-
-
-def test_item_aggregate_needs_all_three_rubrics():
-    assert ItemRatings({"concept": 2.0, "instruction": 1.0, "fluency": 2.0}).aggregate == pytest.approx(1.5)
-    assert ItemRatings({"concept": 2.0, "fluency": 2.0}).aggregate is None
-
-
-def test_mean_by_multiplier_counts_missing():
-    rows = [
-        {"multiplier": 0, "aggregate": 2.0}, {"multiplier": 0, "aggregate": 1.0},
-        {"multiplier": 2, "aggregate": None}, {"multiplier": 2, "aggregate": 0.0}, {"multiplier": 2, "aggregate": 1.5},
-        {"multiplier": -2, "aggregate": None},
-    ]
-    table = mean_by_multiplier(rows, "aggregate")
-    assert list(table) == [-2.0, 0.0, 2.0]
-    assert table[0.0] == ScoreSummary(1.5, 2, 0)
-    assert table[2.0] == ScoreSummary(0.75, 2, 1)   # (0 + 1.5) / 2; the missing item is not a 0
-    assert table[-2.0] == ScoreSummary(None, 0, 1)
-    assert table[2.0].n_items == 3
-    with pytest.raises(KeyError, match="row 0"):
-        mean_by_multiplier([{"aggregate": 1.0}], "aggregate")
+from easyedit_split.generation_eval.factor_selection import select_factor, select_factors, select_preference_accuracy
+from easyedit_split.generation_eval.score_means import ScoreSummary, ScoreTable
 
 
 def s(mean, n=10, missing=0):
@@ -86,5 +50,16 @@ def test_selection_refuses_the_test_split_and_mismatched_tables():
         select_factors(ScoreTable("dev", {"sft": {0.0: s(1.0)}}), ScoreTable("test", {}))
 
 
-def test_summarize_treats_nan_as_missing():
-    assert summarize([1.0, float("nan"), None, 2.0]) == ScoreSummary(1.5, 2, 2)
+def test_preference_accuracy_factor_chosen_on_dev_pairs():
+    def result(name, pref_odds):  # [K multipliers, N pairs]; accuracy = share of pairs with PrefOdds > 0
+        metrics = types.SimpleNamespace(multipliers=np.array([-2.0, 0.0, 2.0, 4.0]), pref_odds=np.array(pref_odds),
+                                        accuracy=(np.array(pref_odds) > 0).mean(axis=1))
+        return types.SimpleNamespace(name=name, metrics=metrics)
+
+    dev = [result("split", [[-1, -1, 1, 1], [1, -1, 1, 1], [1, 1, 1, -1], [1, 1, 1, 1]])]   # 0.5 0.75 0.75 1.0
+    test = [result("split", [[-1, -1], [1, -1], [1, 1], [-1, -1]])]                          # 0 0.5 1.0 0.0
+    choice = select_preference_accuracy(dev, test)["split"]
+    assert choice.multiplier == 4.0 and choice.dev.mean == 1.0 and choice.test.mean == 0.0  # test's best (2) not used
+    assert choice.test.n_scored == 2
+    with pytest.raises(ValueError, match="test split is not allowed"):
+        select_preference_accuracy(test, dev, dev_split="test", test_split="dev")

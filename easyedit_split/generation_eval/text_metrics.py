@@ -1,4 +1,4 @@
-"""Lexical metrics of generated text: distinct-n, and perplexity under the unsteered model.
+"""Text metrics of generated text: distinct-n (lexical diversity), and perplexity under the unsteered model.
 
 distinct-n = (number of distinct n-grams) / (number of n-grams) over whitespace tokens, pooled over
 the texts given (Li et al., 2016). EasyEdit divides by the number of words instead; pass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from easyedit_split.judging.answers import (
+from easyedit_split.generation_eval.answer_accuracy import (
     answer_accuracy, answer_matches, options_from_question, parse_answer, reference_label,
 )
 
