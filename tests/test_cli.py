@@ -5,8 +5,9 @@ import argparse
 
 import pytest
 
-from easyedit_split.cli import build_parser, main, multipliers_arg
-from easyedit_split.cli_evaluate import _evaluator_config
+from easyedit_split.cli import build_parser, main
+from easyedit_split.cli.common import multipliers_arg
+from easyedit_split.cli.evaluate import _evaluator_config
 
 
 def test_multipliers_arg_reads_lists_and_ranges():
