@@ -21,7 +21,7 @@ connections, and the others fail at their next collective instead of waiting:
 
     accelerate launch --cpu --num_processes 2 -m easyedit_split.sharding \\
         --hparams hparams/axbench/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml \\
-        --data data/axbench/axbench_train.parquet --output_dir vectors/smollm2/axbench/spilt_vector
+        --data data/axbench/axbench_train.parquet --output-dir vectors/smollm2/axbench/spilt_vector
 """
 from __future__ import annotations
 
@@ -30,20 +30,21 @@ import logging
 import os
 import time
 from datetime import timedelta
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch import nn
 
+from .cli.common import parse_set_option
 from .constants import PathLike
 from .data import PolarityPair, group_by_concept, load_dataset
 from .easyedit_layout import layer_file
-from .errors import StorageError, TrainingError
+from .errors import HparamsError, StorageError, TrainingError
 from .hparams import load_hparams
+from .hparams.reading import suggest
 from .interventions import DynamicWeightUpdate
 from .models import load_model_and_tokenizer, require_model_name
 from .producing import train_and_save
@@ -279,26 +280,35 @@ def _train_one(hparams: Any, group: Sequence[PolarityPair], concept_id: int, mod
 # ============================================================================ command line
 
 
-def _parse_set(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set '{text}': use KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m easyedit_split.sharding`'s flags (`--model_name_or_path`: EasyEdit's spelling; `--set`: the
+    parser `examples/run_split.py` uses too)."""
     parser = argparse.ArgumentParser(description="Train a multi-concept dataset's concepts across processes "
                                      "(run under `accelerate launch --num_processes N`), merged into EasyEdit's layout.")
     parser.add_argument("--hparams", required=True, help="a generate_<method>_<intervention>.yaml file")
     parser.add_argument("--data", required=True, help="multi-concept pairs (AxBench parquet, or any supported file)")
-    parser.add_argument("--output_dir", required=True, help="method directory, e.g. vectors/<model>/axbench/<alg>_vector (EasyEdit's directory names)")
+    parser.add_argument("--output-dir", required=True, help="method directory, e.g. vectors/<model>/axbench/<alg>_vector (EasyEdit's directory names)")
     parser.add_argument("--model_name_or_path", default=None, help="Hub id or checkpoint directory (default: the file's)")
     parser.add_argument("--offline", action="store_true", help="use the Hugging Face cache only (as HF_HUB_OFFLINE=1)")
     parser.add_argument("--timeout", type=float, default=24 * 3600.0,
                         help="seconds the ranks wait for the slowest one at the end (default 24 h); a crashed rank ends it at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_set_option, default=[], metavar="KEY=VALUE",
+                        help="override a key of the hparams file (YAML value), like hydra's +key=value")
+    return parser
+
+
+def with_set_overrides(hparams: Any, overrides: Mapping[str, Any], source: str) -> Any:
+    """`hparams` with the `--set` keys replaced; a key the file's class lacks is an error naming the closest one."""
+    known = {f.name for f in fields(hparams) if f.init}
+    for key in overrides:
+        if key not in known:
+            raise HparamsError(f"--set {key}: {source} ({hparams.alg_name}) has no key '{key}'{suggest(key, known)}")
+    return replace(hparams, **overrides) if overrides else hparams
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,8 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = dict(args.overrides)
     if args.model_name_or_path:
         overrides["model_name_or_path"] = args.model_name_or_path
-    if overrides:
-        hparams = replace(hparams, **overrides)
+    hparams = with_set_overrides(hparams, overrides, args.hparams)
     info = process_info()
     if info.world_size > 1 and str(hparams.device) == "cuda":  # one GPU per process, as the launcher numbers them
         hparams = replace(hparams, device=f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}")

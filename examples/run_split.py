@@ -25,6 +25,10 @@ looked up in this repository's `hparams/` tree and in EasyEdit's
 datasets (read from EasyEdit's `data/` files under `--base_dir`) any shipped dataset
 (`sentiment`, `food`) or data file works. Multiplier 0 is the unsteered model here (EasyEdit's
 loss mode treats factor 0 as "project the direction out").
+
+Flags: the ones EasyEdit's `run_SPILT.py` and `steer/evaluate/evaluate.py` define keep EasyEdit's
+spelling (`--model_name`, `--intervention_method`, `--base_dir`, `--dry_run`, `--model_name_or_path`,
+`--eval_methods`, `--llm_model`); this script's additions are kebab-case (`--output-dir`, `--max-examples`).
 """
 from __future__ import annotations
 
@@ -34,11 +38,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from easyedit_split import easyedit_layout as layout  # noqa: E402
+from easyedit_split.cli.common import parse_set_option  # noqa: E402
 from easyedit_split.storage.files import atomic_write_text  # noqa: E402
 from easyedit_split.storage.units import load_interventions  # noqa: E402
 from easyedit_split.constants import (  # noqa: E402
@@ -57,13 +60,6 @@ from easyedit_split.prompts import PromptFormat  # noqa: E402
 logger = logging.getLogger("run_split")
 
 MODES = ("generate", "apply", "both", "loss", "evaluate")
-
-
-def _parse_set(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--set '{text}': use KEY=VALUE (VALUE in YAML, e.g. layers=[2])")
-    return key.strip().lstrip("+"), yaml.safe_load(value)
 
 
 def _method(text: str) -> str:
@@ -90,19 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_dir", default=str(REPO_ROOT), help="root holding hparams/ (and EasyEdit's data/)")
     parser.add_argument("--dry_run", action="store_true", help="print what would run, load nothing")
     extra = parser.add_argument_group("additions to EasyEdit's flags")
-    extra.add_argument("--output_dir", default=None, help="root for vectors/, generation/, results/ (default: --base_dir)")
+    extra.add_argument("--output-dir", default=None, help="root for vectors/, generation/, results/ (default: --base_dir)")
     extra.add_argument("--model_name_or_path", default=None,
                        help="checkpoint directory (default: <base_dir>/models/<model_name>, or the offline default model)")
-    extra.add_argument("--train_data", default=None, help="training pairs file (overrides the dataset's own)")
-    extra.add_argument("--eval_data", default=None, help="held-out pairs file for --mode evaluate")
-    extra.add_argument("--generation_data_file", default=None, help="generation prompts file for --mode apply")
-    extra.add_argument("--generation_data_size", type=int, default=None, help="prompts used per apply run")
-    extra.add_argument("--max_examples", type=int, default=None, help="pairs per concept for training/loss/evaluate")
-    extra.add_argument("--max_new_tokens", type=int, default=None)
-    extra.add_argument("--set", dest="overrides", action="append", type=_parse_set, default=[], metavar="KEY=VALUE",
+    extra.add_argument("--train-data", default=None, help="training pairs file (overrides the dataset's own)")
+    extra.add_argument("--eval-data", default=None, help="held-out pairs file for --mode evaluate")
+    extra.add_argument("--generation-data-file", default=None, help="generation prompts file for --mode apply")
+    extra.add_argument("--generation-data-size", type=int, default=None, help="prompts used per apply run")
+    extra.add_argument("--max-examples", type=int, default=None, help="pairs per concept for training/loss/evaluate")
+    extra.add_argument("--max-new-tokens", type=int, default=None)
+    extra.add_argument("--set", dest="overrides", action="append", type=parse_set_option, default=[], metavar="KEY=VALUE",
                        help="override a method-file key in every run (YAML value), like hydra's +key=value")
-    extra.add_argument("--nll_mode", default="sequence", choices=("sequence", "token"), help="evaluate: NLL per sequence or per token")
-    extra.add_argument("--no_manifold", action="store_true", help="evaluate: skip the activation-manifold probe")
+    extra.add_argument("--nll-mode", default="sequence", choices=("sequence", "token"), help="evaluate: NLL per sequence or per token")
+    extra.add_argument("--no-manifold", action="store_true", help="evaluate: skip the activation-manifold probe")
     extra.add_argument("--quiet", action="store_true")
     judge = parser.add_argument_group("evaluate: generation-side scores (EasyEdit's steer/evaluate/evaluate.py flags)")
     judge.add_argument("--eval_methods", nargs="+", default=None, metavar="METHOD",
@@ -112,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "BASE_URL / API_KEY from the environment, as EasyEdit reads them)")
     judge.add_argument("--judge", default=None, help="openai:MODEL or local:MODEL_OR_PATH (instead of --llm_model)")
     judge.add_argument("--concept", default=None, help="concept description for the judge (default: the dataset name)")
-    judge.add_argument("--generation_multipliers", nargs="+", type=float, default=None,
+    judge.add_argument("--generation-multipliers", nargs="+", type=float, default=None,
                        help="sweep of the generations (default: --multipliers or -4 -2 0 2 4)")
     return parser
 

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from easyedit_split.cli import build_parser, main, multipliers_arg
-from easyedit_split.cli_evaluate import _evaluator_config
+from easyedit_split.cli import build_parser, main
+from easyedit_split.cli.common import multipliers_arg
+from easyedit_split.cli.evaluate import _evaluator_config
 
 
 def test_multipliers_arg_reads_lists_and_ranges():
@@ -85,3 +91,198 @@ def test_train_writes_under_the_current_directory_by_default(tmp_path, monkeypat
     assert main(["train", "--hparams", str(hparams), "--model", str(model_dir)]) == 0
     assert (work / "sentiment" / "caa_vector" / "layer_1.pt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "work"]  # nothing written beside the working dir
+
+
+# ----------------------------------------------------------------------------- one declaration per shared flag
+
+# Flags of the same name that mean something else in one command (each says why).
+SAME_NAME_OTHER_MEANING = {
+    ("evaluate", "--multipliers"): "a sweep written as several values (--multipliers 4 -4 0,4)",
+    ("evaluate", "--vectors"): "NAME=DIR pairs; generate takes one directory",
+    ("evaluate", "--hparams"): "an apply file or top-level config; train takes a method's generate file",
+}
+
+
+def _subcommand_actions():
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {flag: action for action in parser._actions for flag in action.option_strings
+                   if action.help is not argparse.SUPPRESS}
+            for name, parser in subparsers.choices.items()}
+
+
+def test_every_flag_two_commands_take_is_declared_once_with_one_help_text():
+    from easyedit_split.cli.common import SHARED_FLAGS
+
+    by_flag: dict = {}
+    for command, actions in _subcommand_actions().items():
+        for flag, action in actions.items():
+            if flag not in ("-h", "--help") and (command, flag) not in SAME_NAME_OTHER_MEANING:
+                by_flag.setdefault(flag, []).append((command, action))
+    shared = {flag: uses for flag, uses in by_flag.items() if len(uses) > 1}
+    assert {"--device", "--dtype", "--model", "--offline", "--steer-positions", "--completion-join",
+            "--fast-path-memory-mb"} <= set(shared)
+    for flag, uses in shared.items():
+        assert flag in SHARED_FLAGS, f"{flag} is declared by {[c for c, _ in uses]} but not in common.SHARED_FLAGS"
+        assert {action.help for _, action in uses} == {SHARED_FLAGS[flag]["help"]}, flag
+    for command, flag in SAME_NAME_OTHER_MEANING:  # the exceptions exist (else the list is stale)
+        assert flag in _subcommand_actions()[command]
+
+
+def test_shared_flags_keep_each_commands_default():
+    parser = build_parser()
+    assert parser.parse_args(["train", "--hparams", "h"]).split == "train"
+    assert parser.parse_args(["evaluate", "--dataset", "d"]).split == "test"
+    assert parser.parse_args(["train", "--hparams", "h"]).dataset == "sentiment"
+    assert [parser.parse_args(argv).max_new_tokens for argv in (["demo"], ["generate", "--vectors", "v", "--prompt", "p"],
+                                                                 ["evaluate", "--dataset", "d"])] == [32, 40, 64]
+    assert parser.parse_args(["generate", "--vectors", "v", "--prompt", "p"]).concept_id == 0
+    assert parser.parse_args(["evaluate", "--dataset", "d"]).concept_id is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate"])  # --dataset stays required there
+
+
+# ----------------------------------------------------------------------------- the package's layering
+
+CLI_DIR = Path(__file__).resolve().parents[1] / "easyedit_split" / "cli"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of what `path` (a module of easyedit_split.cli) imports, including `from . import x`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "easyedit_split.cli" if node.level == 1 else "easyedit_split" if node.level == 2 else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CLI_DIR.glob("*.py") if p.stem not in ("__init__", "__main__")))
+def test_no_command_module_imports_the_dispatcher(name):
+    imported = _imported_modules(CLI_DIR / f"{name}.py")
+    dispatcher = {"easyedit_split.cli", "easyedit_split.cli.main", "easyedit_split.cli.build_parser"}
+    assert not imported & dispatcher, f"cli/{name}.py imports the dispatcher: {sorted(imported & dispatcher)}"
+
+
+def test_the_cli_and_its_set_parser_import_without_torch():
+    code = ("import sys, easyedit_split.cli, easyedit_split.cli.common; "
+            "easyedit_split.cli.build_parser().parse_args(['evaluate', '--dataset', 'd']); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(CLI_DIR.parents[1])}, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+# ----------------------------------------------------------------------------- --set KEY=VALUE, one parser
+
+
+def test_run_split_and_sharding_use_the_same_set_parser():
+    from easyedit_split import sharding
+    from easyedit_split.cli.common import parse_set_option
+
+    run_split = _load_run_split()
+
+    def set_type(parser):
+        return next(action.type for action in parser._actions if "--set" in action.option_strings)
+
+    assert set_type(sharding.build_parser()) is parse_set_option
+    assert set_type(run_split.build_parser()) is parse_set_option
+
+
+def _load_run_split():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_split_for_test_cli", CLI_DIR.parents[1] / "examples" / "run_split.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_set_values_are_yaml_and_the_key_is_stripped():
+    from easyedit_split.cli.common import parse_set_option
+
+    assert parse_set_option("layers=[2, 3]") == ("layers", [2, 3])
+    assert parse_set_option(" dtype =bfloat16") == ("dtype", "bfloat16")
+    assert parse_set_option("system_prompt=") == ("system_prompt", None)
+    assert parse_set_option("alpha=a=b") == ("alpha", "a=b")
+
+
+# run_split.py was stricter or more complete than sharding in each of these; sharding now behaves the same
+@pytest.mark.parametrize("text", ["=3", "+=3", "layers"])
+def test_set_without_a_key_is_refused_by_both(text):
+    from easyedit_split import sharding
+    from easyedit_split.cli.common import parse_set_option
+
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_set_option(text)
+    with pytest.raises(SystemExit) as info:
+        sharding.build_parser().parse_args(["--hparams", "h", "--data", "d", "--output-dir", "o", "--set", text])
+    assert info.value.code == 2
+
+
+def test_set_reads_hydras_plus_prefix_in_both():
+    from easyedit_split import sharding
+
+    args = sharding.build_parser().parse_args(["--hparams", "h", "--data", "d", "--output-dir", "o",
+                                               "--set", "+steering_factors=[2.0]"])
+    assert args.overrides == [("steering_factors", [2.0])]
+    assert _load_run_split().build_parser().parse_args(
+        ["--dataset", "d", "--method", "caa", "--model_name", "m", "--intervention_method", "vector",
+         "--set", "+steering_factors=[2.0]"]).overrides == [("steering_factors", [2.0])]
+
+
+def test_sharding_refuses_an_unknown_set_key_naming_the_closest(tmp_path):
+    from easyedit_split import sharding
+    from easyedit_split.errors import HparamsError
+
+    hparams = Path(__file__).resolve().parents[1] / "hparams/sentiment/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml"
+    with pytest.raises(HparamsError, match=r"--set layer: .*has no key 'layer' \(did you mean 'layers'\?\)"):
+        sharding.main(["--hparams", str(hparams), "--data", "d", "--output-dir", str(tmp_path), "--set", "layer=[2]"])
+
+
+# ----------------------------------------------------------------------------- each directory read once
+
+
+def test_each_vector_directory_is_read_once_per_command(tmp_path, monkeypatch, tiny_chat_model, default_tokenizer, capsys):
+    from easyedit_split import storage
+
+    model_dir = tmp_path / "tiny"
+    tiny_chat_model.save_pretrained(model_dir)
+    default_tokenizer.save_pretrained(model_dir)
+    hparams = tmp_path / "generate_caa.yaml"
+    hparams.write_text("alg_name: caa\nlayers: [1, 2]\nuse_chat_template: true\n", encoding="utf-8")
+    assert main(["train", "--hparams", str(hparams), "--model", str(model_dir), "--output-dir", str(tmp_path)]) == 0
+    vectors = tmp_path / "sentiment" / "caa_vector"
+    reads = []
+    real_load = storage.safe_torch_load
+    monkeypatch.setattr(storage, "safe_torch_load", lambda path: reads.append(Path(path).name) or real_load(path))
+    assert main(["evaluate", str(vectors), "--vectors", f"again={vectors}", "--dataset", "sentiment", "--model",
+                 str(model_dir), "--multipliers=-1,0,1", "--max-examples", "2", "--bootstrap", "5", "--no-manifold",
+                 "--no-progress"]) == 0
+    assert sorted(reads) == ["layer_1.pt", "layer_1.pt", "layer_2.pt", "layer_2.pt"]  # two sources, two layers
+    reads.clear()
+    assert main(["generate", "--vectors", str(vectors), "--prompt", "hi", "--max-new-tokens", "2", "--model",
+                 str(model_dir)]) == 0
+    assert sorted(reads) == ["layer_1.pt", "layer_2.pt"]
+    capsys.readouterr()
+
+
+def test_loaded_vectors_are_checked_against_the_model(tmp_path, tiny_chat_model):
+    import torch
+
+    from easyedit_split.cli.vectors import LoadedVectors, check_against_model
+    from easyedit_split.errors import StorageError
+    from easyedit_split.interventions import DynamicWeightUpdate
+
+    hidden = tiny_chat_model.config.hidden_size
+    fits = DynamicWeightUpdate.from_vector(torch.ones(hidden))
+    check_against_model(LoadedVectors(tmp_path, {1: fits}, {}), tiny_chat_model)
+    with pytest.raises(StorageError, match=r"layer_9\.pt: layer 9 is outside the model's"):
+        check_against_model(LoadedVectors(tmp_path, {9: fits}, {}), tiny_chat_model)
+    with pytest.raises(StorageError, match=rf"layer_1\.pt: output width {hidden + 1} does not match"):
+        check_against_model(LoadedVectors(tmp_path, {1: DynamicWeightUpdate.from_vector(torch.ones(hidden + 1))}, {}),
+                            tiny_chat_model)
+    with pytest.raises(StorageError, match="written for a model with hidden size 7"):
+        check_against_model(LoadedVectors(tmp_path, {1: fits}, {"hidden_size": 7}), tiny_chat_model)

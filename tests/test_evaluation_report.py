@@ -86,11 +86,11 @@ def _save_tiny_setup(tmp_path):
 
 
 def test_cli_evaluates_saved_directories(tmp_path, capsys):
-    from easyedit_split.cli_evaluate import main
+    from easyedit_split.cli import main
 
     model_dir, data = _save_tiny_setup(tmp_path)
     out = tmp_path / "report"
-    code = main([str(tmp_path / "caa_vector"), "--vectors", f"half={tmp_path / 'caa_vector'}", "--dataset", str(data),
+    code = main(["evaluate", str(tmp_path / "caa_vector"), "--vectors", f"half={tmp_path / 'caa_vector'}", "--dataset", str(data),
                  "--model", str(model_dir), "--multipliers=-2:2:1", "--out", str(out), "--bootstrap", "20",
                  "--no-progress", "--max-examples", "2"])
     assert code == 0
@@ -103,13 +103,14 @@ def test_cli_evaluates_saved_directories(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
-    from easyedit_split.cli_evaluate import main, parse_multipliers
+    from easyedit_split.cli import main
+    from easyedit_split.multipliers import parse_multipliers
 
     assert parse_multipliers(["-1:1:0.5"]) == [-1.0, -0.5, 0.0, 0.5, 1.0]
     assert parse_multipliers(["4,0", "-4"]) == [-4.0, 0.0, 4.0]
     with pytest.raises(ValueError, match="start:stop:step"):
         parse_multipliers(["1:2"])
-    assert main(["--dataset", "sentiment"]) == 2
+    assert main(["evaluate", "--dataset", "sentiment"]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
 
 

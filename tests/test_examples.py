@@ -17,7 +17,7 @@ from easyedit_split.prompts import PromptFormat, encode_completion, steering_pre
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-TINY = ["--set", "layers=[2]", "--set", "n_epochs=1", "--set", "batch_size=2", "--max_examples", "4", "--quiet"]
+TINY = ["--set", "layers=[2]", "--set", "n_epochs=1", "--set", "batch_size=2", "--max-examples", "4", "--quiet"]
 
 
 def _load(name: str):
@@ -39,8 +39,8 @@ def trained(run_split, tiny_chat_model, default_tokenizer, tmp_path_factory):
     """`--mode both` for spilt/vector on the shipped sentiment data: train, then apply at m = 2."""
     out = tmp_path_factory.mktemp("run_split")
     argv = ["--dataset", "sentiment", "--method", "split", "--model_name", "smollm2-135m-instruct",
-            "--intervention_method", "vector", "--mode", "both", "--multipliers", "2.0", "--output_dir", str(out),
-            "--generation_data_size", "2", "--max_new_tokens", "4", *TINY]
+            "--intervention_method", "vector", "--mode", "both", "--multipliers", "2.0", "--output-dir", str(out),
+            "--generation-data-size", "2", "--max-new-tokens", "4", *TINY]
     assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
     return out
 
@@ -81,7 +81,7 @@ def test_apply_orig_pred_is_unsteered_greedy_and_pred_moves(trained, tiny_chat_m
 
 def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained, tiny_chat_model, default_tokenizer):
     argv = ["--dataset", "sentiment", "--method", "spilt", "--model_name", "smollm2-135m-instruct",
-            "--intervention_method", "vector", "--mode", "loss", "--multipliers", "1.5", "--output_dir", str(trained), *TINY]
+            "--intervention_method", "vector", "--mode", "loss", "--multipliers", "1.5", "--output-dir", str(trained), *TINY]
     assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
     base = trained / "vectors/smollm2-135m-instruct/get_sft_loss/spilt/sentiment/spilt_vector"
     with open(base / "vector_spilt_m1.5_winning_only" / "train_losses.csv") as handle:
@@ -118,7 +118,7 @@ def test_loss_mode_writes_easyedits_csv_and_per_example_nlls(run_split, trained,
 def test_evaluate_mode_writes_the_report(run_split, trained, tiny_chat_model, default_tokenizer):
     argv = ["--dataset", "sentiment", "--method", "spilt", "--model_name", "smollm2-135m-instruct",
             "--intervention_method", "vector", "--mode", "evaluate", "--multipliers", "-2", "0", "2",
-            "--output_dir", str(trained), "--no_manifold", *TINY]
+            "--output-dir", str(trained), "--no-manifold", *TINY]
     assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
     report = trained / "results/smollm2-135m-instruct/sentiment/preference_utility"
     assert (report / "preference_utility.png").is_file()

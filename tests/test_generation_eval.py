@@ -375,10 +375,10 @@ def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_
     monkeypatch.setenv("BASE_URL", server.base_url)  # EasyEdit's variables
     monkeypatch.setenv("API_KEY", "k")
     common = ["--dataset", "sentiment", "--method", "caa", "--model_name", "smollm2-135m-instruct",
-              "--intervention_method", "vector", "--output_dir", str(tmp_path), "--set", "layers=[2]",
-              "--max_examples", "4", "--quiet"]
+              "--intervention_method", "vector", "--output-dir", str(tmp_path), "--set", "layers=[2]",
+              "--max-examples", "4", "--quiet"]
     assert run_split.main(common + ["--mode", "generate"], model=tiny_chat_model, tokenizer=default_tokenizer) == 0
-    argv = common + ["--mode", "evaluate", "--multipliers", "-2", "0", "2", "--no_manifold", "--max_new_tokens", "3",
+    argv = common + ["--mode", "evaluate", "--multipliers", "-2", "0", "2", "--no-manifold", "--max-new-tokens", "3",
                      "--eval_methods", "llm", "ppl", "distinctness", "--llm_model", "stub-judge", "--concept", "joy"]
     assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
     report = tmp_path / "results/smollm2-135m-instruct/sentiment/preference_utility"

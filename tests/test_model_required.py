@@ -11,8 +11,9 @@ from easyedit_split.cli import main
 from easyedit_split.editor import SteerEditor
 from easyedit_split.errors import ModelError
 from easyedit_split.hparams import CAAHyperParams, HyperParams, TopLevelConfig
-from easyedit_split.model_choice import choose_model
+from easyedit_split.cli.vectors import LoadedVectors, choose_model
 from easyedit_split.models import load_model_and_tokenizer
+from easyedit_split.storage.units import read_metadata
 
 NO_MODEL = "alg_name: caa\nlayers: [1]\nuse_chat_template: true\n"
 
@@ -85,11 +86,12 @@ def test_top_level_config_supplies_the_model_of_an_easyedit_method_file(method_f
 
 
 def test_model_choice_order_and_recorded_model(tmp_path):
-    vectors = tmp_path / "caa_vector"
-    vectors.mkdir()
-    (vectors / "metadata.json").write_text(json.dumps({"model": "org/recorded"}), encoding="utf-8")
+    directory = tmp_path / "caa_vector"
+    directory.mkdir()
+    (directory / "metadata.json").write_text(json.dumps({"model": "org/recorded"}), encoding="utf-8")
+    vectors = LoadedVectors(directory, {}, read_metadata(directory))  # what load_vectors keeps of metadata.json
     assert choose_model("org/flag", "org/file", [vectors]) == "org/flag"
     assert choose_model(None, "org/file", [vectors]) == "org/file"
     assert choose_model(None, None, [vectors]) == "org/recorded"
     with pytest.raises(ModelError, match="evaluate: no model_name_or_path"):
-        choose_model(None, None, [tmp_path], where="evaluate")
+        choose_model(None, None, [LoadedVectors(tmp_path, {}, read_metadata(tmp_path))], where="evaluate")

@@ -86,7 +86,7 @@ def _launch_env(rank: int, world_size: int, port: int) -> dict:
 
 def _command(checkpoint, data, out):
     return [sys.executable, "-m", "easyedit_split.sharding", "--hparams", str(HPARAMS), "--data", str(data),
-            "--output_dir", str(out), "--model_name_or_path", str(checkpoint), "--threads", "1", *_set_flags()]
+            "--output-dir", str(out), "--model_name_or_path", str(checkpoint), "--threads", "1", *_set_flags()]
 
 
 def _assert_same_files(left: Path, right: Path) -> None:

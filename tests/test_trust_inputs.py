@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from easyedit_split import cli
+from easyedit_split.cli import demo as cli_demo
 from easyedit_split.data import load_dataset, load_generation_file
 from easyedit_split.errors import DatasetError, HparamsError, StorageError
 from easyedit_split.hparams import load_hparams
@@ -199,7 +200,7 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_cache_model", interrupted)
+    monkeypatch.setattr(cli_demo, "run_cache_model", interrupted)
     assert cli.main(["cache-model"]) == 130
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
@@ -209,7 +210,7 @@ def test_unexpected_errors_are_one_line_exit_1(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("something deep failed\nwith a second line")
 
-    monkeypatch.setattr(cli, "cmd_cache_model", broken)
+    monkeypatch.setattr(cli_demo, "run_cache_model", broken)
     assert cli.main(["cache-model"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "error: RuntimeError: something deep failed"

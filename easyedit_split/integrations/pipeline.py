@@ -74,7 +74,7 @@ def resolve_data(dataset: str, base_dir: PathLike = ".", split: str = "train", d
         if not path.exists():
             raise DatasetError(
                 f"dataset '{dataset}': EasyEdit keeps its {split} file at {path}, which does not exist. Copy EasyEdit's "
-                f"data/ directory under --base_dir, or pass the file with --train_data/--eval_data. "
+                f"data/ directory under --base_dir, or pass the file with --train-data/--eval-data. "
                 f"Shipped datasets that need no files: {', '.join(list_datasets())}."
             )
         return path
@@ -102,7 +102,7 @@ def load_prompts(dataset: str, base_dir: PathLike = ".", data_file: Optional[Pat
         source = path if path is not None else dataset
         if path is not None and not path.exists():
             raise DatasetError(f"generation data '{dataset}': EasyEdit keeps it at {path}, which does not exist "
-                               "(copy EasyEdit's data/ under --base_dir, or pass --generation_data_file)")
+                               "(copy EasyEdit's data/ under --base_dir, or pass --generation-data-file)")
     examples = load_generation_data(source, split="test")
     return examples[: int(size)] if size else examples
 

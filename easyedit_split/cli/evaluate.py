@@ -10,64 +10,48 @@ Writes results.json, results.csv, report.md and PNG plots to --output-dir, and p
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .cli_generation import add_generation_arguments
-from .constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
-from .errors import DatasetError, StorageError
-from .hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
-from .hparams.reading import read_source
-from .multipliers import parse_multipliers
-
-logger = logging.getLogger(__name__)
+from ..errors import DatasetError, EasyEditSplitError, StorageError
+from ..hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
+from ..hparams.reading import read_source
+from ..multipliers import parse_multipliers
+from .common import CommandError, add_shared_flags
+from .evaluate_generation import add_generation_arguments
+from .vectors import LoadedVectors, check_against_model, choose_model, load_vectors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`evaluate`'s flags, the shared ones from `common.SHARED_FLAGS`."""
     parser.add_argument("dirs", nargs="*", help="saved intervention directories (layer_<L>.pt); named after the directory")
     parser.add_argument("--vectors", nargs="+", default=[], metavar="NAME=DIR", help="named intervention directories")
     parser.add_argument("--hparams", default=None,
                         help="an apply hparams file (steer_vector_load_dir, layers, concept_id) or a top-level config "
                              "(apply_steer_hparam_paths + steer_vector_load_dir); also sets model and chat template")
-    parser.add_argument("--dataset", required=True, help="shipped dataset name (sentiment, food) or a file in EasyEdit's formats")
-    parser.add_argument("--split", default="test", help="split of a shipped dataset (default: test)")
+    add_shared_flags(parser, "--dataset", required=("--dataset",))
+    add_shared_flags(parser, "--split", split="test")
     parser.add_argument("--multipliers", nargs="+", default=None,
                         help="values and start:stop:step ranges, e.g. -2,0,2 or --multipliers=-8:8:2 (write '=' before a "
                              "value that starts with '-' and holds ':'); default: each method's form sweep "
                              "(21 points up to 20 for vectors, 2 for lora/local_weight; evaluation/config.py)")
-    parser.add_argument("--output-dir", default=None, help="report directory (results.json, results.csv, report.md, PNGs)")
-    parser.add_argument("--out", dest="output_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old spelling
-    parser.add_argument("--model", default=None, help=f"Hub id, checkpoint directory or {DEFAULT_MODEL_NAME} "
-                        "(default: the hparams', else the model recorded in the interventions' metadata.json)")
-    parser.add_argument("--offline", action="store_true", help="use the Hugging Face cache only (as HF_HUB_OFFLINE=1)")
-    parser.add_argument("--dtype", default=None, help="weight dtype (default: hparams' or float32)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, auto (default: hparams' or cpu)")
+    add_shared_flags(parser, "--output-dir", "--model", "--offline", "--dtype", "--device")
     parser.add_argument("--nll-mode", default=None,
                         help="sequence: sum of completion-token NLLs (default); token: per-token mean (EasyEdit's loss mode)")
-    parser.add_argument("--concept-id", type=int, default=None, help="concept row of multi-concept files and data (default 0)")
+    add_shared_flags(parser, "--concept-id")
     parser.add_argument("--max-examples", type=int, default=None, help="score only the first N pairs")
     parser.add_argument("--batch-size", type=int, default=None, help="most rows per replayed forward (default 64)")
-    parser.add_argument("--fast-path-memory-mb", type=float, default=None,
-                        help="memory budget (MiB) of one capture/replay pass; results do not depend on it (default 2048)")
+    add_shared_flags(parser, "--fast-path-memory-mb")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and the manifold probe (default 0)")
-    parser.add_argument("--no-chat-template", action="store_true", help="score without the chat template")
+    add_shared_flags(parser, "--no-chat-template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
-    parser.add_argument("--no-manifold", action="store_true", help="skip the activation-manifold probe")
-    parser.add_argument("--steer-positions", choices=STEER_POSITIONS, default=None,
-                        help="which positions are steered (docs/conventions.md); default: the hparams file's, else "
-                             "after_prefix for the shipped datasets and easyedit for other files")
-    parser.add_argument("--completion-join", choices=COMPLETION_JOINS, default=None,
-                        help="how completions follow the prompt (docs/conventions.md); default as for --steer-positions "
-                             "(strip_leading_space for the shipped datasets, as_stored otherwise)")
+    add_shared_flags(parser, "--no-manifold", "--steer-positions", "--completion-join")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--easyedit-dir", action="store_true",
-                        help="load directories without a manifest.json as EasyEdit's files even if they hold our "
-                             "metadata.json (EasyEdit's own directories need no flag); see docs/storage.md")
-    add_generation_arguments(parser)  # --generate --judge ...: the generation-side evaluation (cli_generation.py)
+    add_shared_flags(parser, "--easyedit-dir")
+    add_generation_arguments(parser)  # --generate --judge ...: the generation-side evaluation (evaluate_generation.py)
 
 
 def _resolve(path: str, base: Optional[Path]) -> str:
@@ -106,7 +90,7 @@ def _from_hparams(path: str) -> tuple[dict[str, tuple[str, list[int]]], ApplyHyp
 
 def _evaluator_config(args: argparse.Namespace) -> Any:
     """The `EvaluatorConfig` of the flags given; flags left out keep its defaults."""
-    from .evaluation.config import EvaluatorConfig  # here, not at the top: `--help` should not wait for torch
+    from ..evaluation.config import EvaluatorConfig  # here, not at the top: `--help` should not wait for torch
 
     chosen = {
         "multipliers": parse_multipliers(args.multipliers) if args.multipliers is not None else None,
@@ -117,63 +101,78 @@ def _evaluator_config(args: argparse.Namespace) -> Any:
     return config.replace(manifold=not args.no_manifold, progress=not args.no_progress)
 
 
-def _model_keys(args: argparse.Namespace, hparams: Optional[HyperParams], vector_dirs: Sequence[str] = ()) -> tuple[str, str, str]:
+def _model_keys(args: argparse.Namespace, hparams: Optional[HyperParams],
+                loaded: Sequence[LoadedVectors] = ()) -> tuple[str, str, str]:
     """Model name, dtype and device: a flag wins over the hparams file, which wins over the defaults; the model
     comes from --model, the hparams file or the interventions' metadata.json, else it is an error."""
-    from .model_choice import choose_model
-
     where = f"evaluate --hparams {args.hparams}" if args.hparams else "evaluate"
-    model = choose_model(args.model, hparams.model_name_or_path if hparams else None, vector_dirs, where=where)
+    model = choose_model(args.model, hparams.model_name_or_path if hparams else None, loaded, where=where)
     if hparams is None:
         return model, args.dtype or "float32", args.device or "cpu"
     return model, args.dtype or hparams.dtype, args.device or hparams.device
 
 
+def _sources(args: argparse.Namespace) -> tuple[dict[str, tuple[str, Optional[list[int]]]], Optional[ApplyHyperParams], int]:
+    """{name: (directory, layers named by an hparams file or None)}, the apply hparams and the concept id."""
+    sources: dict[str, tuple[str, Optional[list[int]]]] = {}
+    hparams: Optional[ApplyHyperParams] = None
+    concept_id = 0
+    if args.hparams:
+        found, hparams, concept_id = _from_hparams(args.hparams)
+        sources.update(found)
+    for spec in args.vectors:
+        if "=" not in spec:
+            raise ValueError(f"--vectors: '{spec}' is not NAME=DIR")
+        name, directory = spec.split("=", 1)
+        sources[name] = (directory, None)
+    for directory in args.dirs:
+        name = Path(directory).name or directory
+        sources[name if name not in sources else directory] = (directory, None)
+    if not sources:
+        raise ValueError("nothing to evaluate: give intervention directories, --vectors NAME=DIR or --hparams FILE")
+    if args.concept_id is not None:
+        concept_id = args.concept_id
+    if concept_id < 0:
+        raise ValueError(f"--concept-id must be >= 0, got {concept_id}")
+    return sources, hparams, concept_id
+
+
+def _load_sources(args: argparse.Namespace, sources: dict[str, tuple[str, Optional[list[int]]]],
+                  concept_id: int) -> dict[str, LoadedVectors]:
+    """Every directory read once, before the model loads: a broken directory or file fails first."""
+    loaded: dict[str, LoadedVectors] = {}
+    for name, (directory, layers) in sources.items():
+        try:
+            loaded[name] = load_vectors(directory, layers=layers, concept_id=concept_id,
+                                        allow_unmanifested=args.easyedit_dir)
+        except StorageError as error:
+            if layers is None:
+                raise
+            raise StorageError(f"{args.hparams} (layers {layers}): {error}") from None
+    return loaded
+
+
 def run(args: argparse.Namespace) -> int:
+    """Score every source over the sweep, write the report, print its table."""
     # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
-    from .data import load_dataset
-    from .evaluation import PreferenceUtilityEvaluator
-    from .models import load_model_and_tokenizer, num_layers, validate_layers
-    from .prompts import PromptFormat, check_completion_length, conventions_for
-    from .storage.files import check_writable
-    from .storage.units import load_interventions
+    from ..data import load_dataset
+    from ..evaluation import PreferenceUtilityEvaluator
+    from ..models import load_model_and_tokenizer, num_layers, validate_layers
+    from ..prompts import PromptFormat, check_completion_length, conventions_for
+    from ..storage.files import check_writable
 
     try:
         config = _evaluator_config(args)
-        sources: dict[str, tuple[str, Optional[list[int]]]] = {}
-        hparams: Optional[ApplyHyperParams] = None
-        concept_id = 0
-        if args.hparams:
-            found, hparams, concept_id = _from_hparams(args.hparams)
-            sources.update(found)
-        for spec in args.vectors:
-            if "=" not in spec:
-                raise ValueError(f"--vectors: '{spec}' is not NAME=DIR")
-            name, directory = spec.split("=", 1)
-            sources[name] = (directory, None)
-        for directory in args.dirs:
-            name = Path(directory).name or directory
-            sources[name if name not in sources else directory] = (directory, None)
-        if not sources:
-            raise ValueError("nothing to evaluate: give intervention directories, --vectors NAME=DIR or --hparams FILE")
-        if args.concept_id is not None:
-            concept_id = args.concept_id
-        if concept_id < 0:
-            raise ValueError(f"--concept-id must be >= 0, got {concept_id}")
+        sources, hparams, concept_id = _sources(args)
         if args.output_dir:
             check_writable(args.output_dir, "report directory")  # before any compute
-        for directory, layers in sources.values():  # a broken directory or file fails before the model loads
-            try:
-                load_interventions(directory, layers=layers, concept_id=concept_id, allow_unmanifested=args.easyedit_dir)
-            except StorageError as error:
-                if layers is None:
-                    raise
-                raise StorageError(f"{args.hparams} (layers {layers}): {error}") from None
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        loaded = _load_sources(args, sources, concept_id)
+    except EasyEditSplitError:
+        raise
+    except ValueError as error:  # a flag's value: the package's message, exit 2
+        raise CommandError(str(error)) from None
 
-    model_name, dtype, device = _model_keys(args, hparams, [directory for directory, _ in sources.values()])
+    model_name, dtype, device = _model_keys(args, hparams, list(loaded.values()))
     model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None)
     for directory, layers in sources.values():
         if layers is not None:  # layers named in an hparams file: the error names that file
@@ -189,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if len({p.concept_id for p in pairs}) > 1:
         pairs = [p for p in pairs if p.concept_id == concept_id]
         if not pairs:
-            print(f"error: {args.dataset}: no pairs with concept_id {concept_id}", file=sys.stderr)
-            return 2
+            raise DatasetError(f"{args.dataset}: no pairs with concept_id {concept_id}")
     if args.max_examples:
         pairs = pairs[: args.max_examples]
     for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
@@ -200,22 +198,20 @@ def run(args: argparse.Namespace) -> int:
             except DatasetError as error:
                 raise DatasetError(f"{args.dataset} ({args.split}), pair {index}: {error}") from None
 
-    updates = {name: load_interventions(directory, layers=layers, concept_id=concept_id, model=model,
-                                        allow_unmanifested=args.easyedit_dir)
-               for name, (directory, layers) in sources.items()}
+    for vectors in loaded.values():  # shapes against the model, from what was read above
+        check_against_model(vectors, model)
+    updates = {name: vectors.updates for name, vectors in loaded.items()}
     evaluator = PreferenceUtilityEvaluator(model, tokenizer, prompt_format=fmt, config=config)
     report = evaluator.compare(updates, pairs, out_dir=None, dataset=str(args.dataset), concept_id=concept_id)
-    for result, (_, (directory, _)) in zip(report.results, sources.items()):
+    for result, (directory, _) in zip(report.results, sources.values()):
         result.info["source"] = str(directory)
-    if args.generate:  # generation-side evaluation: joins results.json, report.md and the plots (cli_generation.py)
-        from .cli_generation import run_generation
-        from .errors import EasyEditSplitError
+    if args.generate:  # generation-side evaluation: joins results.json, report.md and the plots (evaluate_generation.py)
+        from .evaluate_generation import run_generation
 
         try:
             report.generation = run_generation(args, model, tokenizer, fmt, updates, list(config.multipliers), concept_id)
         except (ValueError, EasyEditSplitError) as error:
-            print(f"error: --generate: {error}", file=sys.stderr)
-            return 2
+            raise CommandError(f"--generate: {error}") from None
     if args.output_dir:
         paths = report.write(args.output_dir, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
@@ -223,16 +219,3 @@ def run(args: argparse.Namespace) -> int:
     if report.generation is not None:
         print(report.generation.markdown())
     return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from .cli import run_command  # here: cli imports this module
-
-    parser = argparse.ArgumentParser(prog="easyedit-split evaluate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_command(run, parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """`easyedit-split evaluate ... --generate --judge openai:MODEL|local:MODEL_OR_PATH`: the generation-side flags.
 
-Kept apart from `cli_evaluate` so that command only adds these flags and one call. Nothing here prints.
+Kept apart from `cli.evaluate` so that command only adds these flags and one call. Nothing here prints.
 """
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .multipliers import parse_multipliers
+from ..multipliers import parse_multipliers
+from .common import ArgumentTarget, add_shared_flags
 
 GENERATION_SUBDIR = "generation"
 """Where under --output-dir the resumable files (generations.jsonl, judge_cache.jsonl) are kept."""
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation-side evaluation (steered generations scored per item)")
+    """The `--generate` group of `evaluate`'s flags."""
+    group: ArgumentTarget = parser.add_argument_group("generation-side evaluation (steered generations scored per item)")
     group.add_argument("--generate", action="store_true",
                        help="also generate steered answers over the sweep and score them (judge, answer accuracy, "
                             "perplexity under the unsteered model, distinct-n); resumable under --output-dir")
@@ -29,7 +31,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dev-fraction", type=float, default=0.5,
                        help="without --dev-split: share of the prompts used to choose the factor (default 0.5)")
     group.add_argument("--max-prompts", type=int, default=None, help="first N prompts of each split")
-    group.add_argument("--max-new-tokens", type=int, default=64)
+    add_shared_flags(group, "--max-new-tokens", max_new_tokens=64)
     group.add_argument("--num-samples", type=int, default=1, help="samples per prompt (EasyEdit's num_responses)")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     group.add_argument("--temperature", type=float, default=None)
@@ -56,8 +58,8 @@ def judge_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def generation_config(args: argparse.Namespace, multipliers: Optional[list] = None) -> Any:
     """The `GenerationEvalConfig` of the flags."""
-    from .generation_eval.evaluator import GenerationEvalConfig
-    from .generation import GenerationSettings
+    from ..generation_eval.evaluator import GenerationEvalConfig
+    from ..generation import GenerationSettings
 
     sweep = parse_multipliers(args.generation_multipliers) if args.generation_multipliers else multipliers
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
@@ -74,8 +76,8 @@ def generation_config(args: argparse.Namespace, multipliers: Optional[list] = No
 def run_generation(args: argparse.Namespace, model: Any, tokenizer: Any, prompt_format: Any,
                    methods: Mapping[str, Any], multipliers: Optional[list], concept_id: Optional[int] = None) -> Any:
     """Generate, score and summarise every method; returns the `GenerationReport`."""
-    from .generation_eval.evaluator import GenerationEvaluator
-    from .generation_eval.items import load_generation_items
+    from ..generation_eval.evaluator import GenerationEvaluator
+    from ..generation_eval.items import load_generation_items
 
     config = generation_config(args, multipliers)
     items = load_generation_items(args.generation_dataset or args.dataset, split=args.split, dev_split=args.dev_split,
