@@ -40,6 +40,7 @@ def _mean_completion_hidden(model, tokenizer, question, completion, layer):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+@pytest.mark.slow
 def test_caa_completion_and_suffix_matches_hand_computation(family, default_tokenizer):
     """This token set goes through the capture cache's packed rows (prompt + both completions in one
     row, the lowest layer's inputs captured once); the hand computation runs each sequence alone."""

@@ -127,6 +127,7 @@ def test_console_script_is_declared_and_resolves_to_cli_main():
     assert cli.main is not None and cli.build_parser().prog == "easyedit-split"
 
 
+@pytest.mark.slow
 def test_cache_model_prints_a_directory_with_the_model_files():
     out = run_cli("cache-model").strip().splitlines()[-1]
     directory = Path(out)

@@ -731,6 +731,7 @@ def test_fitted_curve_is_continuous_at_zero():
     assert zero == pytest.approx(fit.params["beta_u"] + fit.params["b_u"])
 
 
+@pytest.mark.slow
 def test_centres_stay_on_their_own_side():
     m = np.linspace(-8, 8, 17)
     for seed in range(3):
@@ -738,6 +739,7 @@ def test_centres_stay_on_their_own_side():
         assert 0.0 <= fit.params["m_pos"] <= 8.0 and -8.0 <= fit.params["m_neg"] <= 0.0
 
 
+@pytest.mark.slow
 def test_goodness_of_fit_falls_when_the_model_is_wrong():
     m = np.linspace(-8, 8, 17)
     right = fit_utility(m, _noisy(utility_curve, UTILITY_TRUTH, m, 0.05, 0))
@@ -805,6 +807,7 @@ def test_frontier_area_on_a_piecewise_linear_case_by_hand():
     assert frontier_area(pref, util, m, 2.0, points=401) == pytest.approx(0.5 + 4.75 / 2 * 1.5, abs=2e-3)
 
 
+@pytest.mark.slow
 def test_good_fit_summaries_agree_with_interpolation():
     m = np.linspace(-8, 8, 17)
     report = fit_and_summarize(m, _noisy(preference_curve, PREFERENCE_TRUTH, m, 0.02, 0),
@@ -818,6 +821,7 @@ def test_good_fit_summaries_agree_with_interpolation():
     assert report.to_dict()["headline_source"] == "fit"
 
 
+@pytest.mark.slow
 def test_poor_fit_reports_interpolation():
     m = np.linspace(-8, 8, 17)
     report = fit_and_summarize(m, m, 2.0 * np.sin(1.7 * m))
@@ -850,6 +854,7 @@ def test_coarse_utility_fit_leaves_the_summaries_to_interpolation():
     assert report.headline.frontier_area > 1.0
 
 
+@pytest.mark.slow
 def test_bump_height_is_bounded_so_wrong_model_predictions_stay_finite():
     # without the bound, a far centre with a tiny L makes D astronomically large between the points
     m = np.linspace(-8, 8, 9)

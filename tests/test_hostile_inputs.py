@@ -70,6 +70,7 @@ def test_corpus_is_generated_and_large(corpus):
     assert len(cases) > 150
 
 
+@pytest.mark.slow
 def test_every_hostile_input_is_rejected_in_process(corpus, tiny_model_dir, capsys):
     root, cases = corpus
     failures = []
@@ -102,6 +103,7 @@ SAMPLE = ("generate:torch_pickle_code", "evaluate:stacked-posinf", "train:escapi
 
 
 @pytest.mark.parametrize("name", SAMPLE)
+@pytest.mark.slow
 def test_sample_is_rejected_by_a_real_cli_process(corpus, tiny_model_dir, name):
     root, cases = corpus
     case = next(c for c in cases if c.name == name)

@@ -12,8 +12,8 @@ A position "changes" when the input of the layer above the steered one differs b
     26-31  <|im_end|> \\n <|im_start|> ass istant \\n   <- prompt length 32
     then the completion "Yes" and the end-of-turn suffix <|im_end|> \\n (3 scored tokens).
 
-(Apply/generation of LoRA and local-weight updates follow the rule of issue 14 item 3; those
-paths are pinned by the rule tables here, not by the NLL anchor.)
+(Apply/generation of LoRA and local-weight updates follow the rule of issue 14 item 3; the NLL
+anchor does not pin those paths.)
 """
 from __future__ import annotations
 

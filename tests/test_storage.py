@@ -272,6 +272,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     assert sorted(load_interventions(tmp_path)) == [1]
 
 
+@pytest.mark.slow
 def test_two_concurrent_trainings_into_one_directory(tmp_path):
     """The second `train_and_save` into a locked directory fails before training anything (no model is even needed)."""
     with DirectoryLock(tmp_path / "run"):
@@ -314,6 +315,7 @@ def _kill_mid_save(directory: Path) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 def test_a_directory_killed_while_saving_never_loads(tmp_path):
     directory = tmp_path / "caa_vector"
     _kill_mid_save(directory)
@@ -336,6 +338,7 @@ def test_a_directory_killed_while_saving_never_loads(tmp_path):
     assert not list(directory.glob(".*.tmp")) and not (directory / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_killed_resave_of_a_good_directory_does_not_load_either(tmp_path):
     directory = tmp_path / "caa_vector"
     save_interventions(directory, {0: _vec(0)})
