@@ -1,8 +1,9 @@
 """The trainer's loss assembly pinned against hand-computed expectations.
 
 The data below is written out token by token, so every count, length and steered position is
-counted by hand. Expected NLLs come from plain `model(ids)` logits with a hand-written forward
-hook that adds `m * v` to the output of decoder layer LAYER at positions `>= first steered`;
+counted by hand. Expected NLLs come from plain `model(ids)` logits with the hand-written forward
+hook of tests/reference.py adding `m * v` to the output of decoder layer LAYER at positions
+`>= first steered`;
 expected losses and gradients are formulas written here, never a call to the trainer.
 
     example 0: prompt [3, 5, 6, 7]      matching [10, 11]      not-matching [20, 21, 22]
