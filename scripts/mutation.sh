@@ -19,20 +19,20 @@ OUT="${OUT:-$REPO/mutation-results}"
 JOBS="${JOBS:-2}"  # mutmut children; 1 when sharing the machine
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
-# module name -> "file(s) to mutate | test files"
+# module name -> "file(s) to mutate | test files (and pytest options such as -mfast)"
 declare -A TARGET=(
-  [interventions]="easyedit_split/interventions.py|tests/test_interventions.py tests/test_anchors_interventions.py tests/test_mutants_interventions.py"
-  [split]="easyedit_split/methods/split.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_split.py"
-  [sft]="easyedit_split/methods/sft.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_sft.py"
-  [reps]="easyedit_split/methods/reps.py|tests/test_methods.py tests/test_anchors_losses.py tests/test_mutants_reps.py"
-  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_mutants_caa.py tests/test_capture_cache.py"
-  [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py tests/test_anchors_metrics.py tests/test_mutants_metrics.py"
-  # fits: only the fast synthetic-curve tests (test_evaluation_fits.py takes minutes per mutant under load)
-  [fits]="easyedit_split/evaluation/fits.py|tests/test_mutants_fits.py"
-  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_anchors_prompts.py tests/test_anchors_positions.py tests/test_mutants_prompts.py"
-  [replay]="easyedit_split/fastpath/replay.py|tests/test_replay.py tests/test_mutants_replay.py"
-  [training]="easyedit_split/training.py easyedit_split/prepared_pairs.py|tests/test_training.py tests/test_anchors_losses.py tests/test_mutants_training.py"
-  [packing]="easyedit_split/fastpath/packing.py|tests/test_mutants_packing.py tests/test_packing.py"  # + test_evaluation_scoring: ~20 s per mutant
+  [interventions]="easyedit_split/interventions.py|tests/test_interventions.py tests/test_interventions_formula.py"
+  [split]="easyedit_split/methods/split.py|tests/test_methods.py"
+  [sft]="easyedit_split/methods/sft.py|tests/test_methods.py"
+  [reps]="easyedit_split/methods/reps.py|tests/test_methods.py"
+  [caa]="easyedit_split/methods/caa.py|tests/test_caa.py tests/test_capture_cache.py"
+  [metrics]="easyedit_split/evaluation/metrics.py|tests/test_evaluation_metrics.py"
+  # fits: only the fast tier (-mfast) of the fits tests: the paper-model recovery fits take minutes per mutant under load
+  [fits]="easyedit_split/evaluation/fits.py|tests/test_evaluation_fits.py -mfast"
+  [prompts]="easyedit_split/prompts.py|tests/test_prompts.py tests/test_positions.py"
+  [replay]="easyedit_split/fastpath/replay.py|tests/test_replay.py"
+  [training]="easyedit_split/training.py easyedit_split/prepared_pairs.py|tests/test_training.py tests/test_methods.py tests/test_training_losses.py"
+  [packing]="easyedit_split/fastpath/packing.py|tests/test_packing.py"  # + test_evaluation_scoring: ~20 s per mutant
 )
 ORDER=(interventions split sft reps metrics fits caa prompts replay training packing)
 [ "$#" -gt 0 ] && ORDER=("$@")
@@ -42,7 +42,7 @@ for name in "${ORDER[@]}"; do
   spec="${TARGET[$name]:?unknown module '$name' (one of: ${!TARGET[*]})}"
   files="${spec%%|*}"; tests="${spec#*|}"
   existing=""
-  for t in $tests; do [ -f "$REPO/$t" ] && existing="$existing $t"; done
+  for t in $tests; do { [ -f "$REPO/$t" ] || [ "${t#-}" != "$t" ]; } && existing="$existing $t"; done  # files and pytest options
   scratch="$(mktemp -d "${TMPDIR:-/tmp}/mutation-$name.XXXXXX")"
   # the working tree as it is now (tracked and new files), without caches or earlier runs
   (cd "$REPO" && git ls-files -co --exclude-standard -z | grep -zv '^mutation-results/' | xargs -0 cp --parents -t "$scratch")

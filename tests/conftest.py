@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models of every supported family, built from a config in milliseconds."""
+"""Shared fixtures (tiny random models of every supported family, built from a config in milliseconds)
+and the fast tier: every test not marked `slow` or `default_model` is marked `fast` at collection."""
 from __future__ import annotations
 
 import pytest
@@ -65,3 +66,13 @@ def default_tokenizer():
 def tiny_chat_model(default_tokenizer):
     """A tiny random Llama that shares the default tokenizer's vocabulary (real chat template, fast)."""
     return build_tiny_model("llama", vocab_size=len(default_tokenizer))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`-m fast` is the inner loop: whatever is not marked slow or default_model (test, class or module
+    `pytestmark`) and does not load the default model, so a new test is fast until it is measured
+    slow (docs/testing.md)."""
+    for item in items:
+        loads_default_model = "default_model_and_tokenizer" in getattr(item, "fixturenames", ())
+        if not loads_default_model and not any(item.get_closest_marker(name) for name in ("slow", "default_model")):
+            item.add_marker(pytest.mark.fast)

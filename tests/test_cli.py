@@ -1,18 +1,30 @@
-"""The command line: argument parsing, one multiplier syntax, error reporting."""
+"""The command line: argument parsing, one multiplier syntax, error reporting, and its success paths
+run as a user runs them (`python -m easyedit_split.cli`, the module the `easyedit-split` console
+script points at).
+
+Independent expectations: the trained CAA vector against the mean difference of
+`output_hidden_states`, `generate`'s m = 0 text against plain greedy `model.generate`,
+`cache-model`'s printed directory.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
 import os
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from easyedit_split.cli import build_parser, main
 from easyedit_split.cli.common import multipliers_arg
 from easyedit_split.cli.evaluate import _evaluator_config
+from easyedit_split.hparams import load_hparams
+from easyedit_split.prompts import PromptFormat, encode_completion
 
 
 def test_multipliers_arg_reads_lists_and_ranges():
@@ -286,3 +298,157 @@ def test_loaded_vectors_are_checked_against_the_model(tmp_path, tiny_chat_model)
                             tiny_chat_model)
     with pytest.raises(StorageError, match="written for a model with hidden size 7"):
         check_against_model(LoadedVectors(tmp_path, {1: fits}, {"hidden_size": 7}), tiny_chat_model)
+ROOT = Path(__file__).resolve().parents[1]
+CAA_FILE = ROOT / "hparams" / "sentiment" / "smollm2-135m-instruct" / "caa" / "generate_caa.yaml"
+SENTIMENT = ROOT / "easyedit_split" / "datasets" / "sentiment" / "train.jsonl"
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run([sys.executable, "-m", "easyedit_split.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_console_script_is_declared_and_resolves_to_cli_main():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    scripts = [ast.literal_eval(kw.value)["console_scripts"] for node in ast.walk(tree) if isinstance(node, ast.Call)
+               for kw in node.keywords if kw.arg == "entry_points"]
+    assert scripts and "easyedit-split=easyedit_split.cli:main" in scripts[0]
+    from easyedit_split import cli
+
+    assert cli.main is not None and cli.build_parser().prog == "easyedit-split"
+
+
+@pytest.mark.slow
+def test_cache_model_prints_a_directory_with_the_model_files():
+    out = run_cli("cache-model").strip().splitlines()[-1]
+    directory = Path(out)
+    assert directory.is_dir()
+    assert (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
+    assert json.loads((directory / "config.json").read_text())["num_hidden_layers"] == 30
+
+
+def _greedy(model, tokenizer, question, max_new_tokens):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_train_then_generate_through_the_cli(tmp_path, default_model_and_tokenizer):
+    model, tokenizer = default_model_and_tokenizer
+    lines = SENTIMENT.read_text().splitlines()[:3]
+    data = tmp_path / "few.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    run_cli("train", "--hparams", CAA_FILE, "--dataset", data, "--output-dir", tmp_path / "out")
+    files = list((tmp_path / "out").rglob("layer_15.pt"))
+    assert len(files) == 1
+    saved = torch.load(files[0], weights_only=True)
+    saved = saved if isinstance(saved, torch.Tensor) else saved["bias"]
+    saved = saved.reshape(-1).float()
+
+    fmt = PromptFormat.from_hparams(load_hparams(CAA_FILE))
+    diffs = []
+    for row in map(json.loads, lines):
+        means = []
+        for completion in (row["answer_matching_behavior"], row["answer_not_matching_behavior"]):
+            encoded = encode_completion(tokenizer, fmt, row["question"], completion)
+            with torch.no_grad():
+                states = model(torch.tensor([encoded.input_ids]), output_hidden_states=True).hidden_states
+            means.append(states[16][0][encoded.prompt_length:].mean(0))
+        diffs.append(means[0] - means[1])
+    torch.testing.assert_close(saved, torch.stack(diffs).mean(0), rtol=1e-3, atol=1e-4)
+
+    question = "How was your weekend?"
+    out = run_cli("generate", "--vectors", files[0].parent, "--prompt", question, "--multipliers", "0,8",
+                  "--max-new-tokens", "12")
+    texts = dict(re.findall(r"\[m=([+-]?[\d.]+)\] .*\n  (.*)", out))
+    assert set(texts) == {"+0", "+8"}, out
+    assert texts["+0"] == _greedy(model, tokenizer, question, 12)
+    assert texts["+8"] != texts["+0"]
+
+
+def _nll(model, tokenizer, fmt, question, completion):
+    encoded = encode_completion(tokenizer, fmt, question, completion)
+    ids = torch.tensor([encoded.input_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    targets = ids[0, encoded.prompt_length:]
+    return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
+
+
+def test_evaluate_through_the_cli_m0_row_equals_plain_forward(tmp_path, default_model_and_tokenizer):
+    import csv
+
+    from easyedit_split.interventions import DynamicWeightUpdate
+    from easyedit_split.steering import SteeringInterventions
+
+    model, tokenizer = default_model_and_tokenizer
+    v = torch.randn(576, generator=torch.Generator().manual_seed(0))
+    SteeringInterventions({15: DynamicWeightUpdate.from_vector(v)}).save(tmp_path / "vec")
+    out = run_cli("evaluate", "--vectors", f"rand={tmp_path / 'vec'}", "--dataset", "sentiment", "--max-examples", "2",
+                  "--multipliers=-4,0,4", "--model", "smollm2-135m-instruct", "--no-plots", "--no-manifold",
+                  "--bootstrap", "10", "--no-progress", "--output-dir", tmp_path / "report")
+    assert "rand" in out
+    rows = {float(r["multiplier"]): r for r in csv.DictReader((tmp_path / "report" / "results.csv").open())}
+    assert sorted(rows) == [-4.0, 0.0, 4.0] and {r["method"] for r in rows.values()} == {"rand"}
+    # the shipped datasets' conventions: strip_leading_space joins (the shipped CAA file states them)
+    fmt = PromptFormat.from_hparams(load_hparams(CAA_FILE))
+    test_rows = [json.loads(line) for line in (SENTIMENT.parent / "test.jsonl").read_text().splitlines()[:2]]
+    expected = sum(_nll(model, tokenizer, fmt, r["question"], r["answer_not_matching_behavior"])
+                   - _nll(model, tokenizer, fmt, r["question"], r["answer_matching_behavior"]) for r in test_rows) / 2
+    assert float(rows[0.0]["pref_odds_mean"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert abs(float(rows[4.0]["pref_odds_mean"]) - expected) > 1e-2
+
+
+POSITIVE = {"glad", "enjoy", "enjoying", "enjoyed", "wonderful", "joy", "love", "loved", "lovely", "great", "happy",
+            "celebrate", "inspiration", "delightful", "delight", "amazing", "beautiful", "perfect", "fun", "best",
+            "excited", "exciting", "fantastic", "pleasure", "dream", "relaxing", "incredible", "awesome", "good"}
+NEGATIVE = {"sorry", "inconvenience", "bad", "hate", "hated", "awful", "terrible", "sad", "unfortunately", "boring",
+            "dread", "worst", "tired", "annoying", "disappointed", "disappointing", "gloomy", "stress", "stressful",
+            "miserable", "horrible", "nightmare", "unable", "can't", "cannot", "don't", "difficult", "problem", "lonely"}
+
+
+def lexicon_score(text: str) -> int:
+    """Positive minus negative words: a crude sentiment score independent of the model."""
+    words = re.findall(r"[a-z']+", text.lower())
+    return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+
+
+def parse_demo_table(out: str) -> dict[str, dict[float, str]]:
+    """{prompt: {m: text}} from `demo --quick`'s side-by-side table (wrapped columns re-joined)."""
+    tables: dict[str, dict[float, str]] = {}
+    blocks = out.split("Prompt: ")[1:]
+    for block in blocks:
+        lines = block.splitlines()
+        prompt = lines[0].strip()
+        headers = [re.match(r"m = ([+-][\d.]+)", h.strip()).group(1) for h in lines[1].split(" | ")]
+        columns: list[list[str]] = [[] for _ in headers]
+        for line in lines[3:]:
+            if not line.strip():
+                break
+            for column, cell in zip(columns, line.split(" | ")):
+                if cell.strip():
+                    column.append(cell.strip())
+        tables[prompt] = {float(h): " ".join(c) for h, c in zip(headers, columns)}
+    return tables
+
+
+def test_demo_quick_table_and_steering_direction(default_model_and_tokenizer):
+    model, tokenizer = default_model_and_tokenizer
+    tables = parse_demo_table(run_cli("demo", "--quick"))
+    from easyedit_split.demo import DEMO_PROMPTS
+
+    assert list(tables) == list(DEMO_PROMPTS)
+    positive = negative = 0
+    for prompt, texts in tables.items():
+        assert sorted(texts) == [-2.0, 0.0, 2.0]
+        assert texts[0.0] == " ".join(_greedy(model, tokenizer, prompt, 32).split())
+        assert texts[2.0] != texts[0.0] and texts[-2.0] != texts[0.0]
+        positive += lexicon_score(texts[2.0])
+        negative += lexicon_score(texts[-2.0])
+    # the sentiment vector at +m reads more positive than at -m (summed over the demo prompts)
+    assert positive > negative, tables

@@ -9,16 +9,7 @@ import pandas as pd
 import pytest
 
 from easyedit_split.data import (
-    GenerationExample,
-    PolarityPair,
-    dataset_path,
-    detect_format,
-    group_by_concept,
-    list_datasets,
-    load_dataset,
-    load_generation_data,
-    split_pairs,
-    strip_completions,
+    GenerationExample, PolarityPair, dataset_path, detect_format, group_by_concept, list_datasets, load_dataset, load_generation_data, split_pairs, strip_completions,
 )
 from easyedit_split.errors import DatasetError
 

@@ -22,6 +22,7 @@ from easyedit_split.apply import apply_from_hparams
 from easyedit_split.hparams import ApplySplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.storage.units import save_interventions
+from reference import hand_logits
 
 LAYER, HIDDEN, INTER, RANK = 1, 32, 48, 2
 LORA_KEYS = {"lora_A", "lora_B", "r", "alpha", "intervention_components", "concept_id"}
@@ -59,22 +60,7 @@ def _apply_hparams(directory, method, multiplier, concept_id=0):
 
 def _by_hand(model, ids, delta_of):
     """Logits with EasyEdit's apply math written out: `delta_of(x_down_proj_input)` added to the layer output."""
-    seen = {}
-    layer = model.model.layers[LAYER]
-    pre = layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
-
-    def add(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        steered = hidden + delta_of(seen.get("x"))
-        return (steered,) + tuple(output[1:]) if isinstance(output, tuple) else steered
-
-    post = layer.register_forward_hook(add)
-    try:
-        with torch.no_grad():
-            return model(ids).logits
-    finally:
-        pre.remove()
-        post.remove()
+    return hand_logits(model, ids, {LAYER: lambda x, h: delta_of(x)}, {LAYER: model.model.layers[LAYER].mlp.down_proj})
 
 
 def _applied(model, ids, hparams):

@@ -29,6 +29,7 @@ pytestmark = [
         reason="EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82 next to the repo",
     ),
     pytest.mark.skipif(easyedit_cannot_run() is not None, reason=str(easyedit_cannot_run())),
+    pytest.mark.slow,  # EasyEdit's own scripts on the default model
 ]
 
 LAYER = 3

@@ -24,6 +24,6 @@ def test_demo_steered_text_differs_from_unsteered(default_editor):
         assert unsteered and result.texts[2.0][index] != unsteered and result.texts[-2.0][index] != unsteered
     assert result.vector_norm > 0
     # the README's claim: the sentiment vector moves the text with the sign of m (a model-free lexicon count)
-    from test_claims_cli import lexicon_score
+    from test_cli import lexicon_score
 
     assert sum(map(lexicon_score, result.texts[2.0])) > sum(map(lexicon_score, result.texts[-2.0])), result.texts

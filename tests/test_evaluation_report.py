@@ -156,6 +156,7 @@ def test_frontier_view_clips_and_counts():
     assert view["ylim"][1] > 2.0 and view["ylim"][1] < 5.0  # gains of the clipped points do not stretch the axis
 
 
+@pytest.mark.slow
 def test_report_files_carry_the_source_numbers(tmp_path):
     from easyedit_split.evaluation.report import EvaluationReport
 

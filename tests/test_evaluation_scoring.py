@@ -39,6 +39,7 @@ def _separate_full_forwards(model, pairs, updates, multiplier):
 
 
 @pytest.mark.parametrize("layout", ["packed", "rows"])
+@pytest.mark.slow
 def test_sweep_equals_separate_full_forwards(tiny_model, layout):
     pairs = _pairs()
     updates = {2: _update(tiny_model)}
@@ -51,6 +52,7 @@ def test_sweep_equals_separate_full_forwards(tiny_model, layout):
         np.testing.assert_array_equal(scores.matching_tokens, matching.count.numpy())
 
 
+@pytest.mark.slow
 def test_multiplier_zero_reproduces_unsteered_model(tiny_model):
     """m = 0 equals a plain forward of the model with no hooks at all (log-softmax of its logits)."""
     pairs = _pairs(seed=5)
@@ -111,6 +113,7 @@ def test_text_pairs_score_like_encode_batch(tiny_chat_model, default_tokenizer):
 
 
 @pytest.mark.parametrize("layout", ["packed", "rows"])
+@pytest.mark.slow
 def test_shared_unsteered_prefix_is_run_once_and_changes_nothing(tiny_model, layout):
     """Pairs sharing a 4-token prefix, steered from position 4: the prefix's keys/values are computed
     once and reused; results equal separate full forwards that steer positions >= 4 only."""

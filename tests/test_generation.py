@@ -7,6 +7,7 @@ import torch
 from easyedit_split.generation import GenerationSettings, generate_steered, texts_by_multiplier
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import PromptFormat, steering_prefix_length
+from reference import after_position, hand_steering
 
 PROMPTS = ["Hi", "Tell me about your favourite holiday in the mountains, please."]
 FMT = PromptFormat(use_chat_template=True)
@@ -32,27 +33,19 @@ def _plain_greedy(model, tokenizer, prompt, max_new_tokens):
 
 
 def _hand_hooked_greedy(model, tokenizer, prompt, vector, multiplier, max_new_tokens):
-    """One unpadded prompt; a forward hook written here adds m * v to layer 2's output after the
+    """One unpadded prompt; the reference hook adds m * v to layer 2's output after the
     template's common prefix in the prompt pass and at every generated token."""
     prefix = steering_prefix_length(tokenizer, FMT)
     ids = _ids(tokenizer, prompt)
     prompt_length = ids["input_ids"].shape[1]
 
-    def add_vector(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        added = hidden.clone()
+    def delta(x, hidden):
         if hidden.shape[1] == prompt_length:  # the prompt pass
-            added[:, prefix:] += multiplier * vector
-        else:  # one decoding step
-            added += multiplier * vector
-        return (added,) + tuple(output[1:]) if isinstance(output, tuple) else added
+            return multiplier * vector * after_position(prompt_length, prefix)
+        return multiplier * vector  # one decoding step
 
-    hook = model.model.layers[LAYER].register_forward_hook(add_vector)
-    try:
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    finally:
-        hook.remove()
+    with torch.no_grad(), hand_steering(model, {LAYER: delta}):
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
 
 

@@ -127,6 +127,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_regenerating_or_reasking(tiny_chat_model, default_tokenizer, server, updates,
                                                              tmp_path):
     settings = GenerationSettings(max_new_tokens=5, batch_size=3, do_sample=True, temperature=1.0, seed=11)
@@ -295,6 +296,7 @@ def test_default_model_generation_eval_with_local_judge(default_model_and_tokeni
     assert "Generations side by side" in report.markdown()
 
 
+@pytest.mark.slow
 def test_cli_evaluate_generate_with_http_judge(tiny_chat_model, default_tokenizer, server, updates, tmp_path,
                                                monkeypatch, capsys):
     from easyedit_split.cli import main
@@ -347,6 +349,7 @@ def test_judge_evaluator_for_easyedit_results_and_registry(server, tmp_path):
     assert package.EVALUATORS["generation_judge"] is GenerationEvaluator and "preference_utility" in package.EVALUATORS
 
 
+@pytest.mark.slow
 def test_editor_evaluate_with_generate(tiny_chat_model, default_tokenizer, server, updates):
     from easyedit_split.editor import SteerEditor
     from easyedit_split.hparams import CAAHyperParams
@@ -361,6 +364,7 @@ def test_editor_evaluate_with_generate(tiny_chat_model, default_tokenizer, serve
     assert len(result.generation.rows) == 2 * 40 and "aggregate" in result.generation.choices
 
 
+@pytest.mark.slow
 def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_tokenizer, server, tmp_path,
                                                        monkeypatch):
     import importlib.util
@@ -390,6 +394,7 @@ def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_
     assert run_split.main(argv[:-8] + ["--eval_methods", "llm"], model=tiny_chat_model, tokenizer=default_tokenizer) == 1
 
 
+@pytest.mark.slow
 def test_main_job_generation_step(tiny_chat_model, default_tokenizer, server, updates, tmp_path):
     from easyedit_split.data import load_dataset
     from easyedit_split.demo import run_demo_generation

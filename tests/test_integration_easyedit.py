@@ -16,6 +16,7 @@ from easyedit_host import PATCHES, apply_patches, build_host, easyedit_cannot_ru
 from easyedit_split.errors import IntegrationError
 from easyedit_split.hparams import ApplySplitHyperParams, SplitHyperParams
 from easyedit_split.integrations import easyedit as bridge
+from reference import hand_logits
 
 FAKE = Path(__file__).resolve().parent / "fixtures" / "fake_easyedit"
 DATA = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -148,13 +149,7 @@ def test_easyedit_generate_and_apply_call_sites_run_split(fake_steer, tiny_check
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain)  # reset restores the model exactly
     # EasyEdit's apply math by hand: layer-2 output + 3.0 * v at every position
-    def add_vector(module, args, output):
-        return (output[0] + 3.0 * saved,) + tuple(output[1:]) if isinstance(output, tuple) else output + 3.0 * saved
-
-    handle = model.model.layers[2].register_forward_hook(add_vector)
-    with torch.no_grad():
-        by_hand = model(ids).logits
-    handle.remove()
+    by_hand = hand_logits(model, ids, {2: 3.0 * saved})
     torch.testing.assert_close(steered, by_hand, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(steered, plain)
     # applying the returned in-memory vector (EasyEdit's `vectors` argument) gives the same logits
@@ -218,16 +213,7 @@ def test_easyedit_evaluator_dispatches_preference_utility(fake_steer, tiny_check
         assert encoded.input_ids[:start] == tokenizer(rendered.split(question)[0], add_special_tokens=False)["input_ids"]
         add = torch.zeros(ids.shape[1], 32)
         add[start:] = m * v
-
-        def hook(mod, args, out):
-            return (out[0] + add,) + tuple(out[1:]) if isinstance(out, tuple) else out + add
-
-        hook = model.model.layers[2].register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                logp = torch.log_softmax(model(ids).logits[0].double(), -1)
-        finally:
-            hook.remove()
+        logp = torch.log_softmax(hand_logits(model, ids, {2: add})[0].double(), -1)
         targets = ids[0, encoded.prompt_length:]
         return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
 

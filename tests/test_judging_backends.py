@@ -98,6 +98,7 @@ def test_authentication_failure_stops_the_run(server):
     assert server.count("[[401]]") == 1  # not retried
 
 
+@pytest.mark.slow
 def test_concurrency_limit_is_respected(server):
     server.slow_seconds = 0.6
     judge = judge_for(server, concurrency=2)

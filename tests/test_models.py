@@ -32,6 +32,7 @@ def _extra_model(model_type: str):
 
 
 @pytest.mark.parametrize("model_type", sorted(EXTRA_FAMILIES))
+@pytest.mark.slow
 def test_every_component_steers_in_more_families(model_type):
     model = _extra_model(model_type)
     ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -54,6 +55,7 @@ def test_mlp_mid_is_the_down_projection_input(tiny_model):
     assert get_component_module(tiny_model, 1, "block") is tiny_model.model.layers[1]
 
 
+@pytest.mark.slow
 def test_hidden_to_logits_matches_the_model(tiny_model, token_batch):
     with torch.no_grad():
         output = tiny_model(token_batch, output_hidden_states=True)

@@ -105,6 +105,7 @@ def test_the_offline_switch_wins_over_the_environment(hub_cache, monkeypatch):
     assert hub_offline() is True and hub_offline(False) is False
 
 
+@pytest.mark.slow
 def test_an_online_failure_is_one_clear_error(hub_cache, monkeypatch):
     """Online, an id that cannot be fetched (here: every connection refused) is a ModelError naming it."""
     import huggingface_hub.constants as hub_constants

@@ -26,6 +26,8 @@ from easyedit_split.sharding import (
 
 from conftest import build_tiny_model
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 REPO = Path(__file__).resolve().parent.parent
 HPARAMS = REPO / "hparams/sentiment/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml"
 N_CONCEPTS = 4

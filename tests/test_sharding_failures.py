@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Each rank gets two concepts; rank 0 "trains" for 4 s per concept, rank 1 fails on its first one.

@@ -1,4 +1,11 @@
-"""The shared trainer: fast path == plain path, factor semantics, seeds, NaN handling, resume."""
+"""The shared trainer: fast path == plain path, factor semantics, seeds, NaN handling, resume, and
+settings with observable effects (`max_num_of_examples` uses exactly the first N pairs;
+`output_length` that cuts a completion off is an error naming the pair and the value).
+
+Expectations: the plain full forward (the fast path's reference), hand-built synthetic pairs, a
+hook written from the null-it-out formula, a second training on exactly the pairs that should be
+used. The loss assembly against hand-computed terms: tests/test_training_losses.py.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +16,9 @@ import torch
 from conftest import build_tiny_model
 from easyedit_split import producing, training
 from easyedit_split.data import PolarityPair
+from easyedit_split.editor import SteerEditor
 from easyedit_split.errors import HparamsError, TrainingError
-from easyedit_split.hparams import SplitHyperParams
+from easyedit_split.hparams import SFTHyperParams, SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.methods.split import split_loss
 from easyedit_split.prepared_pairs import PreparedPairs, prepare_pairs
@@ -19,6 +27,9 @@ from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.fastpath.replay import full_forward_nll
 from easyedit_split.storage.files import safe_torch_load
 from easyedit_split.training import StepPlan, concept_groups, plan_step, step_loss, train_layer, train_method
+from easyedit_split.prompts import PromptFormat, encode_completion
+from reference import hand_steering
+
 
 LAYER = 2
 
@@ -255,20 +266,14 @@ def test_null_it_out_removes_the_positive_component_along_v():
     update = random_update(model, "vector")
     v = update.bias.detach()
 
-    def project(module, args, output):  # written from the formula h - relu(h.v)/|v|^2 v
-        h = output[0] if isinstance(output, tuple) else output
-        h = h - torch.relu(h @ v).unsqueeze(-1) / (v @ v) * v
-        return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+    def project(x, h):  # written from the formula h' = h - relu(h.v)/|v|^2 v
+        return -torch.relu(h @ v).unsqueeze(-1) / (v @ v) * v
 
     plan = StepPlan(torch.tensor([1, 2]), torch.tensor([0, 3]), torch.zeros(2), torch.tensor([True, True]), 2)
-    layer = model.model.layers[LAYER]
-    hook = layer.register_forward_hook(project)
-    try:
+    with hand_steering(model, {LAYER: project}):
         expected, _ = per_row_nll(model, prepared, random_update(model, "vector"), plan.target_rows, torch.zeros(2))
         expected_opposite, _ = per_row_nll(model, prepared, random_update(model, "vector"), plan.opposite_rows,
                                            torch.zeros(2))
-    finally:
-        hook.remove()
     prepared.capture(model, LAYER)
     target, opposite = training._steered_nll(model, prepared, LAYER, update, plan, 0.0, None, True)
     torch.testing.assert_close(target.sum, expected, rtol=1e-5, atol=1e-5)
@@ -520,3 +525,48 @@ def test_positions_dropout_drops_that_share_of_steered_positions_and_never_adds_
     assert not bool((kept * (1 - steering)).any())
     share = float(kept.sum() / steering.sum())
     assert abs(share - (1 - rate)) < 0.05, share
+
+
+PAIRS = [
+    PolarityPair("How was the film?", "Wonderful, I loved it.", "Awful, I hated it."),
+    PolarityPair("And the food?", "Delicious and fresh!", "Cold and bland, sadly."),
+    PolarityPair("Weather today?", "Sunny and bright.", "Grey, wet and gloomy."),
+    PolarityPair("Your new job?", "Exciting and fun.", "Dull and tiring."),
+    PolarityPair("The concert?", "Magical evening.", "Too loud, bad sound."),
+]
+
+
+def _hp(**values):
+    return SFTHyperParams(layers=[1], n_epochs=1, batch_size=2, gradient_accumulation_steps=1, dropout=0.0, lr=0.05,
+                          seed=3, **values)
+
+
+def _train(model, tokenizer, pairs, hp):
+    editor = SteerEditor(hp, model=model, tokenizer=tokenizer)
+    return editor.train(pairs, save=False)[1].bias.detach().clone()
+
+
+def test_max_num_of_examples_equals_training_on_the_first_n(tiny_chat_model, default_tokenizer):
+    capped = _train(tiny_chat_model, default_tokenizer, PAIRS, _hp(max_num_of_examples=2))
+    first_two = _train(tiny_chat_model, default_tokenizer, PAIRS[:2], _hp())
+    last_two = _train(tiny_chat_model, default_tokenizer, PAIRS[3:], _hp())
+    everything = _train(tiny_chat_model, default_tokenizer, PAIRS, _hp())
+    torch.testing.assert_close(capped, first_two, rtol=0, atol=0)
+    assert not torch.allclose(capped, everything) and not torch.allclose(capped, last_two)
+
+
+def test_output_length_that_cuts_a_completion_names_the_pair(default_tokenizer):
+    hp = _hp()
+    fmt = PromptFormat.from_hparams(hp)
+    lengths = [encode_completion(default_tokenizer, fmt, p.question, p.matching) for p in PAIRS[:2]]
+    # hand count: long enough for pair 0's whole prompt and completion, but pair 1's prompt alone fills it
+    pairs = [PAIRS[0], PolarityPair("And the food? " * 6, "Delicious and fresh!", "Cold and bland, sadly.")]
+    long_prompt = encode_completion(default_tokenizer, fmt, pairs[1].question, pairs[1].matching).prompt_length
+    full0 = max(len(encode_completion(default_tokenizer, fmt, PAIRS[0].question, c).input_ids)
+                for c in (PAIRS[0].matching, PAIRS[0].not_matching))
+    limit = max(full0, long_prompt)
+    assert limit >= full0 and long_prompt >= limit and lengths
+    with pytest.raises(TrainingError, match=rf"pair 1 .*output_length={limit}"):
+        prepare_pairs(default_tokenizer, pairs, _hp(output_length=limit))
+    prepared = prepare_pairs(default_tokenizer, [PAIRS[0]], _hp(output_length=full0))  # exactly fits: no error
+    assert prepared.batch.input_ids.shape[1] == full0

@@ -1,6 +1,8 @@
-"""Public-API claims against independent expectations: `editor.steer` and per-layer apply
-multipliers against hand-written hooks, `from_hparams(<yaml>)` against the YAML's values, and
-multi-concept CAA stacking against each concept's own mean difference computed by hand."""
+"""The public API against independent expectations: `editor.steer` and per-layer apply multipliers
+against the hand-written hook of tests/reference.py, `from_hparams(<yaml>)` against the YAML's
+values, multi-concept CAA stacking against each concept's own mean difference computed by hand,
+and `editor.evaluate` against hand NLL differences.
+"""
 from __future__ import annotations
 
 import pytest
@@ -14,24 +16,7 @@ from easyedit_split.hparams import ApplyHyperParams, CAAHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import PromptFormat, encode_completion
 from easyedit_split.steering import SteeringInterventions
-
-
-def _hand_logits(model, ids, adds):
-    """Logits with `adds[layer]` (a vector) added to each decoder layer's output by plain hooks."""
-    def make(vector):
-        def hook(mod, args, output):
-            if isinstance(output, tuple):
-                return (output[0] + vector,) + tuple(output[1:])
-            return output + vector
-        return hook
-
-    handles = [model.model.layers[layer].register_forward_hook(make(v)) for layer, v in adds.items()]
-    try:
-        with torch.no_grad():
-            return model(ids).logits
-    finally:
-        for handle in handles:
-            handle.remove()
+from reference import hand_logits
 
 
 def _vec(seed, size):
@@ -50,11 +35,11 @@ def test_editor_steer_equals_hand_hook(tiny_chat_model, default_tokenizer, ids, 
     editor.updates = {1: DynamicWeightUpdate.from_vector(v)}
     with torch.no_grad(), editor.steer(multiplier=m):
         got = tiny_chat_model(ids).logits
-    torch.testing.assert_close(got, _hand_logits(tiny_chat_model, ids, {1: m * v}), rtol=1e-5, atol=1e-5)
-    assert (got - _hand_logits(tiny_chat_model, ids, {1: -m * v})).abs().max() > 1e-2
+    torch.testing.assert_close(got, hand_logits(tiny_chat_model, ids, {1: m * v}), rtol=1e-5, atol=1e-5)
+    assert (got - hand_logits(tiny_chat_model, ids, {1: -m * v})).abs().max() > 1e-2
     # restored afterwards: plain logits again
     with torch.no_grad():
-        torch.testing.assert_close(tiny_chat_model(ids).logits, _hand_logits(tiny_chat_model, ids, {}), rtol=0, atol=0)
+        torch.testing.assert_close(tiny_chat_model(ids).logits, hand_logits(tiny_chat_model, ids, {}), rtol=0, atol=0)
 
 
 def test_from_hparams_yaml_fields_equal_the_file(tmp_path, tiny_chat_model, default_tokenizer):
@@ -84,8 +69,8 @@ def test_apply_from_hparams_scales_each_layer_by_its_own_multiplier(tmp_path, ti
             got = tiny_chat_model(ids).logits
     finally:
         handle.remove()
-    torch.testing.assert_close(got, _hand_logits(tiny_chat_model, ids, {0: 2.0 * v0, 2: -0.5 * v2}), rtol=1e-5, atol=1e-5)
-    swapped = _hand_logits(tiny_chat_model, ids, {0: -0.5 * v0, 2: 2.0 * v2})
+    torch.testing.assert_close(got, hand_logits(tiny_chat_model, ids, {0: 2.0 * v0, 2: -0.5 * v2}), rtol=1e-5, atol=1e-5)
+    swapped = hand_logits(tiny_chat_model, ids, {0: -0.5 * v0, 2: 2.0 * v2})
     assert (got - swapped).abs().max() > 1e-2  # pairing by position matters
 
 
@@ -126,7 +111,7 @@ def _completion_nll(model, tokenizer, fmt, question, completion, adds):
     """Summed NLL of the completion tokens (everything after the prompt) under a plain forward."""
     encoded = encode_completion(tokenizer, fmt, question, completion)
     ids = torch.tensor([encoded.input_ids])
-    logp = torch.log_softmax(_hand_logits(model, ids, adds)[0].double(), -1)
+    logp = torch.log_softmax(hand_logits(model, ids, adds)[0].double(), -1)
     targets = ids[0, encoded.prompt_length:]
     return -logp[encoded.prompt_length - 1:-1].gather(1, targets[:, None]).sum().item()
 

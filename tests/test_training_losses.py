@@ -1,8 +1,9 @@
-"""The trainer's loss assembly pinned against hand-computed expectations (kills `training.py` mutants).
+"""The trainer's loss assembly pinned against hand-computed expectations.
 
 The data below is written out token by token, so every count, length and steered position is
-counted by hand. Expected NLLs come from plain `model(ids)` logits with a hand-written forward
-hook that adds `m * v` to the output of decoder layer LAYER at positions `>= first steered`;
+counted by hand. Expected NLLs come from plain `model(ids)` logits with the hand-written forward
+hook of tests/reference.py adding `m * v` to the output of decoder layer LAYER at positions
+`>= first steered`;
 expected losses and gradients are formulas written here, never a call to the trainer.
 
     example 0: prompt [3, 5, 6, 7]      matching [10, 11]      not-matching [20, 21, 22]
@@ -32,6 +33,7 @@ from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import IGNORE_INDEX, TokenBatch
 from easyedit_split.prepared_pairs import PreparedPairs
 from easyedit_split.training import LossTerms, StepPlan, TrainingLog
+from reference import after_position, hand_steering
 from test_training import WordTokenizer, make_hparams, word_pairs
 
 LAYER = 2
@@ -86,18 +88,9 @@ def hand_nll(model, row: int, v: torch.Tensor, m: float, first_steered: int) -> 
     """Sum of completion-token NLLs of sequence `row` with `m * v` added at positions >= first_steered
     (differentiable in `v`)."""
     ids, plen = sequences()[row]
-    steer = (torch.arange(len(ids)) >= first_steered).float().view(1, -1, 1)
-
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = hidden + m * v * steer
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-    handle = model.model.layers[LAYER].register_forward_hook(hook)
-    try:
+    steer = after_position(len(ids), first_steered)
+    with hand_steering(model, {LAYER: lambda x, h: m * v * steer}):
         logits = model(torch.tensor([ids])).logits[0]
-    finally:
-        handle.remove()
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -sum(logp[t - 1, ids[t]] for t in range(plen, len(ids)))
 

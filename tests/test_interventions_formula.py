@@ -1,9 +1,9 @@
 """The intervention against hand-written hooks: `h + m * (x @ dW + db)` added by plain PyTorch.
 
-The expected outputs never go through `easyedit_split.interventions`: a hand-made forward
-hook adds `m * v` (or `m * (x @ A @ B)`, `m * (x @ W + b)`) to the decoder layer's output, and
-the library's steered model must give the same logits. Flipping the sign of the delta, steering
-the wrong layer or position, or reading the wrong input changes these numbers.
+The expected outputs never go through `easyedit_split.interventions`: the reference hook of
+tests/reference.py adds `m * v` (or `m * (x @ A @ B)`, `m * (x @ W + b)`) to the decoder layer's
+output, and the library's steered model must give the same logits. Flipping the sign of the delta,
+steering the wrong layer or position, or reading the wrong input changes these numbers.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 
 from conftest import build_tiny_model
 from easyedit_split.interventions import DynamicWeightUpdate, InterventionHandle, attach, steer
+from reference import hand_logits
+
 
 LAYER = 1
 
@@ -30,29 +32,6 @@ def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _hand_logits(model, ids, layer, add, component=None):
-    """Logits with `add(x, h)` added to layer `layer`'s output; `x` the input of `component` (a module)."""
-    captured = {}
-    handles = []
-    if component is not None:
-        handles.append(component.register_forward_pre_hook(
-            lambda mod, args, kwargs: captured.__setitem__("x", args[0] if args else kwargs["hidden_states"]),
-            with_kwargs=True))
-
-    def hook(mod, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = hidden + add(captured.get("x"), hidden)
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-    handles.append(model.model.layers[layer].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            return model(ids).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _logits(model, ids, updates, multiplier, positions=None):
     with torch.no_grad(), steer(model, updates, multiplier, positions):
         return model(ids).logits
@@ -61,10 +40,10 @@ def _logits(model, ids, updates, multiplier, positions=None):
 @pytest.mark.parametrize("m", [2.5, -1.5])
 def test_vector_adds_m_times_v_to_the_layer_output(model, ids, m):
     v = _rand(32, seed=1)
-    expected = _hand_logits(model, ids, LAYER, lambda x, h: m * v)
+    expected = hand_logits(model, ids, {LAYER: lambda x, h: m * v})
     got = _logits(model, ids, {LAYER: DynamicWeightUpdate.from_vector(v)}, m)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    flipped = _hand_logits(model, ids, LAYER, lambda x, h: -m * v)
+    flipped = hand_logits(model, ids, {LAYER: lambda x, h: -m * v})
     assert (got - flipped).abs().max() > 1e-2  # the anchor tells the two signs apart
 
 
@@ -72,7 +51,7 @@ def test_lora_reads_the_down_projection_input(model, ids):
     a, b = _rand(48, 2, seed=2), _rand(2, 32, seed=3) * 0.3
     m = -0.7
     down = model.model.layers[LAYER].mlp.down_proj
-    expected = _hand_logits(model, ids, LAYER, lambda x, h: m * (x @ a @ b), component=down)
+    expected = hand_logits(model, ids, {LAYER: lambda x, h: m * (x @ a @ b)}, {LAYER: down})
     got = _logits(model, ids, {LAYER: DynamicWeightUpdate.from_lora(a, b, component="mlp_mid")}, m)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -86,7 +65,7 @@ def test_local_weight_reads_its_component_input(model, ids, component, path):
     width = 48 if component == "mlp_mid" else 32
     w, bias = _rand(width, 32, seed=4) * 0.2, _rand(32, seed=5)
     m = 1.3
-    expected = _hand_logits(model, ids, LAYER, lambda x, h: m * (x @ w + bias), component=module)
+    expected = hand_logits(model, ids, {LAYER: lambda x, h: m * (x @ w + bias)}, {LAYER: module})
     update = DynamicWeightUpdate.from_local_weight(w, bias, component=component)
     torch.testing.assert_close(_logits(model, ids, {LAYER: update}, m), expected, rtol=1e-5, atol=1e-5)
 
@@ -96,7 +75,7 @@ def test_per_row_multipliers_equal_separate_hand_runs(model, ids):
     ms = [1.0, -2.0, 0.0]
     got = _logits(model, ids, {LAYER: DynamicWeightUpdate.from_vector(v)}, torch.tensor(ms))
     for row, m in enumerate(ms):
-        expected = _hand_logits(model, ids[row : row + 1], LAYER, lambda x, h: m * v)
+        expected = hand_logits(model, ids[row : row + 1], {LAYER: lambda x, h: m * v})
         torch.testing.assert_close(got[row : row + 1], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -105,10 +84,10 @@ def test_positions_mask_steers_only_the_marked_positions(model, ids):
     positions = torch.zeros(3, 7)
     positions[:, 4:] = 1  # positions 0..3 unsteered, 4..6 steered
     mask = positions.unsqueeze(-1)
-    expected = _hand_logits(model, ids, LAYER, lambda x, h: 2.0 * v * mask)
+    expected = hand_logits(model, ids, {LAYER: lambda x, h: 2.0 * v * mask})
     got = _logits(model, ids, {LAYER: DynamicWeightUpdate.from_vector(v)}, 2.0, positions)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    plain = _hand_logits(model, ids, LAYER, lambda x, h: 0 * h)
+    plain = hand_logits(model, ids, {LAYER: lambda x, h: 0 * h})
     # causal model: positions before the first steered one see nothing of the delta
     torch.testing.assert_close(got[:, :4], plain[:, :4], rtol=0, atol=0)
     assert (got[:, 4:] - plain[:, 4:]).abs().amax(dim=-1).min() > 1e-3
@@ -117,23 +96,14 @@ def test_positions_mask_steers_only_the_marked_positions(model, ids):
 def test_positions_of_another_shape_are_ignored(model, ids):
     """A [batch, seq] mask that does not match the hidden states (decoding steps) steers everywhere."""
     v = _rand(32, seed=8)
-    expected = _hand_logits(model, ids, LAYER, lambda x, h: 1.5 * v)
+    expected = hand_logits(model, ids, {LAYER: lambda x, h: 1.5 * v})
     got = _logits(model, ids, {LAYER: DynamicWeightUpdate.from_vector(v)}, 1.5, torch.zeros(3, 4))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_two_layers_each_add_their_own_vector(model, ids):
     v1, v3 = _rand(32, seed=9), _rand(32, seed=10)
-    handles = [
-        model.model.layers[1].register_forward_hook(lambda mod, a, out: (out[0] + 0.5 * v1,) + tuple(out[1:]) if isinstance(out, tuple) else out + 0.5 * v1),
-        model.model.layers[3].register_forward_hook(lambda mod, a, out: (out[0] + 0.5 * v3,) + tuple(out[1:]) if isinstance(out, tuple) else out + 0.5 * v3),
-    ]
-    try:
-        with torch.no_grad():
-            expected = model(ids).logits
-    finally:
-        for handle in handles:
-            handle.remove()
+    expected = hand_logits(model, ids, {1: 0.5 * v1, 3: 0.5 * v3})
     updates = {1: DynamicWeightUpdate.from_vector(v1), 3: DynamicWeightUpdate.from_vector(v3)}
     torch.testing.assert_close(_logits(model, ids, updates, 0.5), expected, rtol=1e-5, atol=1e-5)
 
@@ -144,7 +114,7 @@ def test_null_it_out_removes_the_positive_component_by_hand(model, ids):
     def project(x, h):  # h' - h = -relu(h . v) / |v|^2 * v, per position
         return -torch.relu(h @ v).unsqueeze(-1) / (v @ v) * v
 
-    expected = _hand_logits(model, ids, LAYER, project)
+    expected = hand_logits(model, ids, {LAYER: project})
     handle = InterventionHandle(model, {LAYER: DynamicWeightUpdate.from_vector(v)}, 0.0, null_out=torch.ones(3, dtype=torch.bool))
     try:
         with torch.no_grad():
@@ -226,7 +196,7 @@ def test_multiplier_can_change_between_forwards(model, ids):
             got = model(ids).logits
     finally:
         handle.remove()
-    torch.testing.assert_close(got, _hand_logits(model, ids, LAYER, lambda x, h: -3.0 * v), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, hand_logits(model, ids, {LAYER: lambda x, h: -3.0 * v}), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_multiplier_shapes_are_refused(model, ids):
