@@ -258,7 +258,7 @@ def test_sharding_refuses_an_unknown_set_key_naming_the_closest(tmp_path):
 
 
 def test_each_vector_directory_is_read_once_per_command(tmp_path, monkeypatch, tiny_chat_model, default_tokenizer, capsys):
-    from easyedit_split import storage
+    from easyedit_split.storage import units as storage  # where loading looks up its file reader
 
     model_dir = tmp_path / "tiny"
     tiny_chat_model.save_pretrained(model_dir)
