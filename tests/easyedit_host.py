@@ -1,12 +1,13 @@
 """A patched, runnable copy of EasyEdit's snapshot for the real-host tests.
 
 The snapshot (zjunlp/EasyEdit@14cea82, steering framework only) is found at `$EASYEDIT_SNAPSHOT`
-or `../shared/easyedit-14cea82` next to the repository. `build_host` copies it, applies
-`contrib/easyedit/*.patch` in order, links the default model under a name containing `llama`
+or `../shared/easyedit-14cea82` next to the repository. `build_host` copies it, makes it a
+git repository (one commit) and applies the mails `contrib/easyedit/*.patch` with `git am`, as a
+maintainer would, links the default model under a name containing `llama`
 (EasyEdit picks its model wrapper by substring of the path), writes a tiny `psychopathy` data
 set where EasyEdit's `dataset_format.yaml` looks for it, and writes a dist-info directory that
-declares this package's entry points (as `pip install` would), so EasyEdit finds `spilt`/`split`
-and `preference_utility` through its plugin scan without `register_with_easyedit()`.
+declares this package's entry points (as `pip install` would), so EasyEdit finds `split` and
+`preference_utility` through its plugin lookup (EasyEdit's own `spilt` stays EasyEdit's) without `register_with_easyedit()`.
 """
 from __future__ import annotations
 
@@ -76,10 +77,30 @@ def write_plugin_dist_info(site: Path) -> Path:
     return site
 
 
+GIT_IDENTITY = ["-c", "user.name=easyedit_split tests", "-c", "user.email=tests@easyedit-split.invalid",
+                "-c", "commit.gpgsign=false", "-c", "core.autocrlf=false"]
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run git in `root`; a failure raises with git's own output."""
+    done = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed in {root}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def init_repository(root: Path) -> None:
+    """Make `root` a git repository whose one commit is the unmodified snapshot."""
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "EasyEdit 14cea82 (snapshot)")
+
+
 def apply_patches(root: Path, patches=PATCHES) -> None:
-    for patch in patches:
-        subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch)], cwd=root, check=True,
-                       capture_output=True, text=True)
+    """`git am --keep-cr` the mails (some files at 14cea82 have CRLF line endings) onto `root`'s HEAD."""
+    if not (root / ".git").exists():
+        init_repository(root)
+    git(root, "am", "--keep-cr", *map(str, patches))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
