@@ -265,6 +265,10 @@ def test_unpatched_easyedit_snapshot_names_the_import_bug(clean_steer, tmp_path)
     assert "importing steer.utils.alg_dict failed" in message
     assert "steer/vector_generators/__init__.py, which does not export" in message
     assert "steer/vector_appliers/__init__.py, which does not export" in message
+    # it says what to do: apply mail 0001, named by its path, with git am
+    assert "git am --keep-cr " in message and "/contrib/easyedit/0001-steer-import-the-registry" in message
+    hinted = message.split("git am --keep-cr ", 1)[1].split(" ", 1)[0]
+    assert Path(hinted).is_file()
 
 
 def test_the_mails_apply_with_git_am_to_a_repository_of_the_snapshot(tmp_path):
@@ -279,18 +283,18 @@ def test_the_mails_apply_with_git_am_to_a_repository_of_the_snapshot(tmp_path):
 
     root = tmp_path / "EasyEdit"
     shutil.copytree(source, root)
-    assert len(PATCHES) == 4
+    assert len(PATCHES) == 5
     for number, patch in enumerate(PATCHES, 1):
         head = patch.read_text(encoding="utf-8").split("\n\n", 1)[0]
         assert head.startswith("From 0000000000000000000000000000000000000000 ")
         assert "\nFrom: easyedit_split contributors <easyedit-split@users.noreply.github.com>\n" in head
-        assert "\nDate: " in head and f"\nSubject: [PATCH {number}/{len(PATCHES)}] steer: " in head
+        assert "\nDate: " in head and f"\nSubject: [PATCH {number}/{len(PATCHES)}] " in head
         body = patch.read_text(encoding="utf-8").split("\n\n", 1)[1]
         assert body.index("## Summary") < body.index("## Validation") < body.index("\n---\n")
     apply_patches(root, PATCHES)
     log = git(root, "log", "--format=%an|%s").stdout.splitlines()
     assert len(log) == len(PATCHES) + 1
-    assert all(line.startswith("easyedit_split contributors|steer: ") for line in log[:-1])
+    assert all(line.startswith("easyedit_split contributors|") for line in log[:-1])
     assert git(root, "status", "--porcelain").stdout == ""  # every change committed, nothing left over
     assert "chat_template_ids" in (root / "steer/utils/templates.py").read_text()
     assert "easyedit.steer_methods" in (root / "steer/utils/alg_dict.py").read_text()

@@ -111,6 +111,14 @@ def _empty_init_problems(steer_dir: Path) -> list[str]:
     return problems
 
 
+def series_hint(mail: str) -> str:
+    """Where the EasyEdit mail `mail` (e.g. '0001') is and how to apply it."""
+    contrib = Path(__file__).resolve().parents[2] / "contrib" / "easyedit"
+    found = sorted(contrib.glob(f"{mail}-*.patch")) if contrib.is_dir() else []
+    where = str(found[0]) if found else f"contrib/easyedit/{mail}-*.patch in the easyedit_split source repository"
+    return f"git am --keep-cr {where} (run in the EasyEdit checkout; see contrib/easyedit/README.md)"
+
+
 def import_alg_dict(easyedit_root: Optional[Union[str, Path]] = None) -> Any:
     """EasyEdit's `steer.utils.alg_dict`, or an `IntegrationError` saying exactly what failed."""
     _put_on_path(easyedit_root)
@@ -123,8 +131,8 @@ def import_alg_dict(easyedit_root: Optional[Union[str, Path]] = None) -> Any:
         return _import("steer.utils.alg_dict")
     except Exception as error:  # ImportError, or an error raised inside EasyEdit's imports
         problems = _empty_init_problems(steer_dir)
-        detail = (" Cause: " + "; ".join(problems) + ". Re-export those names in the __init__ files (or use an "
-                  "EasyEdit revision that does) and retry.") if problems else (
+        detail = (" Cause: " + "; ".join(problems) + ". This is EasyEdit's registry import regression (14cea82): "
+                  f"apply the fix, {series_hint('0001')}, and retry.") if problems else (
                   " Install EasyEdit's requirements (pip install -r requirements.txt in the checkout) and retry.")
         raise IntegrationError(
             f"EasyEdit found at {steer_dir}, but importing steer.utils.alg_dict failed: "
