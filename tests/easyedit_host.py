@@ -21,6 +21,8 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = sorted((REPO / "contrib" / "easyedit").glob("*.patch"))
+BUGFIX_MAILS = ("0006",)  # optional EasyEdit bug fixes, each tested with and without
+PATCHES_WITHOUT_BUGFIXES = [p for p in PATCHES if not p.name.startswith(BUGFIX_MAILS)]
 MODEL_LINK = "smollm2-135m-llama"
 PLUGIN_GROUPS = ("easyedit.steer_methods", "easyedit.steer_evaluators")
 TRAIN_ROWS = [
@@ -111,14 +113,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_host(destination: Path, model_dir: Path, patched: bool = True) -> Path:
+def build_host(destination: Path, model_dir: Path, patched: bool = True, patches=None) -> Path:
     """Copy the snapshot to `destination`, patch it and give it a model and data. Returns its root."""
     source = snapshot_dir()
     assert source is not None
     root = destination / "EasyEdit"
     shutil.copytree(source, root)
     if patched:
-        apply_patches(root)
+        apply_patches(root, PATCHES if patches is None else patches)
     (root / "models").mkdir(exist_ok=True)
     (root / "models" / MODEL_LINK).symlink_to(model_dir, target_is_directory=True)
     write_jsonl(root / "data" / "psychopathy" / "train.jsonl", TRAIN_ROWS)

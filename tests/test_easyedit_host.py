@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from easyedit_host import (MODEL_LINK, REPO, TRAIN_ROWS, build_host, easyedit_cannot_run, forget_steer, snapshot_dir,
+from easyedit_host import (MODEL_LINK, PATCHES_WITHOUT_BUGFIXES, REPO, TRAIN_ROWS, build_host, easyedit_cannot_run, forget_steer, snapshot_dir,
                            write_plugin_dist_info)
 
 pytestmark = [
@@ -399,3 +399,64 @@ def test_run_spilt_generate_and_apply(host):
     editor.load(vector_dir)
     assert [r["pred"][0].strip() for r in results] == [
         editor.generate([p], multipliers=[8.0], max_new_tokens=8, batch_size=1)[8.0][0] for p in PROMPTS]
+
+
+# ---------------------------------------------------------------------------- optional bug-fix mails
+
+
+def _loss_mode_init(host_root: Path, run: Path, vector_dir: Path, monkeypatch) -> torch.Tensor:
+    """EasyEdit's vectors_generate.py in loss mode (sft, inference, init_vector_path): the vector SFTTrainer evaluates."""
+    forget_steer()
+    monkeypatch.syspath_prepend(str(host_root))
+    import importlib
+
+    trainer_module = importlib.import_module("steer.trainer.SFTTrainer")  # the module (the package exports the class)
+
+    seen = []
+    original = trainer_module.SFTTrainer.make_model
+
+    def make_model(self, **kwargs):
+        original(self, **kwargs)
+        seen.append(self.model.steer_vector.proj.weight.detach().clone().reshape(-1))
+
+    monkeypatch.setattr(trainer_module.SFTTrainer, "make_model", make_model)
+    hparams = run / "generate_sft_loss.yaml"
+    hparams.write_text(yaml.safe_dump({
+        "alg_name": "sft", "layers": [LAYER], "use_cache": False, "exclude_bos": True, "max_concepts": 1,
+        "preference_pairs": ["orig_add"], "output_length": 64, "batch_size": 4, "dropout": 0.1,
+        "gradient_accumulation_steps": 1, "lr": 0.08, "n_epochs": 1, "inference": True,
+        "init_vector_path": str(vector_dir), "intervention_method": "vector", "low_rank_dimension": 1,
+        "intervention_positions": "all", "intervention_type": "addition", "steering_factors": [1.0],
+        "model_name_or_path": str(host_root / "models" / MODEL_LINK)}), encoding="utf-8")
+    config = run / "gen_loss.yaml"
+    config.write_text(yaml.safe_dump(dict(TOP, model_name_or_path=str(host_root / "models" / MODEL_LINK),
+                                          save_vectors=False, steer_train_hparam_paths=[str(hparams)],
+                                          steer_train_dataset=["psychopathy"],
+                                          steer_vector_output_dirs=[str(run / "loss_out")])), encoding="utf-8")
+    Host.hydra(type("H", (), {"root": host_root, "run": run})(), "vectors_generate.py", config, monkeypatch)
+    forget_steer()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_loss_mode_evaluates_the_saved_vector(host, tmp_path, monkeypatch):
+    """Mail 0006: `--mode loss --intervention_method vector` used a fresh random vector (the bare tensor it
+    loads was dropped); with the fix SFTTrainer evaluates the saved vector itself."""
+    from easyedit_split.models import ensure_default_model_cached
+
+    vector_dir = tmp_path / "trained" / "sft_vector"
+    vector_dir.mkdir(parents=True)
+    saved = torch.randn(576, generator=torch.Generator().manual_seed(5))
+    saved = saved / saved.norm() * 2.28
+    torch.save(saved, vector_dir / f"layer_{LAYER}.pt")
+    fixed = _loss_mode_init(host.root, host.run, vector_dir, monkeypatch)
+    before_root = build_host(tmp_path / "before", ensure_default_model_cached(), patches=PATCHES_WITHOUT_BUGFIXES)
+    (before_root / "run").mkdir()
+    before = _loss_mode_init(before_root, before_root / "run", vector_dir, monkeypatch)
+    cosine = float(torch.nn.functional.cosine_similarity(before, saved, dim=0))
+    logging.getLogger(__name__).info("loss-mode vector: before norm %.3f cosine %.3f; after norm %.3f cosine %.3f",
+                                        before.norm(), cosine, fixed.norm(),
+                                        float(torch.nn.functional.cosine_similarity(fixed, saved, dim=0)))
+    assert torch.equal(fixed, saved)  # after: the saved vector, bit for bit
+    assert abs(cosine) < 0.5 and not torch.allclose(before.norm(), saved.norm(), rtol=0.1)  # before: unrelated
+    assert round(float(before.norm()), 2) == 0.58 and round(cosine, 2) == 0.08  # the figures in mail 0006
