@@ -283,7 +283,7 @@ def test_the_mails_apply_with_git_am_to_a_repository_of_the_snapshot(tmp_path):
 
     root = tmp_path / "EasyEdit"
     shutil.copytree(source, root)
-    assert len(PATCHES) == 5
+    assert len(PATCHES) == 6
     for number, patch in enumerate(PATCHES, 1):
         head = patch.read_text(encoding="utf-8").split("\n\n", 1)[0]
         assert head.startswith("From 0000000000000000000000000000000000000000 ")
