@@ -40,10 +40,11 @@ setup(
     },
     entry_points={
         "console_scripts": ["easyedit-split=easyedit_split.cli:main"],
-        # found by EasyEdit with contrib/easyedit/0003-plugin-discovery-through-entry-points.patch applied
+        # found by EasyEdit with contrib/easyedit/0003 and 0004 applied. SPLIT answers to its own
+        # name `split`; EasyEdit's built-in `spilt` stays EasyEdit's. A user who wants the package
+        # behind `spilt` too sets EASYEDIT_STEER_PLUGINS_OVERRIDE=spilt:split.
         "easyedit.steer_methods": [
             "split = easyedit_split.integrations.easyedit:steer_method",
-            "spilt = easyedit_split.integrations.easyedit:steer_method",
         ],
         "easyedit.steer_evaluators": [
             "preference_utility = easyedit_split.integrations.easyedit:evaluate_plugin",

@@ -1,12 +1,13 @@
 """A patched, runnable copy of EasyEdit's snapshot for the real-host tests.
 
 The snapshot (zjunlp/EasyEdit@14cea82, steering framework only) is found at `$EASYEDIT_SNAPSHOT`
-or `../shared/easyedit-14cea82` next to the repository. `build_host` copies it, applies
-`contrib/easyedit/*.patch` in order, links the default model under a name containing `llama`
+or `../shared/easyedit-14cea82` next to the repository. `build_host` copies it, makes it a
+git repository (one commit) and applies the mails `contrib/easyedit/*.patch` with `git am`, as a
+maintainer would, links the default model under a name containing `llama`
 (EasyEdit picks its model wrapper by substring of the path), writes a tiny `psychopathy` data
 set where EasyEdit's `dataset_format.yaml` looks for it, and writes a dist-info directory that
-declares this package's entry points (as `pip install` would), so EasyEdit finds `spilt`/`split`
-and `preference_utility` through its plugin scan without `register_with_easyedit()`.
+declares this package's entry points (as `pip install` would), so EasyEdit finds `split` and
+`preference_utility` through its plugin lookup (EasyEdit's own `spilt` stays EasyEdit's) without `register_with_easyedit()`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = sorted((REPO / "contrib" / "easyedit").glob("*.patch"))
+BUGFIX_MAILS = ("0006",)  # optional EasyEdit bug fixes, each tested with and without
+PATCHES_WITHOUT_BUGFIXES = [p for p in PATCHES if not p.name.startswith(BUGFIX_MAILS)]
 MODEL_LINK = "smollm2-135m-llama"
 PLUGIN_GROUPS = ("easyedit.steer_methods", "easyedit.steer_evaluators")
 TRAIN_ROWS = [
@@ -76,10 +79,30 @@ def write_plugin_dist_info(site: Path) -> Path:
     return site
 
 
+GIT_IDENTITY = ["-c", "user.name=easyedit_split tests", "-c", "user.email=tests@easyedit-split.invalid",
+                "-c", "commit.gpgsign=false", "-c", "core.autocrlf=false"]
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run git in `root`; a failure raises with git's own output."""
+    done = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed in {root}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def init_repository(root: Path) -> None:
+    """Make `root` a git repository whose one commit is the unmodified snapshot."""
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "EasyEdit 14cea82 (snapshot)")
+
+
 def apply_patches(root: Path, patches=PATCHES) -> None:
-    for patch in patches:
-        subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch)], cwd=root, check=True,
-                       capture_output=True, text=True)
+    """`git am --keep-cr` the mails (some files at 14cea82 have CRLF line endings) onto `root`'s HEAD."""
+    if not (root / ".git").exists():
+        init_repository(root)
+    git(root, "am", "--keep-cr", *map(str, patches))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -90,14 +113,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def build_host(destination: Path, model_dir: Path, patched: bool = True) -> Path:
+def build_host(destination: Path, model_dir: Path, patched: bool = True, patches=None) -> Path:
     """Copy the snapshot to `destination`, patch it and give it a model and data. Returns its root."""
     source = snapshot_dir()
     assert source is not None
     root = destination / "EasyEdit"
     shutil.copytree(source, root)
     if patched:
-        apply_patches(root)
+        apply_patches(root, PATCHES if patches is None else patches)
     (root / "models").mkdir(exist_ok=True)
     (root / "models" / MODEL_LINK).symlink_to(model_dir, target_is_directory=True)
     write_jsonl(root / "data" / "psychopathy" / "train.jsonl", TRAIN_ROWS)

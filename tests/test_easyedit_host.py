@@ -1,8 +1,10 @@
 """The package inside the real EasyEdit: its own scripts, on the patched snapshot, with the default model.
 
-EasyEdit finds `spilt` and `preference_utility` through its entry-point scan (patch 0003) and the
-dist-info `easyedit_host.write_plugin_dist_info` writes from setup.py's declaration; nothing here
-calls `register_with_easyedit()`. Every result is compared with the package's own path under the
+The snapshot is a git repository with the mails `contrib/easyedit/*.patch` applied by `git am`.
+EasyEdit finds `split` and `preference_utility` through its entry-point lookup (mails 0003, 0004)
+and the dist-info `easyedit_host.write_plugin_dist_info` writes from setup.py's declaration; nothing
+here calls `register_with_easyedit()`. EasyEdit's own `spilt` stays EasyEdit's unless the user opts
+in (`EASYEDIT_STEER_PLUGINS_OVERRIDE=spilt:split`). Every result is compared with the package's own path under the
 same inputs: trained files with `SteerEditor.train`, steered and unsteered texts with
 `SteerEditor.generate`, scores with `PreferenceUtilityEvaluator`.
 """
@@ -20,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from easyedit_host import (MODEL_LINK, REPO, TRAIN_ROWS, build_host, easyedit_cannot_run, forget_steer, snapshot_dir,
+from easyedit_host import (MODEL_LINK, PATCHES_WITHOUT_BUGFIXES, REPO, TRAIN_ROWS, build_host, easyedit_cannot_run, forget_steer, snapshot_dir,
                            write_plugin_dist_info)
 
 pytestmark = [
@@ -55,7 +57,7 @@ class Host:
         """The package's smollm2 SPLIT file, made tiny (one optimizer step over the 4 pairs, 64 tokens, layer 3)."""
         data = yaml.safe_load((REPO / "hparams/sentiment/smollm2-135m-instruct/spilt" /
                                f"generate_spilt_{method}.yaml").read_text(encoding="utf-8"))
-        data.update(layers=[LAYER], n_epochs=1, batch_size=4, gradient_accumulation_steps=1, preference_pairs=["orig_add"], output_length=64,
+        data.update(alg_name="split", layers=[LAYER], n_epochs=1, batch_size=4, gradient_accumulation_steps=1, preference_pairs=["orig_add"], output_length=64,
                     model_name_or_path=self.model_path)
         return self.write(f"generate_spilt_{method}.yaml", data)
 
@@ -119,17 +121,45 @@ def _save_vector(directory: Path, seed: int = 0, norm: float = 40.0) -> torch.Te
 # ---------------------------------------------------------------------------- registry through entry points
 
 
-def test_easyedit_finds_split_and_the_evaluator_through_entry_points(host):
+def test_easyedit_finds_split_lazily_and_keeps_its_own_spilt(host):
+    """No opt-in: `spilt` is EasyEdit's own; the package answers to `split`, loaded on the first lookup."""
+    forget_steer()
     from steer.evaluate.evaluate import plugin_evaluators
     from steer.utils import alg_dict
 
     from easyedit_split.integrations import easyedit as bridge
 
-    for name in ("split", "spilt"):
-        assert alg_dict.METHODS_CLASS_DICT[name] == {"train": bridge.generate_split, "apply": bridge.apply_split}
-        assert alg_dict.HYPERPARAMS_CLASS_DICT[name]["apply"] is bridge._easyedit_apply_class()
-    assert plugin_evaluators()["preference_utility"] is bridge.evaluate_plugin
+    assert alg_dict.loaded_plugin_methods() == []  # importing EasyEdit loaded no plugin
+    spilt = alg_dict.METHODS_CLASS_DICT["spilt"]
+    assert spilt["train"].__name__ == "generate_spilt" and spilt["train"].module.endswith("spilt.generate_spilt")
+    assert alg_dict.HYPERPARAMS_CLASS_DICT["spilt"]["train"].__module__.startswith("steer.")
+    assert alg_dict.loaded_plugin_methods() == []  # a built-in name never consults plugins
+    assert "split" in alg_dict.METHODS_CLASS_DICT
+    assert alg_dict.METHODS_CLASS_DICT["split"] == {"train": bridge.generate_split, "apply": bridge.apply_split}
+    assert alg_dict.HYPERPARAMS_CLASS_DICT["split"]["apply"] is bridge._easyedit_apply_class()
+    assert alg_dict.loaded_plugin_methods() == ["split"]
+    assert "no_such_method" not in alg_dict.METHODS_CLASS_DICT
+    assert plugin_evaluators()["preference_utility"].load() is bridge.evaluate_plugin
     assert "caa" in alg_dict.METHODS_CLASS_DICT and "sft" in alg_dict.METHODS_CLASS_DICT  # EasyEdit's own stay
+
+
+def test_the_override_setting_puts_the_package_behind_spilt(host, monkeypatch):
+    """EASYEDIT_STEER_PLUGINS_OVERRIDE=spilt:split is the explicit opt-in; it is announced with a warning."""
+    from easyedit_split.integrations import easyedit as bridge
+
+    monkeypatch.setenv("EASYEDIT_STEER_PLUGINS_OVERRIDE", "spilt:split")
+    forget_steer()
+    try:
+        from steer.utils import alg_dict
+
+        with pytest.warns(UserWarning, match="replaces the built-in 'spilt' method"):
+            assert alg_dict.METHODS_CLASS_DICT["spilt"]["train"] is bridge.generate_split
+        assert alg_dict.HYPERPARAMS_CLASS_DICT["spilt"]["train"] is alg_dict.HYPERPARAMS_CLASS_DICT["split"]["train"]
+        monkeypatch.setenv("EASYEDIT_STEER_PLUGINS_OVERRIDE", "caa:no_such_plugin")
+        with pytest.warns(UserWarning, match="no installed package declares .* 'no_such_plugin'; the built-in"):
+            assert alg_dict.METHODS_CLASS_DICT["caa"]["train"].__name__ == "generate_caa_vectors"
+    finally:
+        forget_steer()
 
 
 # ---------------------------------------------------------------------------- vectors_generate.py
@@ -170,7 +200,7 @@ def test_vectors_apply_generates_with_and_without_steering(host, monkeypatch):
     """EasyEdit's vectors_apply.py on a package vector: `pred` is SteerEditor's steered text, `orig_pred` its unsteered one."""
     load_dir = host.run / "apply_vector" / "spilt_vector"
     _save_vector(load_dir)
-    apply_file = host.write("apply_spilt.yaml", {"alg_name": "spilt", "layers": [LAYER], "multipliers": [1.0],
+    apply_file = host.write("apply_spilt.yaml", {"alg_name": "split", "layers": [LAYER], "multipliers": [1.0],
                                                  "concept_id": 0, "intervention_method": "vector"})
     out = host.run / "generation"
     config = host.write("apply_config.yaml", dict(TOP, model_name_or_path=host.model_path,
@@ -214,7 +244,7 @@ def test_easyedit_unsteered_output_and_reset_all_after_package_apply(host, inter
         weight = torch.randn(1536, 576, generator=generator) * 0.05
         save_interventions(load_dir, {LAYER: DynamicWeightUpdate.from_local_weight(weight, torch.randn(576, generator=generator))})
     apply_file = host.write(f"apply_leak_{intervention_method}.yaml", {
-        "alg_name": "spilt", "layers": [LAYER], "multipliers": [1.0], "intervention_method": intervention_method})
+        "alg_name": "split", "layers": [LAYER], "multipliers": [1.0], "intervention_method": intervention_method})
     top = OmegaConf.create(dict(TOP, model_name_or_path=host.model_path, apply_steer_hparam_paths=[str(apply_file)],
                                 steer_vector_load_dir=[str(load_dir)], generation_output_dir=str(host.run / "leak"),
                                 generation_data_size=None, num_responses=1, generate_orig_output=True,
@@ -282,6 +312,55 @@ def test_easyedit_evaluator_runs_preference_utility(host):
     assert summary["pref_odds"][0] != summary["pref_odds"][2]  # the multiplier moves preference
 
 
+def _evaluate_cli(host: Host, *flags: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """EasyEdit's steer/evaluate/evaluate.py command line on a hand-written generation file."""
+    generation = write_jsonl_results(host.run / "cli" / "psychopathy_results.json")
+    results_dir = host.run / "cli" / f"results_{len(list((host.run / 'cli').glob('results_*')))}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(host.root), str(REPO), str(host.site)]))
+    done = subprocess.run([sys.executable, "steer/evaluate/evaluate.py", "--generation_dataset_path", str(generation),
+                           "--results_dir", str(results_dir), "--device", "cpu", "--model_name_or_path", host.model_path,
+                           *flags], cwd=host.root, env=env, capture_output=True, text=True, timeout=300)
+    return done, results_dir / "psychopathy_evaluation.json"
+
+
+def write_jsonl_results(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"input": p, "pred": ["I would not do that at all."]} for p in PROMPTS]), encoding="utf-8")
+    return path
+
+
+def test_evaluate_command_line_passes_plugin_options(host):
+    """`--eval_option KEY=VALUE` reaches the plugin: the figures equal EasyEdit's Evaluator called in-process."""
+    from steer.evaluate.evaluate import Evaluator
+
+    load_dir = host.run / "cli_eval" / "spilt_vector"
+    _save_vector(load_dir, seed=3, norm=4.0)
+    data = host.root / "data/psychopathy/test.jsonl"
+    done, saved = _evaluate_cli(host, "--eval_methods", "preference_utility",
+                                "--eval_option", f"steer_vector_load_dir={load_dir}",
+                                "--eval_option", f"preference_data={data}", "--eval_option", "multipliers=[-2,0,2]")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ours = json.loads(saved.read_text(encoding="utf-8"))["preference_utility"]
+    direct = Evaluator(eval_methods=["preference_utility"], model_name_or_path=host.model_path, device="cpu",
+                       steer_vector_load_dir=str(load_dir), preference_data=str(data), multipliers=[-2, 0, 2],
+                       save_results=False).evaluate([], "psychopathy")["preference_utility"]
+    assert ours["multipliers"] == [-2.0, 0.0, 2.0]
+    assert ours["pref_odds"] == direct["pref_odds"] and ours["util_odds"] == direct["util_odds"]
+    # a key that is already a flag of the script is refused, naming it
+    refused, _ = _evaluate_cli(host, "--eval_methods", "preference_utility", "--eval_option", "device=cuda")
+    assert refused.returncode == 2 and "--eval_option device: already a flag of this script" in refused.stderr
+
+
+def test_a_failing_plugin_does_not_abort_the_other_metrics(host):
+    """Without its options the plugin fails; the error is reported in the results and distinctness still runs."""
+    done, saved = _evaluate_cli(host, "--eval_methods", "preference_utility", "distinctness")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    results = json.loads(saved.read_text(encoding="utf-8"))
+    assert "pass steer_vector_load_dir=" in results["preference_utility_error"]
+    words = "I would not do that at all.".split()
+    assert results["dist-1"] == pytest.approx(len(set(words)) / len(words))  # 7 distinct of 7 words: 1.0
+
+
 # ---------------------------------------------------------------------------- examples/run_SPILT.py
 
 
@@ -292,7 +371,7 @@ def test_run_spilt_generate_and_apply(host):
     leaf.mkdir(parents=True)
     (leaf / "generate_spilt_vector.yaml").write_text(host.method_file("vector").read_text(encoding="utf-8"))
     # the generate file is the package's (steer_positions: after_prefix); the apply file names the same rule
-    (leaf / "apply_spilt.yaml").write_text(yaml.safe_dump({"alg_name": "spilt", "layers": [LAYER], "multipliers": [1.0],
+    (leaf / "apply_spilt.yaml").write_text(yaml.safe_dump({"alg_name": "split", "layers": [LAYER], "multipliers": [1.0],
                                                            "steer_positions": "after_prefix"}))
     for name in ("config.yaml", "apply_config.yaml"):  # CPU-sized top-level values (the scripts' defaults are for GPUs)
         config = yaml.safe_load((tree / name).read_text(encoding="utf-8"))
@@ -320,3 +399,64 @@ def test_run_spilt_generate_and_apply(host):
     editor.load(vector_dir)
     assert [r["pred"][0].strip() for r in results] == [
         editor.generate([p], multipliers=[8.0], max_new_tokens=8, batch_size=1)[8.0][0] for p in PROMPTS]
+
+
+# ---------------------------------------------------------------------------- optional bug-fix mails
+
+
+def _loss_mode_init(host_root: Path, run: Path, vector_dir: Path, monkeypatch) -> torch.Tensor:
+    """EasyEdit's vectors_generate.py in loss mode (sft, inference, init_vector_path): the vector SFTTrainer evaluates."""
+    forget_steer()
+    monkeypatch.syspath_prepend(str(host_root))
+    import importlib
+
+    trainer_module = importlib.import_module("steer.trainer.SFTTrainer")  # the module (the package exports the class)
+
+    seen = []
+    original = trainer_module.SFTTrainer.make_model
+
+    def make_model(self, **kwargs):
+        original(self, **kwargs)
+        seen.append(self.model.steer_vector.proj.weight.detach().clone().reshape(-1))
+
+    monkeypatch.setattr(trainer_module.SFTTrainer, "make_model", make_model)
+    hparams = run / "generate_sft_loss.yaml"
+    hparams.write_text(yaml.safe_dump({
+        "alg_name": "sft", "layers": [LAYER], "use_cache": False, "exclude_bos": True, "max_concepts": 1,
+        "preference_pairs": ["orig_add"], "output_length": 64, "batch_size": 4, "dropout": 0.1,
+        "gradient_accumulation_steps": 1, "lr": 0.08, "n_epochs": 1, "inference": True,
+        "init_vector_path": str(vector_dir), "intervention_method": "vector", "low_rank_dimension": 1,
+        "intervention_positions": "all", "intervention_type": "addition", "steering_factors": [1.0],
+        "model_name_or_path": str(host_root / "models" / MODEL_LINK)}), encoding="utf-8")
+    config = run / "gen_loss.yaml"
+    config.write_text(yaml.safe_dump(dict(TOP, model_name_or_path=str(host_root / "models" / MODEL_LINK),
+                                          save_vectors=False, steer_train_hparam_paths=[str(hparams)],
+                                          steer_train_dataset=["psychopathy"],
+                                          steer_vector_output_dirs=[str(run / "loss_out")])), encoding="utf-8")
+    Host.hydra(type("H", (), {"root": host_root, "run": run})(), "vectors_generate.py", config, monkeypatch)
+    forget_steer()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_loss_mode_evaluates_the_saved_vector(host, tmp_path, monkeypatch):
+    """Mail 0006: `--mode loss --intervention_method vector` used a fresh random vector (the bare tensor it
+    loads was dropped); with the fix SFTTrainer evaluates the saved vector itself."""
+    from easyedit_split.models import ensure_default_model_cached
+
+    vector_dir = tmp_path / "trained" / "sft_vector"
+    vector_dir.mkdir(parents=True)
+    saved = torch.randn(576, generator=torch.Generator().manual_seed(5))
+    saved = saved / saved.norm() * 2.28
+    torch.save(saved, vector_dir / f"layer_{LAYER}.pt")
+    fixed = _loss_mode_init(host.root, host.run, vector_dir, monkeypatch)
+    before_root = build_host(tmp_path / "before", ensure_default_model_cached(), patches=PATCHES_WITHOUT_BUGFIXES)
+    (before_root / "run").mkdir()
+    before = _loss_mode_init(before_root, before_root / "run", vector_dir, monkeypatch)
+    cosine = float(torch.nn.functional.cosine_similarity(before, saved, dim=0))
+    logging.getLogger(__name__).info("loss-mode vector: before norm %.3f cosine %.3f; after norm %.3f cosine %.3f",
+                                        before.norm(), cosine, fixed.norm(),
+                                        float(torch.nn.functional.cosine_similarity(fixed, saved, dim=0)))
+    assert torch.equal(fixed, saved)  # after: the saved vector, bit for bit
+    assert abs(cosine) < 0.5 and not torch.allclose(before.norm(), saved.norm(), rtol=0.1)  # before: unrelated
+    assert round(float(before.norm()), 2) == 0.58 and round(cosine, 2) == 0.08  # the figures in mail 0006

@@ -82,10 +82,13 @@ def test_checkout_with_empty_inits_names_the_cause(clean_steer, tmp_path):
     assert "steer/vector_appliers/__init__.py, which does not export ApplySpiltHyperParams" in message
 
 
-def test_registers_split_and_spilt_with_easyedits_shapes(fake_steer):
-    report = bridge.register_with_easyedit()
+def test_registers_split_by_default_and_spilt_only_when_asked(fake_steer):
     from steer.utils import alg_dict
 
+    easyedit_spilt = alg_dict.METHODS_CLASS_DICT.get("spilt")
+    assert bridge.register_with_easyedit().methods == ["split"]
+    assert alg_dict.METHODS_CLASS_DICT.get("spilt") is easyedit_spilt  # no opt-in: EasyEdit's own stays
+    report = bridge.register_with_easyedit(alg_names=bridge.ALL_ALG_NAMES)  # the explicit opt-in
     assert report.methods == ["split", "spilt"] and report.evaluator == "preference_utility"
     for name in ("split", "spilt"):
         classes = alg_dict.HYPERPARAMS_CLASS_DICT[name]
@@ -116,7 +119,7 @@ def _method_file(tmp_path, checkpoint, **keys):
 
 def test_easyedit_generate_and_apply_call_sites_run_split(fake_steer, tiny_checkpoint, tmp_path):
     """EasyEdit's generator/applier call the registered functions; files land where EasyEdit's apply reads them."""
-    bridge.register_with_easyedit()
+    bridge.register_with_easyedit(alg_names=bridge.ALL_ALG_NAMES)
     from steer.models import get_model as fake_get_model
     from steer.vector_appliers.vector_applier import BaseVectorApplier
     from steer.vector_generators.vector_generators import BaseVectorGenerator
@@ -160,7 +163,7 @@ def test_easyedit_generate_and_apply_call_sites_run_split(fake_steer, tiny_check
 
 
 def test_multi_concept_data_returns_easyedits_stacked_shapes(fake_steer, tiny_checkpoint, tmp_path):
-    bridge.register_with_easyedit()
+    bridge.register_with_easyedit(alg_names=bridge.ALL_ALG_NAMES)
     from steer.utils import alg_dict
 
     train_file, _ = _method_file(tmp_path, tiny_checkpoint, max_concepts=10)
@@ -241,10 +244,10 @@ def test_patched_easyedit_snapshot_registers(clean_steer, tmp_path, default_toke
     from steer.evaluate.evaluate import plugin_evaluators
 
     assert Path(alg_dict.__file__).resolve().is_relative_to(root.resolve())
-    assert report.methods == ["split", "spilt"] and report.evaluator == "preference_utility"
-    for name in ("split", "spilt"):
-        assert alg_dict.METHODS_CLASS_DICT[name]["train"] is bridge.generate_split
-        assert alg_dict.METHODS_CLASS_DICT[name]["apply"] is bridge.apply_split
+    assert report.methods == ["split"] and report.evaluator == "preference_utility"
+    assert alg_dict.METHODS_CLASS_DICT["split"]["train"] is bridge.generate_split
+    assert alg_dict.METHODS_CLASS_DICT["split"]["apply"] is bridge.apply_split
+    assert alg_dict.METHODS_CLASS_DICT["spilt"]["train"].__name__ == "generate_spilt"  # EasyEdit's own, untouched
     assert plugin_evaluators()["preference_utility"] is bridge.evaluate_plugin  # plugin table, no monkeypatching
     assert "caa" in alg_dict.METHODS_CLASS_DICT
     assert report.warnings == []  # patch 0002: EasyEdit's prefix helper agrees with ours under transformers 5
@@ -262,22 +265,37 @@ def test_unpatched_easyedit_snapshot_names_the_import_bug(clean_steer, tmp_path)
     assert "importing steer.utils.alg_dict failed" in message
     assert "steer/vector_generators/__init__.py, which does not export" in message
     assert "steer/vector_appliers/__init__.py, which does not export" in message
+    # it says what to do: apply mail 0001, named by its path, with git am
+    assert "git am --keep-cr " in message and "/contrib/easyedit/0001-steer-import-the-registry" in message
+    hinted = message.split("git am --keep-cr ", 1)[1].split(" ", 1)[0]
+    assert Path(hinted).is_file()
 
 
-def test_each_patch_applies_cleanly_to_the_unmodified_snapshot(tmp_path):
-    """The series applies in order to a fresh copy (git apply --check before each)."""
+def test_the_mails_apply_with_git_am_to_a_repository_of_the_snapshot(tmp_path):
+    """Each file is a mail (From, Date, Subject [PATCH n/N], the project as author) and `git am` applies the
+    series, one commit per mail, to a fresh git repository made from the unmodified snapshot."""
     source = snapshot_dir()
     if source is None:
         pytest.skip("EasyEdit snapshot not found: set EASYEDIT_SNAPSHOT or place it at ../shared/easyedit-14cea82")
     import shutil
-    import subprocess
+
+    from easyedit_host import git
 
     root = tmp_path / "EasyEdit"
     shutil.copytree(source, root)
-    assert len(PATCHES) == 3
-    for patch in PATCHES:
-        subprocess.run(["git", "apply", "--check", str(patch)], cwd=root, check=True, capture_output=True)
-        apply_patches(root, [patch])
+    assert len(PATCHES) == 6
+    for number, patch in enumerate(PATCHES, 1):
+        head = patch.read_text(encoding="utf-8").split("\n\n", 1)[0]
+        assert head.startswith("From 0000000000000000000000000000000000000000 ")
+        assert "\nFrom: easyedit_split contributors <easyedit-split@users.noreply.github.com>\n" in head
+        assert "\nDate: " in head and f"\nSubject: [PATCH {number}/{len(PATCHES)}] " in head
+        body = patch.read_text(encoding="utf-8").split("\n\n", 1)[1]
+        assert body.index("## Summary") < body.index("## Validation") < body.index("\n---\n")
+    apply_patches(root, PATCHES)
+    log = git(root, "log", "--format=%an|%s").stdout.splitlines()
+    assert len(log) == len(PATCHES) + 1
+    assert all(line.startswith("easyedit_split contributors|") for line in log[:-1])
+    assert git(root, "status", "--porcelain").stdout == ""  # every change committed, nothing left over
     assert "chat_template_ids" in (root / "steer/utils/templates.py").read_text()
     assert "easyedit.steer_methods" in (root / "steer/utils/alg_dict.py").read_text()
 

@@ -2,14 +2,15 @@
 
     from easyedit_split.integrations.easyedit import register_with_easyedit
     report = register_with_easyedit()          # EasyEdit's `steer` importable, or EASYEDIT_ROOT set
-    # now EasyEdit's BaseVectorGenerator / BaseVectorApplier run alg_name: spilt (or split) with this package
+    # now EasyEdit's BaseVectorGenerator / BaseVectorApplier run alg_name: split with this package;
+    # EasyEdit's own `spilt` stays EasyEdit's unless you pass alg_names=("split", "spilt")
 
 What is added:
-- `steer.utils.alg_dict.HYPERPARAMS_CLASS_DICT['split'|'spilt'] = {'train': SplitHyperParams,
+- `steer.utils.alg_dict.HYPERPARAMS_CLASS_DICT['split'] = {'train': SplitHyperParams,
   'apply': ApplySplitHyperParams (subclass that accepts EasyEdit's construction)}` (dataclasses,
   as EasyEdit's `load_*_vector_hparams` build them from the fields they share with the YAML and
   the top-level config).
-- `steer.utils.alg_dict.METHODS_CLASS_DICT['split'|'spilt'] = {'train': generate_split, 'apply':
+- `steer.utils.alg_dict.METHODS_CLASS_DICT['split'] = {'train': generate_split, 'apply':
   apply_split}` with EasyEdit's call signatures: `train(hparams, dataset, model=None,
   dataset_name=None)` (as `BaseVectorGenerator.generate_vectors` calls it; `dataset` is EasyEdit's
   formatted `List[dict]` or multi-concept `List[(concept_id, List[dict])]`) returning
@@ -22,10 +23,12 @@ What is added:
 Inside EasyEdit's model wrapper the updates occupy EasyEdit's own per-layer intervention slot
 (`EasyEditUpdate`), so EasyEdit's `ori_generate` is unsteered and its `reset_all()` removes them.
 
-With EasyEdit's plugin patch (`contrib/easyedit/0003-*.patch`) nothing needs registering: this
-package declares the entry points `easyedit.steer_methods` (`split`, `spilt` -> `steer_method`) and
-`easyedit.steer_evaluators` (`preference_utility` -> `evaluate_plugin`), which EasyEdit scans when
-it builds its registry. `register_with_easyedit()` remains for unpatched checkouts.
+With EasyEdit's plugin mails (`contrib/easyedit/0003-*`, `0004-*`) nothing needs registering: this
+package declares the entry points `easyedit.steer_methods` (`split` -> `steer_method`) and
+`easyedit.steer_evaluators` (`preference_utility` -> `evaluate_plugin`), which EasyEdit reads when
+a name is missing from its registry. EasyEdit's built-in `spilt` is never replaced unless the user
+sets `EASYEDIT_STEER_PLUGINS_OVERRIDE=spilt:split`. `register_with_easyedit()` remains for
+checkouts without those mails (it needs 0001).
 
 EasyEdit's steer framework is not on PyPI; the checkout is found on `sys.path` or through
 `EASYEDIT_ROOT`. Every failure is an `IntegrationError` that says what failed and what to do.
@@ -46,7 +49,10 @@ from torch import nn
 from ..constants import ALG_ALIASES, easyedit_alg_dir_name
 from ..errors import IntegrationError
 
-ALG_NAMES = ("split",) + tuple(alias for alias, name in ALG_ALIASES.items() if name == "split")
+ALG_NAMES = ("split",)
+"""The registry names `register_with_easyedit` fills by default: SPLIT's own name only, so EasyEdit's
+built-in `spilt` stays EasyEdit's. Pass `alg_names=ALL_ALG_NAMES` to put the package behind `spilt` too."""
+ALL_ALG_NAMES = ("split",) + tuple(alias for alias, name in ALG_ALIASES.items() if name == "split")
 EVALUATOR_NAME = "preference_utility"
 HANDLE_ATTRIBUTE = "_easyedit_split_handles"
 INSTALL_HINT = (
@@ -105,6 +111,14 @@ def _empty_init_problems(steer_dir: Path) -> list[str]:
     return problems
 
 
+def series_hint(mail: str) -> str:
+    """Where the EasyEdit mail `mail` (e.g. '0001') is and how to apply it."""
+    contrib = Path(__file__).resolve().parents[2] / "contrib" / "easyedit"
+    found = sorted(contrib.glob(f"{mail}-*.patch")) if contrib.is_dir() else []
+    where = str(found[0]) if found else f"contrib/easyedit/{mail}-*.patch in the easyedit_split source repository"
+    return f"git am --keep-cr {where} (run in the EasyEdit checkout; see contrib/easyedit/README.md)"
+
+
 def import_alg_dict(easyedit_root: Optional[Union[str, Path]] = None) -> Any:
     """EasyEdit's `steer.utils.alg_dict`, or an `IntegrationError` saying exactly what failed."""
     _put_on_path(easyedit_root)
@@ -117,8 +131,8 @@ def import_alg_dict(easyedit_root: Optional[Union[str, Path]] = None) -> Any:
         return _import("steer.utils.alg_dict")
     except Exception as error:  # ImportError, or an error raised inside EasyEdit's imports
         problems = _empty_init_problems(steer_dir)
-        detail = (" Cause: " + "; ".join(problems) + ". Re-export those names in the __init__ files (or use an "
-                  "EasyEdit revision that does) and retry.") if problems else (
+        detail = (" Cause: " + "; ".join(problems) + ". This is EasyEdit's registry import regression (14cea82): "
+                  f"apply the fix, {series_hint('0001')}, and retry.") if problems else (
                   " Install EasyEdit's requirements (pip install -r requirements.txt in the checkout) and retry.")
         raise IntegrationError(
             f"EasyEdit found at {steer_dir}, but importing steer.utils.alg_dict failed: "
@@ -204,7 +218,7 @@ def _hf_model_and_tokenizer(model: Any, hparams: Any) -> tuple[nn.Module, Any]:
         from ..models import load_model_and_tokenizer
 
         return load_model_and_tokenizer(hparams.model_name_or_path, getattr(hparams, "dtype", "float32"),
-                                        getattr(hparams, "device", "cpu"))
+                                        getattr(hparams, "device") or "cpu")
     inner = getattr(model, "model", None)
     if isinstance(inner, nn.Module) and not isinstance(model, nn.Module):  # EasyEdit's BaseModelWrapper
         return inner, model.tokenizer
@@ -433,7 +447,7 @@ def evaluate_preference_utility(options: Mapping[str, Any], dataset_name: str) -
     if not load_dir:
         raise IntegrationError("preference_utility: pass steer_vector_load_dir=<dir with layer_<L>.pt> to EasyEdit's Evaluator")
     model, tokenizer = load_model_and_tokenizer(options.get("model_name_or_path"), options.get("dtype", "float32"),
-                                                options.get("device", "cpu"))
+                                                options.get("device") or "cpu")
     pairs = load_dataset(options.get("preference_data") or dataset_name, split=options.get("split", "test"))
     evaluator_options = {k: options[k] for k in ("multipliers", "nll_mode", "batch_size") if k in options}
     evaluator = PreferenceUtilityEvaluator(
@@ -499,7 +513,9 @@ def register_with_easyedit(
     tokenizer: Any = None,
     alg_names: Sequence[str] = ALG_NAMES,
 ) -> RegistrationReport:
-    """Add SPLIT (train and apply, under `split` and `spilt`) and the evaluator to an EasyEdit checkout.
+    """Add SPLIT (train and apply, under `alg_names`: `split` by default) and the evaluator to EasyEdit.
+
+    EasyEdit's own `spilt` is replaced only when `alg_names` names it (an explicit opt-in).
 
     `easyedit_root` (or `EASYEDIT_ROOT`) puts the checkout on `sys.path`. With `tokenizer`, EasyEdit's
     chat-template prefix helper is checked against ours (see `check_prefix_helper`). Raises
