@@ -147,8 +147,10 @@ class CAAHyperParams(TrainHyperParams):
     """Contrastive activation addition: mean (matching - not matching) activation; no training.
 
     Extra keys:
-        multiple_choice: EasyEdit's flag for multiple-choice datasets (the
-            activation is read at the answer-letter token).
+        multiple_choice: EasyEdit's flag for multiple-choice datasets: the prompt and
+            ``"\nAnswer: " + completion`` are tokenized together and the activation is read at
+            the second-to-last token (the answer letter of ``"(A)"``), as EasyEdit does; needs
+            ``caa_token_set: easyedit``.
         caa_token_set: which positions are averaged (docs/conventions.md): ``easyedit`` (the
             tokens of ``" " + completion`` after the prompt, tokenized together with it, no
             end-of-turn suffix: EasyEdit's rule) or ``completion_and_suffix`` (the completion as
@@ -166,6 +168,11 @@ class CAAHyperParams(TrainHyperParams):
     def _validate(self) -> None:
         super()._validate()
         check_choice("caa_token_set", self.caa_token_set, CAA_TOKEN_SETS)
+        if self.multiple_choice and self.caa_token_set != "easyedit":
+            raise HparamsError(
+                f"key 'multiple_choice': true reads EasyEdit's answer-letter token and needs caa_token_set: easyedit, "
+                f"not {self.caa_token_set!r}; drop one of the two keys"
+            )
         if self.intervention_method != "vector":
             raise HparamsError(
                 f"key 'intervention_method': CAA produces a vector only, got {self.intervention_method!r}; "
