@@ -128,3 +128,100 @@ def test_caa_equals_easyedits_generator(easyedit_steer, tiny_chat_model, default
     ours = caa.train(dataclasses.replace(file_keys), pairs, tiny_chat_model, default_tokenizer)
     for layer in (0, 2):
         torch.testing.assert_close(ours[layer].bias.detach(), theirs[f"layer_{layer}"].float(), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ factor_draw (EasyEdit: per row)
+
+def _draws(seed, count, table):
+    """The i-th draw of a generator seeded `seed`, as `plan_step` consumes them, spelled out."""
+    generator = torch.Generator().manual_seed(seed)
+    return [table[int(torch.randint(len(table), (1,), generator=generator))] for _ in range(count)]
+
+
+def test_per_row_draws_winning_then_losing_factor_by_hand():
+    from test_training import make_hparams
+
+    from easyedit_split.training import plan_step
+
+    table = [1.0, 2.0, 3.0, 4.0, 5.0]
+    hp = make_hparams(steering_factors=table, factor_draw="per_row")
+    plan = plan_step([0, 2], hp, torch.Generator().manual_seed(11))
+    d = _draws(11, 8, table)  # rows: (ex 0, add), (ex 0, sub), (ex 2, add), (ex 2, sub); two draws each
+    assert plan.target_rows.tolist() == [0, 1, 4, 5] and plan.opposite_rows.tolist() == [1, 0, 5, 4]
+    assert plan.factors.tolist() == [d[0], -d[2], d[4], -d[6]]
+    assert plan.losing_factors.tolist() == [d[1], -d[3], d[5], -d[7]]
+    assert plan.factors.tolist() != plan.losing_factors.tolist()  # this seed draws different values
+    per_pair = plan_step([0, 2], make_hparams(steering_factors=table, factor_draw="per_pair"),
+                         torch.Generator().manual_seed(11))
+    assert per_pair.opposite_factors is None
+    assert per_pair.factors.tolist() == per_pair.losing_factors.tolist() == [d[0], -d[1], d[2], -d[3]]
+    nulled = plan_step([0], make_hparams(steering_factors=table, substraction_type="null_it_out"),
+                       torch.Generator().manual_seed(11))
+    assert nulled.factors.tolist() == [d[0], 0.0] and nulled.losing_factors.tolist() == [d[1], 0.0]
+
+
+def test_factor_draw_is_validated_and_defaults_to_easyedits():
+    from test_training import make_hparams
+
+    assert make_hparams().factor_draw == "per_row"
+    with pytest.raises(HparamsError, match="key 'factor_draw': 'per_example' is not one of per_row, per_pair"):
+        make_hparams(factor_draw="per_example")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_per_row_losing_nll_is_the_losing_factors_nll(tiny_model, fast):
+    """Both paths: the winning NLL is the one at the winning factor and the losing NLL the one at
+    the losing factor, each equal to a per_pair step run at that factor alone."""
+    from test_training import LAYER, fixed_plan, random_update, synthetic_pairs
+
+    from easyedit_split import training
+
+    prepared = synthetic_pairs()
+    prepared.prefix_length = 2
+    if fast:
+        prepared.capture(tiny_model, LAYER)
+    update = random_update(tiny_model, "vector", std=0.5)
+    plan = fixed_plan([2.0, -1.0, 3.0, -2.0])
+    plan.opposite_factors = torch.tensor([-3.0, 4.0, 1.0, 0.5])
+    with torch.no_grad():
+        target, opposite = training._steered_nll(tiny_model, prepared, LAYER, update, plan, 0.0, None, fast)
+        win, _ = training._steered_nll(tiny_model, prepared, LAYER, update, fixed_plan(plan.factors.tolist()), 0.0,
+                                       None, fast)
+        _, lose = training._steered_nll(tiny_model, prepared, LAYER, update,
+                                        fixed_plan(plan.opposite_factors.tolist()), 0.0, None, fast)
+    torch.testing.assert_close(target.sum, win.sum)
+    torch.testing.assert_close(opposite.sum, lose.sum)
+    assert torch.equal(opposite.count, lose.count)
+    _, same = training._steered_nll(tiny_model, prepared, LAYER, update, fixed_plan(plan.factors.tolist()), 0.0,
+                                    None, fast)
+    assert (opposite.sum - same.sum).abs().max() > 1e-3  # the losing factor does change it
+
+
+# ------------------------------------------------------------------ max_num_of_examples (EasyEdit: // 2)
+
+def test_max_num_of_examples_keeps_half_as_easyedit_does():
+    """EasyEdit's prepare_groups (SPLIT, RePS; every dataset): `data[:max_num_of_examples // 2]`."""
+    from test_training import make_hparams
+
+    from easyedit_split.training import concept_groups
+
+    pairs = [PolarityPair(f"q{i}", " a", " b") for i in range(10)]
+    assert [p.question for p in concept_groups(pairs, make_hparams(max_num_of_examples=7))[0]] == \
+        ["q0", "q1", "q2"]
+    assert len(concept_groups(pairs, make_hparams(max_num_of_examples=7, max_examples_rule="all"))[0]) == 7
+    assert len(concept_groups(pairs, make_hparams(max_num_of_examples=None))[0]) == 10
+    with pytest.raises(HparamsError, match="key 'max_num_of_examples': 1 keeps 1 // 2 = 0 pairs"):
+        make_hparams(max_num_of_examples=1)
+    assert len(concept_groups(pairs, make_hparams(max_num_of_examples=1, max_examples_rule="all"))[0]) == 1
+
+
+def test_package_files_keep_the_package_rules():
+    """The package's own train files ask for one factor per pair and the plain cap."""
+    from easyedit_split.hparams import load_hparams
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "hparams" / "sentiment").glob("*/*/generate_*.yaml"))
+    files += sorted((root / "easyedit_split" / "configs" / "demo").glob("generate_*.yaml"))
+    trained = [load_hparams(f) for f in files if "/caa/" not in str(f)]
+    assert len(trained) >= 12
+    assert {(h.factor_draw, h.max_examples_rule) for h in trained} == {("per_pair", "all")}
