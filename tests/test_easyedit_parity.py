@@ -119,7 +119,9 @@ def test_caa_equals_easyedits_generator(easyedit_steer, tiny_chat_model, default
         use_chat_template=True, system_prompt="", model_name_or_path=str(model_dir))
     wrapper = importlib.import_module("steer.models.model_wrapper").LlamaWrapper(
         device="cpu", model_name_or_path=str(model_dir), hparams=easyedit_hparams)
+    # surrounding whitespace on a question: EasyEdit strips it (build_model_input)
     rows = [{"question": p.question, "matching": p.matching, "not_matching": p.not_matching} for p in MC_PAIRS]
+    rows[1]["question"] = "  " + rows[1]["question"] + " \n"
     if not multiple_choice:
         rows = [dict(row, matching=" Yes", not_matching=" No") for row in rows]
     theirs = generator.generate_caa_vectors(easyedit_hparams, rows, model=wrapper)

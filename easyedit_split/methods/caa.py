@@ -4,8 +4,8 @@ As EasyEdit's CAA (non multiple-choice): the decoder layer's output, averaged ov
 completion positions of each sequence, per layer in `hparams.layers`. No training.
 Which positions count is `caa_token_set` (docs/conventions.md):
 
-- `easyedit` (EasyEdit's rule, the default for its files): the prompt text and
-  `" " + completion` are tokenized TOGETHER, and the positions from the prompt's own token
+- `easyedit` (EasyEdit's rule, the default for its files): the prompt text (question stripped,
+  as EasyEdit) and `" " + completion` are tokenized TOGETHER, and the positions from the prompt's own token
   count on are averaged; no end-of-turn suffix. The completion is as `completion_join` places
   it (EasyEdit: as stored, so psychopathy's `" Yes"` becomes `"  Yes"`).
 - `completion_and_suffix`: the completion tokens as training and scoring see them
@@ -56,8 +56,9 @@ def mean_completion_activations(
 
 def encode_easyedit_caa(tokenizer: Any, fmt: PromptFormat, question: str, completion: str) -> EncodedCompletion:
     """EasyEdit's CAA token set: ids of `prompt + " " + completion` tokenized together; the
-    positions from the prompt's own token count on are the averaged ones."""
-    prompt = fmt.prompt_text(tokenizer, question)
+    positions from the prompt's own token count on are the averaged ones. The question is stripped
+    of surrounding whitespace first, as EasyEdit's `build_model_input` does."""
+    prompt = fmt.prompt_text(tokenizer, question.strip())
     add_special_tokens = not fmt.uses_template(tokenizer)
     prompt_length = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     answer = completion if fmt.completion_join == "as_stored" else completion.lstrip()
@@ -74,8 +75,9 @@ MULTIPLE_CHOICE_JOIN = "\nAnswer: "
 def encode_multiple_choice_caa(tokenizer: Any, fmt: PromptFormat, question: str, completion: str) -> EncodedCompletion:
     """EasyEdit's multiple-choice reading: `prompt + "\nAnswer: " + completion` tokenized together, read at
     its second-to-last token. The row is cut after that token (a causal model's activation there does
-    not depend on later tokens) and that one position is the labelled one."""
-    prompt = fmt.prompt_text(tokenizer, question)
+    not depend on later tokens) and that one position is the labelled one. The question is stripped,
+    as EasyEdit's `build_model_input` does."""
+    prompt = fmt.prompt_text(tokenizer, question.strip())
     add_special_tokens = not fmt.uses_template(tokenizer)
     answer = completion if fmt.completion_join == "as_stored" else completion.lstrip()
     ids = tokenizer(prompt + MULTIPLE_CHOICE_JOIN + answer, add_special_tokens=add_special_tokens)["input_ids"]
