@@ -7,8 +7,10 @@ Everything else is shared and follows EasyEdit's trainers (`SFTModelTrainer`,
 * Rows. Each example gives one row per entry of `preference_pairs`. `orig_add`: the
   matching completion wins, factor `+m`; `orig_sub`: winning and losing are swapped and the
   factor is `-m`, or 0 with `substraction_type: null_it_out`. `m` is drawn from
-  `steering_factors`, one draw per (example, pair) shared by the winning and the losing
-  completion (EasyEdit draws the two independently; see DIFFERENCES below).
+  `steering_factors` as `factor_draw` says: `per_row` (EasyEdit's, the default for its files)
+  draws the winning and the losing completion's `m` independently, so a margin compares the two
+  at different factors; `per_pair` (the package's own files) draws one `m` per (example, pair)
+  that both share. On the fast path `per_row` replays each packed row twice (once per factor).
 * Minibatches. A step takes `batch_size` examples (shuffled per epoch by a generator seeded
   with `seed`), expands them to `batch_size * len(preference_pairs)` rows in EasyEdit's order
   (example-major, then pair), cuts those into chunks of `batch_size` rows, evaluates the loss
@@ -45,12 +47,14 @@ every position from `prefix_length` on), laid out into the packed rows. Position
 once per (example, pair) on the packed row, so a dropped prompt position is dropped for both
 completions (they share that position's pass); the plain path reads the same draw.
 
-DIFFERENCES from EasyEdit, on purpose: one factor per (example, pair) instead of independent
-draws for winning and losing rows, and one positions-dropout draw for the prompt both share; chunks follow the actual batch (EasyEdit's last short
-batch of an epoch fails on an empty chunk); the vector has no learnable scalar offset
-(EasyEdit's `proj.bias`, trained but never saved); the intervention's parameters stay fp32
-whatever the model dtype; `max_num_of_examples` caps pairs (EasyEdit halves it for AxBench's
-positive/negative rows); references are not recomputed every step on the fast path.
+DIFFERENCES from EasyEdit (docs/conventions.md lists them all): one positions-dropout draw for the
+prompt both completions share; chunks follow the actual batch (EasyEdit's last short batch of an
+epoch fails on an empty chunk); the vector has no learnable scalar offset (EasyEdit's
+`proj.bias`, trained but never saved); the intervention's parameters stay fp32 whatever the model
+dtype; references are not recomputed every step on the fast path. `max_num_of_examples`: EasyEdit
+keeps the first `max_num_of_examples // 2` rows of every dataset (its `prepare_groups`, SPLIT, RePS
+and SFT alike); `max_examples_rule: easyedit_half` (the default) does the same, `all` caps at the
+number itself (the package's own files).
 """
 from __future__ import annotations
 
@@ -171,9 +175,14 @@ class StepPlan:
 
     target_rows: torch.Tensor  # [R] index into PreparedPairs.batch
     opposite_rows: torch.Tensor  # [R]
-    factors: torch.Tensor  # [R]
+    factors: torch.Tensor  # [R] the winning completion's factor
     null_rows: torch.Tensor  # [R] bool: null_it_out projection (vector) instead of a factor
     chunk_size: int
+    opposite_factors: Optional[torch.Tensor] = None  # [R] the losing one's (None: the same, `per_pair`)
+
+    @property
+    def losing_factors(self) -> torch.Tensor:
+        return self.factors if self.opposite_factors is None else self.opposite_factors
 
     def __len__(self) -> int:
         return self.target_rows.shape[0]
@@ -198,22 +207,31 @@ def _check_supported(hparams: GradientTrainHyperParams) -> None:
 
 
 def plan_step(example_ids: Sequence[int], hparams: GradientTrainHyperParams, generator: torch.Generator) -> StepPlan:
-    """Expand examples into rows (example-major, then `preference_pairs`) and draw their factors."""
+    """Expand examples into rows (example-major, then `preference_pairs`) and draw their factors:
+    per row, the winning draw then (`factor_draw: per_row`) the losing one, from `generator`."""
     factors_table = [float(f) for f in hparams.steering_factors]
     null_out = hparams.substraction_type == "null_it_out"
-    targets, opposites, factors, nulls = [], [], [], []
+    per_row = getattr(hparams, "factor_draw", "per_row") == "per_row"
+    targets, opposites, factors, losing, nulls = [], [], [], [], []
+
+    def draw() -> float:
+        return factors_table[int(torch.randint(len(factors_table), (1,), generator=generator))]
+
     for example in example_ids:
         matching, not_matching = 2 * int(example), 2 * int(example) + 1
         for pair in hparams.preference_pairs:
-            draw = factors_table[int(torch.randint(len(factors_table), (1,), generator=generator))]
+            win = draw()
+            lose = draw() if per_row else win
             if pair == "orig_add":
-                targets.append(matching), opposites.append(not_matching), factors.append(draw), nulls.append(False)
+                targets.append(matching), opposites.append(not_matching), nulls.append(False)
+                factors.append(win), losing.append(lose)
             else:  # orig_sub: the not-matching completion wins
-                targets.append(not_matching), opposites.append(matching)
-                factors.append(0.0 if null_out else -draw), nulls.append(null_out)
+                targets.append(not_matching), opposites.append(matching), nulls.append(null_out)
+                factors.append(0.0 if null_out else -win), losing.append(0.0 if null_out else -lose)
     return StepPlan(
         torch.tensor(targets), torch.tensor(opposites), torch.tensor(factors, dtype=torch.float32),
         torch.tensor(nulls, dtype=torch.bool), int(hparams.batch_size),
+        torch.tensor(losing, dtype=torch.float32) if per_row else None,
     )
 
 
@@ -250,18 +268,23 @@ def _steered_nll(
             raise TrainingError(f"fast path: inputs of layer {layer} were not captured (call prepared.capture)")
         positions = packed_mask[:, prepared.replay_from:].to(device)
         null_out = plan.null_rows.to(device) if vector_null else None
-        with InterventionHandle(model, {layer: update}, plan.factors.to(device), positions=positions, null_out=null_out):
+        factors, losing_at = plan.factors, 0
+        if plan.opposite_factors is not None:  # per_row: the losing completion at its own factor, a second replay
+            examples, positions = torch.cat([examples, examples]), torch.cat([positions, positions])
+            factors, losing_at = torch.cat([plan.factors, plan.opposite_factors]), len(plan)
+            null_out = torch.cat([null_out, null_out]) if null_out is not None else None
+        with InterventionHandle(model, {layer: update}, factors.to(device), positions=positions, null_out=null_out):
             sums, counts = prepared.packed_nll(model, examples)
         index = torch.arange(len(plan), device=sums.device)
         target, opposite = target_branch.to(sums.device), (1 - target_branch).to(sums.device)
         return (CompletionNLL(sums[index, target], counts[index, target]),
-                CompletionNLL(sums[index, opposite], counts[index, opposite]))
+                CompletionNLL(sums[index + losing_at, opposite], counts[index + losing_at, opposite]))
     rows = torch.cat([plan.target_rows, plan.opposite_rows])
     end = int(prepared.lengths.index_select(0, rows.to(device)).max())
     branches = torch.cat([target_branch, 1 - target_branch]) + 1
     positions = prepared.layout.to_sequences(torch.cat([packed_mask, packed_mask]), torch.cat([examples, examples]),
                                              branches, end).to(device)
-    multipliers = torch.cat([plan.factors, plan.factors]).to(device)
+    multipliers = torch.cat([plan.factors, plan.losing_factors]).to(device)
     null_out = torch.cat([plan.null_rows, plan.null_rows]).to(device) if vector_null else None
     with InterventionHandle(model, {layer: update}, multipliers, positions=positions, null_out=null_out):
         nll = full_forward_nll(model, prepared.batch, {}, rows=rows)
@@ -502,12 +525,23 @@ PairsOrGroups = Union[Sequence[PolarityPair], Mapping[int, Sequence[PolarityPair
 
 def concept_groups(pairs: Sequence[PolarityPair], hparams: GradientTrainHyperParams) -> dict[int, list[PolarityPair]]:
     """The pairs the trainer uses, by concept: the first `max_concepts` concepts of multi-concept data
-    (as EasyEdit), each capped at `max_num_of_examples` pairs."""
+    (as EasyEdit), each capped as `examples_cap` says."""
     groups = group_by_concept(pairs)
     if len(groups) > 1 and hparams.max_concepts:
         groups = dict(list(groups.items())[: int(hparams.max_concepts)])
+    cap = examples_cap(hparams)
+    return {cid: list(group if cap is None else group[:cap]) for cid, group in groups.items()}
+
+
+def examples_cap(hparams: GradientTrainHyperParams) -> Optional[int]:
+    """How many pairs per concept `max_num_of_examples` keeps (None = all): EasyEdit's
+    `max_num_of_examples // 2` under `max_examples_rule: easyedit_half`, the number itself under `all`."""
     cap = hparams.max_num_of_examples
-    return {cid: list(group[:cap] if cap else group) for cid, group in groups.items()}
+    if not cap:
+        return None
+    if getattr(hparams, "max_examples_rule", "easyedit_half") == "easyedit_half":
+        return int(cap) // 2
+    return int(cap)
 
 
 def train_method(

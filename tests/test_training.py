@@ -547,7 +547,7 @@ def _train(model, tokenizer, pairs, hp):
 
 
 def test_max_num_of_examples_equals_training_on_the_first_n(tiny_chat_model, default_tokenizer):
-    capped = _train(tiny_chat_model, default_tokenizer, PAIRS, _hp(max_num_of_examples=2))
+    capped = _train(tiny_chat_model, default_tokenizer, PAIRS, _hp(max_num_of_examples=4))  # EasyEdit: 4 // 2
     first_two = _train(tiny_chat_model, default_tokenizer, PAIRS[:2], _hp())
     last_two = _train(tiny_chat_model, default_tokenizer, PAIRS[3:], _hp())
     everything = _train(tiny_chat_model, default_tokenizer, PAIRS, _hp())

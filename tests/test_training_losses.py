@@ -686,7 +686,7 @@ def test_non_finite_loss_names_the_batch(model):
 
 def test_concept_groups_caps_concepts_and_examples():
     pairs = word_pairs(3, 0) + word_pairs(3, 1) + word_pairs(3, 2)
-    groups = training.concept_groups(pairs, make_hparams(max_concepts=2, max_num_of_examples=2))
+    groups = training.concept_groups(pairs, make_hparams(max_concepts=2, max_num_of_examples=4))  # EasyEdit: 4 // 2
     assert sorted(groups) == [0, 1] and [len(g) for g in groups.values()] == [2, 2]
     assert groups[1] == pairs[3:5]
     everything = training.concept_groups(pairs, make_hparams(max_concepts=None))

@@ -22,6 +22,10 @@ from .reading import apply_value_aliases, check_choice, check_finite_fields, che
 INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
 PREFERENCE_PAIRS = ("orig_add", "orig_sub", "steered_add", "steered_sub")
+FACTOR_DRAWS = ("per_row", "per_pair")
+"""`factor_draw`: EasyEdit's independent draws for the winning and losing row, or one per pair."""
+MAX_EXAMPLES_RULES = ("easyedit_half", "all")
+"""`max_examples_rule`: EasyEdit keeps `max_num_of_examples // 2` pairs, or the number itself."""
 
 
 def _check_conventions(params: Any) -> None:
@@ -147,8 +151,10 @@ class CAAHyperParams(TrainHyperParams):
     """Contrastive activation addition: mean (matching - not matching) activation; no training.
 
     Extra keys:
-        multiple_choice: EasyEdit's flag for multiple-choice datasets (the
-            activation is read at the answer-letter token).
+        multiple_choice: EasyEdit's flag for multiple-choice datasets: the prompt and
+            ``"\nAnswer: " + completion`` are tokenized together and the activation is read at
+            the second-to-last token (the answer letter of ``"(A)"``), as EasyEdit does; needs
+            ``caa_token_set: easyedit``.
         caa_token_set: which positions are averaged (docs/conventions.md): ``easyedit`` (the
             tokens of ``" " + completion`` after the prompt, tokenized together with it, no
             end-of-turn suffix: EasyEdit's rule) or ``completion_and_suffix`` (the completion as
@@ -166,6 +172,11 @@ class CAAHyperParams(TrainHyperParams):
     def _validate(self) -> None:
         super()._validate()
         check_choice("caa_token_set", self.caa_token_set, CAA_TOKEN_SETS)
+        if self.multiple_choice and self.caa_token_set != "easyedit":
+            raise HparamsError(
+                f"key 'multiple_choice': true reads EasyEdit's answer-letter token and needs caa_token_set: easyedit, "
+                f"not {self.caa_token_set!r}; drop one of the two keys"
+            )
         if self.intervention_method != "vector":
             raise HparamsError(
                 f"key 'intervention_method': CAA produces a vector only, got {self.intervention_method!r}; "
@@ -180,7 +191,14 @@ class GradientTrainHyperParams(TrainHyperParams):
     Data:
         exclude_bos: leave the BOS token unsteered.
         max_concepts: most concepts trained from a multi-concept dataset (AxBench).
-        max_num_of_examples: cap on training examples per concept (None = all).
+        max_num_of_examples: cap on training examples per concept (None = all), read as
+            ``max_examples_rule`` says.
+        max_examples_rule: ``easyedit_half`` (EasyEdit's rule, the default: the first
+            ``max_num_of_examples // 2`` pairs, for every dataset) or ``all`` (the first
+            ``max_num_of_examples`` pairs; the package's own files).
+        factor_draw: ``per_row`` (EasyEdit's, the default: the winning and the losing completion
+            each get their own draw from ``steering_factors``) or ``per_pair`` (one draw per
+            example and preference pair, shared by both; the package's own files).
         output_length: tokenizer ``model_max_length`` while training (None = model's).
     Optimisation (AdamW on the intervention only, linear decay, clipping at 1.0):
         batch_size: examples per step (times ``len(preference_pairs)`` rows).
@@ -203,6 +221,8 @@ class GradientTrainHyperParams(TrainHyperParams):
     exclude_bos: bool = True
     max_concepts: Optional[int] = 500
     max_num_of_examples: Optional[int] = None
+    max_examples_rule: str = "easyedit_half"
+    factor_draw: str = "per_row"
     output_length: Optional[int] = None
 
     batch_size: int = 2
@@ -229,6 +249,13 @@ class GradientTrainHyperParams(TrainHyperParams):
         check_unit_interval("dropout", self.dropout)
         check_min("max_concepts", self.max_concepts, 1)
         check_min("max_num_of_examples", self.max_num_of_examples, 1)
+        check_choice("max_examples_rule", self.max_examples_rule, MAX_EXAMPLES_RULES)
+        check_choice("factor_draw", self.factor_draw, FACTOR_DRAWS)
+        if self.max_examples_rule == "easyedit_half" and self.max_num_of_examples == 1:
+            raise HparamsError(
+                "key 'max_num_of_examples': 1 keeps 1 // 2 = 0 pairs under max_examples_rule: easyedit_half "
+                "(EasyEdit's rule); give 2 or more, or set max_examples_rule: all"
+            )
         check_min("output_length", self.output_length, 1)
 
 

@@ -4,8 +4,8 @@ As EasyEdit's CAA (non multiple-choice): the decoder layer's output, averaged ov
 completion positions of each sequence, per layer in `hparams.layers`. No training.
 Which positions count is `caa_token_set` (docs/conventions.md):
 
-- `easyedit` (EasyEdit's rule, the default for its files): the prompt text and
-  `" " + completion` are tokenized TOGETHER, and the positions from the prompt's own token
+- `easyedit` (EasyEdit's rule, the default for its files): the prompt text (question stripped,
+  as EasyEdit) and `" " + completion` are tokenized TOGETHER, and the positions from the prompt's own token
   count on are averaged; no end-of-turn suffix. The completion is as `completion_join` places
   it (EasyEdit: as stored, so psychopathy's `" Yes"` becomes `"  Yes"`).
 - `completion_and_suffix`: the completion tokens as training and scoring see them
@@ -13,6 +13,10 @@ Which positions count is `caa_token_set` (docs/conventions.md):
   trainers' rows, so CAA takes them from `capture_cache` (each pair packed as prompt + both
   completions, the layers below the lowest CAA layer run once) and the SFT or SPLIT run that
   follows on the same data and layer reuses that capture instead of making its own.
+
+`multiple_choice: true` (EasyEdit's multiple-choice reading, only with `caa_token_set: easyedit`):
+the prompt text and `"\nAnswer: " + completion` are tokenized together and each side's activation is
+the one at the second-to-last token (the answer letter of a completion like `"(A)"`), not a mean.
 """
 from __future__ import annotations
 
@@ -52,8 +56,9 @@ def mean_completion_activations(
 
 def encode_easyedit_caa(tokenizer: Any, fmt: PromptFormat, question: str, completion: str) -> EncodedCompletion:
     """EasyEdit's CAA token set: ids of `prompt + " " + completion` tokenized together; the
-    positions from the prompt's own token count on are the averaged ones."""
-    prompt = fmt.prompt_text(tokenizer, question)
+    positions from the prompt's own token count on are the averaged ones. The question is stripped
+    of surrounding whitespace first, as EasyEdit's `build_model_input` does."""
+    prompt = fmt.prompt_text(tokenizer, question.strip())
     add_special_tokens = not fmt.uses_template(tokenizer)
     prompt_length = len(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     answer = completion if fmt.completion_join == "as_stored" else completion.lstrip()
@@ -63,17 +68,45 @@ def encode_easyedit_caa(tokenizer: Any, fmt: PromptFormat, question: str, comple
     return EncodedCompletion(list(ids), prompt_length)
 
 
+MULTIPLE_CHOICE_JOIN = "\nAnswer: "
+"""What EasyEdit puts between the prompt and a multiple-choice completion."""
+
+
+def encode_multiple_choice_caa(tokenizer: Any, fmt: PromptFormat, question: str, completion: str) -> EncodedCompletion:
+    """EasyEdit's multiple-choice reading: `prompt + "\nAnswer: " + completion` tokenized together, read at
+    its second-to-last token. The row is cut after that token (a causal model's activation there does
+    not depend on later tokens) and that one position is the labelled one. The question is stripped,
+    as EasyEdit's `build_model_input` does."""
+    prompt = fmt.prompt_text(tokenizer, question.strip())
+    add_special_tokens = not fmt.uses_template(tokenizer)
+    answer = completion if fmt.completion_join == "as_stored" else completion.lstrip()
+    ids = tokenizer(prompt + MULTIPLE_CHOICE_JOIN + answer, add_special_tokens=add_special_tokens)["input_ids"]
+    if len(ids) < 2:
+        raise ValueError(f"multiple_choice: {question[:40]!r} with {completion!r} is shorter than two tokens")
+    return EncodedCompletion(list(ids[:-1]), len(ids) - 2)
+
+
 def encode_caa_batch(
     tokenizer: Any, fmt: PromptFormat, questions: Sequence[str], completions: Sequence[str], token_set: str,
+    multiple_choice: bool = False,
 ) -> TokenBatch:
-    """A batch whose labelled positions are the ones CAA averages under `token_set`."""
+    """A batch whose labelled positions are the ones CAA averages under `token_set` (one position
+    per row under `multiple_choice`)."""
     if token_set not in CAA_TOKEN_SETS:
         raise ValueError(f"caa_token_set: {token_set!r} is not one of {', '.join(CAA_TOKEN_SETS)}")
+    _check_multiple_choice(token_set, multiple_choice)
     if token_set == "completion_and_suffix":
         return encode_batch(tokenizer, fmt, questions, completions)
-    encoded = [encode_easyedit_caa(tokenizer, fmt, q, c) for q, c in zip(questions, completions)]
+    encode = encode_multiple_choice_caa if multiple_choice else encode_easyedit_caa
+    encoded = [encode(tokenizer, fmt, q, c) for q, c in zip(questions, completions)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return collate(encoded, pad)
+
+
+def _check_multiple_choice(token_set: str, multiple_choice: bool) -> None:
+    if multiple_choice and token_set != "easyedit":
+        raise ValueError(f"multiple_choice: true reads EasyEdit's answer-letter token and needs caa_token_set: easyedit, "
+                         f"not {token_set!r}; set one of the two keys differently")
 
 
 def _caa_from_capture(
@@ -113,11 +146,14 @@ def compute_caa_vectors(
     progress: bool = True,
     token_set: str = "easyedit",
     memory_mb: Optional[float] = capture_cache.DEFAULT_MEMORY_MB,
+    multiple_choice: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Mean difference vectors {layer: [hidden]} over `pairs`, averaging the `token_set` positions
-    (`completion_and_suffix` through the capture cache, in row chunks under `memory_mb`)."""
+    (`completion_and_suffix` through the capture cache, in row chunks under `memory_mb`), or, under
+    `multiple_choice`, the activations at EasyEdit's answer-letter token."""
     if not pairs:
         raise ValueError("CAA needs at least one polarity pair")
+    _check_multiple_choice(token_set, multiple_choice)
     for layer in layers:
         check_layer(model, layer, source="layers")
     fmt = prompt_format or PromptFormat()
@@ -128,8 +164,10 @@ def compute_caa_vectors(
     for start in tqdm(range(0, len(pairs), batch_size), desc="CAA activations", disable=not progress):
         chunk = pairs[start : start + batch_size]
         questions = [p.question for p in chunk]
-        matching = encode_caa_batch(tokenizer, fmt, questions, [p.matching for p in chunk], token_set).to(device)
-        not_matching = encode_caa_batch(tokenizer, fmt, questions, [p.not_matching for p in chunk], token_set).to(device)
+        matching = encode_caa_batch(tokenizer, fmt, questions, [p.matching for p in chunk], token_set,
+                                    multiple_choice).to(device)
+        not_matching = encode_caa_batch(tokenizer, fmt, questions, [p.not_matching for p in chunk], token_set,
+                                        multiple_choice).to(device)
         positive = mean_completion_activations(model, matching, layers)
         negative = mean_completion_activations(model, not_matching, layers)
         for layer in layers:
@@ -142,5 +180,6 @@ def train(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, tokeniz
     vectors = compute_caa_vectors(
         model, tokenizer, pairs, list(hparams.layers), PromptFormat.from_hparams(hparams),
         token_set=getattr(hparams, "caa_token_set", "easyedit"),
+        multiple_choice=bool(getattr(hparams, "multiple_choice", False)),
     )
     return {layer: DynamicWeightUpdate.from_vector(vector) for layer, vector in vectors.items()}
