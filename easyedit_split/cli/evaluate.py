@@ -18,7 +18,7 @@ from ..errors import DatasetError, EasyEditSplitError, StorageError
 from ..hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from ..hparams.reading import read_source
 from ..multipliers import parse_multipliers
-from .common import CommandError, add_shared_flags
+from .common import MAX_COUNT, CommandError, add_shared_flags, number_arg
 from .evaluate_generation import add_generation_arguments
 from .vectors import LoadedVectors, check_against_model, choose_model, load_vectors
 
@@ -40,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nll-mode", default=None,
                         help="sequence: sum of completion-token NLLs (default); token: per-token mean (EasyEdit's loss mode)")
     add_shared_flags(parser, "--concept-id")
-    parser.add_argument("--max-examples", type=int, default=None, help="score only the first N pairs")
-    parser.add_argument("--batch-size", type=int, default=None, help="most rows per replayed forward (default 64)")
+    parser.add_argument("--max-examples", type=number_arg(int, 1, MAX_COUNT), default=None, help="score only the first N pairs")
+    parser.add_argument("--batch-size", type=number_arg(int, 1, 1 << 20), default=None, help="most rows per replayed forward (default 64)")
     add_shared_flags(parser, "--fast-path-memory-mb")
-    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and the manifold probe (default 0)")
+    parser.add_argument("--bootstrap", type=number_arg(int, 0, 1_000_000), default=None, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=number_arg(int, 0, 2**32 - 1), default=None, help="seed of the bootstrap and the manifold probe (default 0)")
     add_shared_flags(parser, "--no-chat-template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
     add_shared_flags(parser, "--no-manifold", "--steer-positions", "--completion-join")
