@@ -152,28 +152,60 @@ def _load_sources(args: argparse.Namespace, sources: dict[str, tuple[str, Option
     return loaded
 
 
+def _pairs(args: argparse.Namespace, concept_id: int) -> list:
+    """The pairs scored: the dataset's (one concept of a multi-concept file), at most --max-examples."""
+    from ..data import load_dataset  # here, not at the top: `--help` should not wait for torch
+
+    pairs = load_dataset(args.dataset, args.split)
+    if len({p.concept_id for p in pairs}) > 1:
+        pairs = [p for p in pairs if p.concept_id == concept_id]
+        if not pairs:
+            raise DatasetError(f"{args.dataset}: no pairs with concept_id {concept_id}")
+    if args.max_examples:
+        pairs = pairs[: args.max_examples]
+    return pairs
+
+
 def run(args: argparse.Namespace) -> int:
     """Score every source over the sweep, write the report, print its table."""
     # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
-    from ..data import load_dataset
     from ..evaluation import PreferenceUtilityEvaluator
-    from ..models import load_model_and_tokenizer, num_layers, validate_layers
+    from ..models import check_override_file, load_model_and_tokenizer, num_layers, validate_layers
     from ..prompts import PromptFormat, check_completion_length, conventions_for
     from ..storage.files import check_writable
 
-    try:
-        config = _evaluator_config(args)
-        sources, hparams, concept_id = _sources(args)
-        if args.output_dir:
-            check_writable(args.output_dir, "report directory")  # before any compute
-        loaded = _load_sources(args, sources, concept_id)
-    except EasyEditSplitError:
-        raise
-    except ValueError as error:  # a flag's value: the package's message, exit 2
-        raise CommandError(str(error)) from None
+    # Every cheap check runs before the model loads, and all their problems are reported at once:
+    # flags, hparams, output directory, intervention directories, the dataset, the model's name.
+    problems: list[Exception] = []
 
-    model_name, dtype, device = _model_keys(args, hparams, list(loaded.values()))
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None)
+    def check(step: Any, *step_args: Any) -> Any:
+        try:
+            return step(*step_args)
+        except (EasyEditSplitError, ValueError) as error:
+            problems.append(error)
+            return None
+
+    config = check(_evaluator_config, args)
+    found = check(_sources, args)
+    sources, hparams, concept_id = found if found is not None else ({}, None, args.concept_id or 0)
+    if args.output_dir:
+        check(check_writable, args.output_dir, "report directory")  # before any compute
+    loaded = check(_load_sources, args, sources, concept_id) if found is not None else None
+    pairs = check(_pairs, args, concept_id)
+    override = hparams.override_model_weights_path if hparams is not None else None
+    if override:
+        check(check_override_file, override)
+    # the model may come from the vectors' metadata: asked only when they were read
+    model_keys = check(_model_keys, args, hparams, list(loaded.values())) if loaded is not None else None
+    if problems:
+        if len(problems) == 1:
+            only = problems[0]
+            raise only if isinstance(only, EasyEditSplitError) else CommandError(str(only))
+        raise CommandError(f"{len(problems)} problems: " + "; ".join(f"({n}) {p}" for n, p in enumerate(problems, 1)))
+
+    model_name, dtype, device = model_keys
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None,
+                                                override_weights_path=override)
     for directory, layers in sources.values():
         if layers is not None:  # layers named in an hparams file: the error names that file
             validate_layers(layers, num_layers(model), source=args.hparams)
@@ -184,13 +216,6 @@ def run(args: argparse.Namespace) -> int:
     fmt = PromptFormat(use_chat_template=use_template, system_prompt=system_prompt,
                        **conventions_for(args.dataset, hparams, args.steer_positions, args.completion_join))
 
-    pairs = load_dataset(args.dataset, args.split)
-    if len({p.concept_id for p in pairs}) > 1:
-        pairs = [p for p in pairs if p.concept_id == concept_id]
-        if not pairs:
-            raise DatasetError(f"{args.dataset}: no pairs with concept_id {concept_id}")
-    if args.max_examples:
-        pairs = pairs[: args.max_examples]
     for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
         for completion in (pair.matching, pair.not_matching):
             try:
