@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import DatasetError
+from .errors import DatasetError, excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,12 @@ __all__ = [
 
 DATASETS_DIR = Path(__file__).resolve().parent / "datasets"
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+
+MAX_DATASET_BYTES = 512 << 20
+"""Largest dataset file read (512 MiB), checked before reading: split a larger file."""
+MAX_ROW_BYTES = 1 << 20
+"""Largest row (1 MiB of text, all fields together), checked as rows are read: no model's context holds more,
+and a huge row would otherwise be tokenized (gigabytes of memory) before any length check."""
 
 
 @dataclass(frozen=True)
@@ -257,16 +263,36 @@ def _read_rows(path: Path) -> list[_Row]:
     raise DatasetError(f"{path}: unsupported file extension '{ext}'; supported: {', '.join(SUPPORTED_EXTENSIONS)}.")
 
 
+def _decode(raw: bytes, path: Path, location: str) -> str:
+    """UTF-8 text of one line or file; an error names the file, the line and the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}, {location}: not UTF-8 text (byte {exc.start} of the {location.split()[0]}); "
+                           "save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[_Row]:
     rows: list[_Row] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        line_number = 0
+        while True:
+            raw = handle.readline(MAX_ROW_BYTES + 1)  # bounded: a 1 GB line is refused, not read
+            if not raw:
+                break
+            line_number += 1
+            if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
+                raise DatasetError(f"{path}, line {line_number}: the row is longer than {MAX_ROW_BYTES} bytes "
+                                   "(data.MAX_ROW_BYTES); shorten it or leave it out")
+            line = _decode(raw, path, f"line {line_number}")
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}, line {line_number}: malformed JSON ({exc.msg} at column {exc.colno}).") from exc
+            except RecursionError:
+                raise DatasetError(f"{path}, line {line_number}: JSON nested too deeply.") from None
             if not isinstance(record, dict):
                 raise DatasetError(
                     f"{path}, line {line_number}: expected a JSON object per line, got {type(record).__name__}."
@@ -277,9 +303,11 @@ def _read_jsonl(path: Path) -> list[_Row]:
 
 def _read_json(path: Path) -> list[_Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path.read_bytes(), path, "file"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno}).") from exc
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply.") from None
     if isinstance(data, dict):  # EasyEdit reads a single object as a one-row dataset
         data = [data]
     if not isinstance(data, list):
@@ -311,6 +339,8 @@ def _read_csv(path: Path) -> list[_Row]:
                 start_line = reader.line_num + 1
         except csv.Error as exc:
             raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV ({exc}).") from exc
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}, near line {reader.line_num + 1}: not UTF-8 text; save the file as UTF-8") from exc
     return rows
 
 
@@ -377,7 +407,7 @@ def _text(record: dict[str, Any], column: str, path: Path, location: str, fmt: s
         raise DatasetError(f"{path}, {location}: empty field '{column}' ({fmt} layout); the row has fields: {had}.")
     if not isinstance(value, str):
         raise DatasetError(
-            f"{path}, {location}: field '{column}' must be text, got {type(value).__name__} ({value!r}); "
+            f"{path}, {location}: field '{column}' must be text, got {type(value).__name__} ({excerpt(value)}); "
             f"the row has fields: {had}."
         )
     return value
@@ -395,10 +425,10 @@ def _concept_id(record: dict[str, Any], column: str | None, path: Path, location
     value = record[column]
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = float("nan")
-    if math.isnan(number) or number != int(number):
-        raise DatasetError(f"{path}, {location}: field '{column}' must be an integer concept id, got {value!r}.")
+    if not math.isfinite(number) or number != int(number):
+        raise DatasetError(f"{path}, {location}: field '{column}' must be an integer concept id, got {excerpt(value)}.")
     return int(number)
 
 
@@ -435,7 +465,16 @@ def _load_rows(path: str | Path) -> tuple[Path, list[_Row]]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"Dataset file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_DATASET_BYTES:
+        raise DatasetError(f"{path}: {size} bytes; a dataset file is at most {MAX_DATASET_BYTES} bytes "
+                           "(data.MAX_DATASET_BYTES); split it")
     rows = _read_rows(path)
+    for location, record in rows:  # every format: no row larger than MAX_ROW_BYTES of text
+        length = sum(len(value) for value in record.values() if isinstance(value, str))
+        if length > MAX_ROW_BYTES:
+            raise DatasetError(f"{path}, {location}: the row holds {length} characters of text, more than "
+                               f"{MAX_ROW_BYTES} (data.MAX_ROW_BYTES); shorten it or leave it out")
     if not rows:
         raise DatasetError(f"{path}: the file holds no rows.")
     return path, rows

@@ -62,7 +62,7 @@ class SteerEditor:
         self.hparams = hparams if hparams is not None else HyperParams()
         if model is None:
             name = require_model_name(self.hparams.model_name_or_path, f"SteerEditor({type(self.hparams).__name__})")
-            model, tokenizer = load_model_and_tokenizer(name, self.hparams.dtype, self.hparams.device, offline=offline)
+            model, tokenizer = load_model_and_tokenizer(name, self.hparams.dtype, self.hparams.device, offline=offline, override_weights_path=self.hparams.override_model_weights_path)
         elif tokenizer is None:
             raise ValueError("SteerEditor: pass the tokenizer together with the model")
         self.model = model

@@ -11,6 +11,20 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+EXCERPT_CHARS = 200
+"""Most characters of a user's input an error message quotes (a hostile input must not make a huge message)."""
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters, saying how much was left out; why: errors quote input, bounded."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > limit:  # do not build a huge repr to cut it
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit])
+    if isinstance(value, str) and len(value) > limit:
+        return f"{text}... ({len(value)} characters)"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class EasyEditSplitError(Exception):
     """Base class of the package's errors."""
 

@@ -410,8 +410,12 @@ def load_model_and_tokenizer(
     dtype: Any = "float32",
     device: str = "cpu",
     offline: Optional[bool] = None,
+    override_weights_path: Optional[PathLike] = None,
 ) -> tuple[nn.Module, Any]:
     """Load a causal LM and its tokenizer by Hub id, local directory or the default model's name.
+
+    `override_weights_path` (the hparams key `override_model_weights_path`) names a state-dict file
+    loaded over the model's weights (`load_weight_override`); it is checked before the model loads.
 
     A Hub id loads as transformers loads it: from the Hugging Face cache, downloading what is
     missing unless `offline` (None: follow HF_HUB_OFFLINE). `device` is `cpu`, `cuda`, `cuda:N` or
@@ -421,6 +425,8 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
+    if override_weights_path is not None:
+        check_override_file(override_weights_path)
     local_only = hub_offline(offline)
     source = resolve_model_path(model_name_or_path, offline=local_only)
     torch_dtype = resolve_dtype(dtype)
@@ -439,7 +445,84 @@ def load_model_and_tokenizer(
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     architecture_of(model)  # fail early for an unknown family
+    if override_weights_path is not None:
+        load_weight_override(model, override_weights_path)
     return model, tokenizer
+
+
+OVERRIDE_KEY = "override_model_weights_path"
+WEIGHT_OVERRIDE_ATTR = "easyedit_split_weight_override"
+"""Set on `model.config` after an override: {"path", "sha256"}, the override's part of the model's identity."""
+
+
+def check_override_file(path: PathLike) -> Path:
+    """The override file exists and is a file: checked before any model loads."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: no such file; point the key at a state-dict file "
+                         "(.safetensors, or .pt/.bin saved with torch.save) or remove the key")
+    return file
+
+
+def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file, never running pickled code (weights_only=True)."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file), device="cpu")
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch/safetensors raise many unrelated types for a bad file
+        text = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: not a readable state-dict file ({text})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: expected a mapping of parameter names to tensors")
+    return state
+
+
+def _file_sha256(file: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weight_override(model: nn.Module, path: PathLike) -> nn.Module:
+    """Load a state dict over `model`'s weights, strictly: every key and shape must match the model's.
+
+    Why strict: a partial or misnamed override would leave base weights in place with exit 0. A
+    file may hold the whole state dict or a subset of it (fine-tuned layers); a key the model does
+    not have, or a shape that differs, is an error naming the file and the keys. The file's sha256 is
+    recorded on `model.config` (`WEIGHT_OVERRIDE_ATTR`) so that what records the model can tell it apart.
+    """
+    file = check_override_file(path)
+    state = _read_state_dict(file)
+    if not state:
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: the state dict is empty")
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: {len(unknown)} key(s) the model does not have: "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    mismatched = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items() if v.shape != own[k].shape]
+    if mismatched:
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: shape mismatch: {', '.join(mismatched[:5])}"
+                         f"{' ...' if len(mismatched) > 5 else ''}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelError(f"{OVERRIDE_KEY}: {file}: non-finite values in {', '.join(bad[:5])}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(dtype=own[key].dtype))
+    setattr(model.config, WEIGHT_OVERRIDE_ATTR, {"path": str(file.resolve()), "sha256": _file_sha256(file)})
+    logger.info("loaded %d tensors over the model's weights from %s", len(state), file)
+    return model
 
 
 def model_device(model: nn.Module) -> torch.device:

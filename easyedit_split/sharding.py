@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if info.world_size > 1 and str(hparams.device) == "cuda":  # one GPU per process, as the launcher numbers them
         hparams = replace(hparams, device=f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}")
     name = require_model_name(hparams.model_name_or_path, f"{args.hparams} (or --model_name_or_path)")
-    model, tokenizer = load_model_and_tokenizer(name, hparams.dtype, hparams.device, offline=args.offline or None)
+    model, tokenizer = load_model_and_tokenizer(name, hparams.dtype, hparams.device, offline=args.offline or None, override_weights_path=hparams.override_model_weights_path)
     pairs = load_dataset(args.data)
     result = train_sharded(hparams, pairs, model, tokenizer, args.output_dir, wait_timeout=args.timeout)
     logger.info("rank %d/%d: trained %s, skipped %s%s", result.rank, result.world_size, result.trained, result.skipped,

@@ -233,6 +233,24 @@ def _dataset_cases(root: Path, model_dir: Path, hparams_ok: Path) -> list[Case]:
         path.write_text(text)
         cases.append(Case(f"train:{name}", "train", ["--hparams", str(hparams_ok), "--dataset", str(path),
                                                       "--output-dir", str(out)], str(path), [path]))
+    # bounds and encodings (issue 21): a row past data.MAX_ROW_BYTES, invalid UTF-8, a concept id that overflows
+    raw_cases: dict[str, bytes] = {
+        "huge_row": (json.dumps({"question": "q", "matching": "x" * (2 << 20), "not_matching": "b"}) + "\n").encode(),
+        "invalid_utf8": b'{"question": "caf\xe9", "matching": "a", "not_matching": "b"}\n',
+        "invalid_utf8_second_line": b'{"question": "q", "matching": "a", "not_matching": "b"}\n\xff\xfe\n',
+        "concept_overflow": b'{"question": "q", "pos_answer": "a", "neg_answer": "b", "concept_id": 1e999}\n',
+        "concept_bigint": b'{"question": "q", "pos_answer": "a", "neg_answer": "b", "concept_id": ' + b"9" * 400 + b"}\n",
+        "deep_nesting": b'{"question": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    }
+    for name, raw in raw_cases.items():
+        path = root / "data" / f"{name}.jsonl"
+        path.write_bytes(raw)
+        cases.append(Case(f"train:{name}", "train", ["--hparams", str(hparams_ok), "--dataset", str(path),
+                                                      "--output-dir", str(out)], str(path), [path]))
+    csv_path = root / "data" / "invalid_utf8.csv"
+    csv_path.write_bytes(b"question,matching,not_matching\nq,a,b\ncaf\xe9,a,b\n")
+    cases.append(Case("train:invalid_utf8_csv", "train", ["--hparams", str(hparams_ok), "--dataset", str(csv_path),
+                                                          "--output-dir", str(out)], str(csv_path), [csv_path]))
     # a dataset whose name escapes the output directory: `some/dir/sub/..` is named '..'
     escape = root / "data" / "some" / "dir" / "sub"
     escape.mkdir(parents=True)
@@ -263,6 +281,29 @@ def _hparams_cases(root: Path, n_layers: int, dataset: Path) -> list[Case]:
         path.write_text(yaml.safe_dump(data))
         cases.append(Case(f"train-hparams:{name}", "train", ["--hparams", str(path), "--dataset", str(dataset),
                                                              "--output-dir", str(out)], str(path), [path]))
+    bomb = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    bomb += [f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
+    missing_weights = root / "no_such_weights.safetensors"
+    bounded: dict[str, str] = {  # issue 21: alias bombs, non-finite and overflowing numbers, a missing override
+        "alias_bomb": "alg_name: caa\nlayers: [1]\n" + "\n".join(bomb) + "\n",
+        "inf_memory": "alg_name: sft\nlayers: [1]\nfast_path_memory_mb: .inf\n",
+        "overflow_memory": "alg_name: sft\nlayers: [1]\nfast_path_memory_mb: 1e999\n",
+        "bigint_layer": "alg_name: caa\nlayers: [" + "9" * 40 + "]\n",
+        "bigint_lr": "alg_name: sft\nlayers: [1]\nlr: " + "9" * 400 + "\n",
+        "nan_seed": "alg_name: caa\nlayers: [1]\nseed: .nan\n",
+        "missing_override": f"alg_name: caa\nlayers: [1]\noverride_model_weights_path: {missing_weights}\n",
+        "latin1": "alg_name: caa\nsystem_prompt: caf\udce9\n",
+        "huge_value": "alg_name: caa\nlayers: [1]\nsteer_positions: " + "y" * 200_000 + "\n",
+    }
+    for name, text in bounded.items():
+        path = root / "hparams" / f"{name}.yaml"
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        names = str(missing_weights) if name == "missing_override" else str(path)
+        cases.append(Case(f"train-hparams:{name}", "train", ["--hparams", str(path), "--dataset", str(dataset),
+                                                             "--output-dir", str(out)], names, [path]))
+    cases.append(Case("train-flags:inf_memory", "train", ["--hparams", str(root / "hparams" / "ok.yaml"), "--dataset",
+                                                          str(dataset), "--output-dir", str(out),
+                                                          "--fast-path-memory-mb=inf"], "--fast-path-memory-mb"))
     for name, text in {"malformed_yaml": "alg_name: caa\nlayers: [1\n", "yaml_nan": "alg_name: sft\nlayers: [1]\nsteering_factors: [.nan]\n",
                        "binary": "\x00\x01\x02"}.items():
         path = root / "hparams" / f"{name}.yaml"
@@ -280,10 +321,18 @@ def _hparams_cases(root: Path, n_layers: int, dataset: Path) -> list[Case]:
     for name, data in {"apply_nan_multiplier": {"alg_name": "caa", "layers": [1], "multipliers": [float("nan")],
                                                 "steer_vector_load_dir": str(good_vectors)},
                        "apply_layer_out_of_range": {"alg_name": "caa", "layers": [n_layers + 3], "multipliers": [1.0],
-                                                    "steer_vector_load_dir": str(good_vectors)}}.items():
+                                                    "steer_vector_load_dir": str(good_vectors)},
+                       "apply_concept_overflow": {"alg_name": "caa", "layers": [1], "multipliers": [1.0],
+                                                  "concept_id": 10 ** 30, "steer_vector_load_dir": str(good_vectors)},
+                       "apply_huge_multiplier": {"alg_name": "caa", "layers": [1], "multipliers": [float("inf")],
+                                                 "steer_vector_load_dir": str(good_vectors)},
+                       "apply_missing_override": {"alg_name": "caa", "layers": [1], "multipliers": [1.0],
+                                                  "override_model_weights_path": str(root / "no_such_weights.pt"),
+                                                  "steer_vector_load_dir": str(good_vectors)}}.items():
         path = root / "hparams" / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
-        cases.append(Case(f"evaluate-hparams:{name}", "evaluate", ["--hparams", str(path)], str(path), [path]))
+        names = str(root / "no_such_weights.pt") if name == "apply_missing_override" else str(path)
+        cases.append(Case(f"evaluate-hparams:{name}", "evaluate", ["--hparams", str(path)], names, [path]))
     return cases
 
 
@@ -301,11 +350,15 @@ def build_corpus(root: Path, hidden: int, n_layers: int, inner: int, model_dir: 
     cases += _dataset_cases(root, model_dir, hparams_ok)
     cases += _hparams_cases(root, n_layers, dataset)
     for name, value in {"nan": "nan", "inf": "inf", "empty": "", "neg_inf_range": "-inf:0:1", "zero_step": "0:2:0",
-                        "word": "two"}.items():
+                        "word": "two", "overflow": "1e999", "huge": "1e300", "endless_range": "-1e6:1e6:1e-6"}.items():
         cases.append(Case(f"generate-multipliers:{name}", "generate",
                           ["--vectors", str(root / "good_vectors"), f"--multipliers={value}"], "multipliers"))
         cases.append(Case(f"evaluate-multipliers:{name}", "evaluate",
                           [str(root / "good_vectors"), f"--multipliers={value}"], "multipliers"))
+    for flag, value in {"--concept-id": "1e999", "--fast-path-memory-mb": "nan", "--max-examples": "0",
+                        "--bootstrap": "1e999", "--seed": "-1"}.items():
+        cases.append(Case(f"evaluate-flags:{flag.lstrip('-')}", "evaluate", [str(root / "good_vectors"), f"{flag}={value}"],
+                          flag))
     return cases
 
 

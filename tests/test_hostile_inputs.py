@@ -100,7 +100,8 @@ def test_every_hostile_input_is_rejected_in_process(corpus, tiny_model_dir, caps
     assert not (root / "PWNED").exists(), "a pickle's code ran"
 
 
-SAMPLE = ("generate:torch_pickle_code", "evaluate:stacked-posinf", "train:escaping_name", "generate-multipliers:empty")
+SAMPLE = ("generate:torch_pickle_code", "evaluate:stacked-posinf", "train:escaping_name", "generate-multipliers:empty",
+          "train-hparams:alias_bomb")
 # (each real process costs seconds of imports; the kill-while-saving test runs `generate` on a half-written directory)
 
 

@@ -67,7 +67,7 @@ def test_cli_train_without_model_exits_2_naming_the_file(method_file, capsys, no
 def test_cli_model_offline_device_and_dtype_reach_the_loader(method_file, monkeypatch, tiny_chat_model, default_tokenizer, tmp_path):
     calls = []
 
-    def fake_load(name, dtype, device, offline=None):
+    def fake_load(name, dtype, device, offline=None, override_weights_path=None):
         calls.append((name, dtype, device, offline))
         return tiny_chat_model, default_tokenizer
 

@@ -6,13 +6,14 @@ import this module, and the first should not wait for torch.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any, Callable, Sequence, Union
 
 import yaml
 
 from ..constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
-from ..errors import EasyEditSplitError, MultiplierError
+from ..errors import EasyEditSplitError, MultiplierError, excerpt
 from ..multipliers import parse_multipliers
 
 ArgumentTarget = Union[argparse.ArgumentParser, argparse._ArgumentGroup]
@@ -44,12 +45,36 @@ def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namesp
 
             traceback.print_exc()
         where = f" ({error.filename})" if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error) else ""
-        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""  # bounded: errors may quote input
         print(f"error: {type(error).__name__}{where}: {text}", file=sys.stderr)
         return 1
 
 
 # ============================================================================ values
+
+
+def number_arg(kind: type, minimum: float, maximum: float, *, above: bool = False) -> Callable[[str], Any]:
+    """argparse `type=` for a numeric flag: `kind` (int or float), finite, in [minimum, maximum]
+    ((minimum, maximum] with `above`). argparse prefixes the message with the flag's name."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{excerpt(text)} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{excerpt(text)} is not a finite number")
+        if value < minimum or (above and value == minimum) or value > maximum:
+            low = f"greater than {kind(minimum)}" if above else f"at least {kind(minimum)}"
+            raise argparse.ArgumentTypeError(f"{excerpt(text)} is out of range: must be {low} and at most {kind(maximum)}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its 'invalid <type> value' message
+    return parse
+
+
+MAX_COUNT = 2**31 - 1
+"""Largest count a flag takes (examples, resamples, tokens, ids): larger is a typo, and torch's ints end there."""
+MAX_MEMORY_MB = float(1 << 30)
+"""Largest --fast-path-memory-mb (1 PiB): larger is a typo (hparams/methods.py has the same bound)."""
 
 
 def multipliers_arg(text: str) -> list[float]:
@@ -69,7 +94,13 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     key = key.strip().lstrip("+")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set '{text}': use KEY=VALUE (VALUE in YAML, e.g. layers=[2])")
-    return key, yaml.safe_load(value)
+    from ..errors import HparamsError
+    from ..hparams.reading import bounded_safe_load  # bounded: no alias bombs from the command line either
+
+    try:
+        return key, bounded_safe_load(value, f"--set {key}")
+    except HparamsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # ============================================================================ the shared flags
@@ -92,7 +123,7 @@ SHARED_FLAGS: dict[str, dict[str, Any]] = {
         "how completions follow the prompt (docs/conventions.md); default: the hparams file's key (as_stored when "
         "it has none); without a file, evaluate decides by --dataset (strip_leading_space for the shipped "
         "datasets, as_stored otherwise)")),
-    "--fast-path-memory-mb": dict(type=float, default=None, help=(
+    "--fast-path-memory-mb": dict(type=number_arg(float, 0.0, MAX_MEMORY_MB, above=True), default=None, help=(
         "memory budget (MiB) of one capture or replay pass of the fast path; results do not depend on it "
         "(default: the hparams file's fast_path_memory_mb, else 2048)")),
     "--output-dir": dict(default=None, help=(
@@ -105,12 +136,12 @@ SHARED_FLAGS: dict[str, dict[str, Any]] = {
     "--dataset": dict(default=None, help=(
         "shipped dataset name (sentiment, food) or a file in EasyEdit's formats (train default: sentiment)")),
     "--split": dict(default=None, help="split of a shipped dataset (default: %(default)s)"),
-    "--concept-id": dict(type=int, default=None, help=(
+    "--concept-id": dict(type=number_arg(int, 0, MAX_COUNT), default=None, help=(
         "concept row of multi-concept files and data (default: the hparams file's concept_id, else 0)")),
     "--multipliers": dict(type=multipliers_arg, default=None, help=(
         "multipliers of the generations side by side: values and start:stop:step ranges, e.g. -2,0,2 or -4:4:2 "
         "(default: generate 0,1; demo -2,0,2)")),
-    "--max-new-tokens": dict(type=int, default=None, help="tokens generated per answer (default: %(default)s)"),
+    "--max-new-tokens": dict(type=number_arg(int, 1, 1 << 20), default=None, help="tokens generated per answer (default: %(default)s)"),
     "--no-chat-template": dict(action="store_true", help="prompt and score without the chat template"),
     "--no-manifold": dict(action="store_true", help="skip the activation-manifold probe"),
 }

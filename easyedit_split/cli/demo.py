@@ -6,13 +6,13 @@ import textwrap
 from typing import Any
 
 from ..constants import DEFAULT_MODEL_NAME, DEFAULT_SWEEP
-from .common import add_shared_flags, multipliers_arg
+from .common import add_shared_flags, multipliers_arg, number_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`demo`'s flags, the shared ones from `common.SHARED_FLAGS`."""
     add_shared_flags(parser, "--model", model=DEFAULT_MODEL_NAME)
-    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--layer", type=number_arg(int, 0, 100_000), default=15)
     add_shared_flags(parser, "--multipliers")
     add_shared_flags(parser, "--max-new-tokens", max_new_tokens=32)
     parser.add_argument("--quick", action="store_true", help="only the CAA generations, no training or evaluation")

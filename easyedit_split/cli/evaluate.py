@@ -18,7 +18,7 @@ from ..errors import DatasetError, EasyEditSplitError, StorageError
 from ..hparams import ApplyHyperParams, HyperParams, TopLevelConfig, load_hparams
 from ..hparams.reading import read_source
 from ..multipliers import parse_multipliers
-from .common import CommandError, add_shared_flags
+from .common import MAX_COUNT, CommandError, add_shared_flags, number_arg
 from .evaluate_generation import add_generation_arguments
 from .vectors import LoadedVectors, check_against_model, choose_model, load_vectors
 
@@ -40,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nll-mode", default=None,
                         help="sequence: sum of completion-token NLLs (default); token: per-token mean (EasyEdit's loss mode)")
     add_shared_flags(parser, "--concept-id")
-    parser.add_argument("--max-examples", type=int, default=None, help="score only the first N pairs")
-    parser.add_argument("--batch-size", type=int, default=None, help="most rows per replayed forward (default 64)")
+    parser.add_argument("--max-examples", type=number_arg(int, 1, MAX_COUNT), default=None, help="score only the first N pairs")
+    parser.add_argument("--batch-size", type=number_arg(int, 1, 1 << 20), default=None, help="most rows per replayed forward (default 64)")
     add_shared_flags(parser, "--fast-path-memory-mb")
-    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the bootstrap and the manifold probe (default 0)")
+    parser.add_argument("--bootstrap", type=number_arg(int, 0, 1_000_000), default=None, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=number_arg(int, 0, 2**32 - 1), default=None, help="seed of the bootstrap and the manifold probe (default 0)")
     add_shared_flags(parser, "--no-chat-template")
     parser.add_argument("--system-prompt", default=None, help="system prompt of the chat template")
     add_shared_flags(parser, "--no-manifold", "--steer-positions", "--completion-join")
@@ -152,28 +152,60 @@ def _load_sources(args: argparse.Namespace, sources: dict[str, tuple[str, Option
     return loaded
 
 
+def _pairs(args: argparse.Namespace, concept_id: int) -> list:
+    """The pairs scored: the dataset's (one concept of a multi-concept file), at most --max-examples."""
+    from ..data import load_dataset  # here, not at the top: `--help` should not wait for torch
+
+    pairs = load_dataset(args.dataset, args.split)
+    if len({p.concept_id for p in pairs}) > 1:
+        pairs = [p for p in pairs if p.concept_id == concept_id]
+        if not pairs:
+            raise DatasetError(f"{args.dataset}: no pairs with concept_id {concept_id}")
+    if args.max_examples:
+        pairs = pairs[: args.max_examples]
+    return pairs
+
+
 def run(args: argparse.Namespace) -> int:
     """Score every source over the sweep, write the report, print its table."""
     # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
-    from ..data import load_dataset
     from ..evaluation import PreferenceUtilityEvaluator
-    from ..models import load_model_and_tokenizer, num_layers, validate_layers
+    from ..models import check_override_file, load_model_and_tokenizer, num_layers, validate_layers
     from ..prompts import PromptFormat, check_completion_length, conventions_for
     from ..storage.files import check_writable
 
-    try:
-        config = _evaluator_config(args)
-        sources, hparams, concept_id = _sources(args)
-        if args.output_dir:
-            check_writable(args.output_dir, "report directory")  # before any compute
-        loaded = _load_sources(args, sources, concept_id)
-    except EasyEditSplitError:
-        raise
-    except ValueError as error:  # a flag's value: the package's message, exit 2
-        raise CommandError(str(error)) from None
+    # Every cheap check runs before the model loads, and all their problems are reported at once:
+    # flags, hparams, output directory, intervention directories, the dataset, the model's name.
+    problems: list[Exception] = []
 
-    model_name, dtype, device = _model_keys(args, hparams, list(loaded.values()))
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None)
+    def check(step: Any, *step_args: Any) -> Any:
+        try:
+            return step(*step_args)
+        except (EasyEditSplitError, ValueError) as error:
+            problems.append(error)
+            return None
+
+    config = check(_evaluator_config, args)
+    found = check(_sources, args)
+    sources, hparams, concept_id = found if found is not None else ({}, None, args.concept_id or 0)
+    if args.output_dir:
+        check(check_writable, args.output_dir, "report directory")  # before any compute
+    loaded = check(_load_sources, args, sources, concept_id) if found is not None else None
+    pairs = check(_pairs, args, concept_id)
+    override = hparams.override_model_weights_path if hparams is not None else None
+    if override:
+        check(check_override_file, override)
+    # the model may come from the vectors' metadata: asked only when they were read
+    model_keys = check(_model_keys, args, hparams, list(loaded.values())) if loaded is not None else None
+    if problems:
+        if len(problems) == 1:
+            only = problems[0]
+            raise only if isinstance(only, EasyEditSplitError) else CommandError(str(only))
+        raise CommandError(f"{len(problems)} problems: " + "; ".join(f"({n}) {p}" for n, p in enumerate(problems, 1)))
+
+    model_name, dtype, device = model_keys
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device, offline=args.offline or None,
+                                                override_weights_path=override)
     for directory, layers in sources.values():
         if layers is not None:  # layers named in an hparams file: the error names that file
             validate_layers(layers, num_layers(model), source=args.hparams)
@@ -184,13 +216,6 @@ def run(args: argparse.Namespace) -> int:
     fmt = PromptFormat(use_chat_template=use_template, system_prompt=system_prompt,
                        **conventions_for(args.dataset, hparams, args.steer_positions, args.completion_join))
 
-    pairs = load_dataset(args.dataset, args.split)
-    if len({p.concept_id for p in pairs}) > 1:
-        pairs = [p for p in pairs if p.concept_id == concept_id]
-        if not pairs:
-            raise DatasetError(f"{args.dataset}: no pairs with concept_id {concept_id}")
-    if args.max_examples:
-        pairs = pairs[: args.max_examples]
     for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
         for completion in (pair.matching, pair.not_matching):
             try:

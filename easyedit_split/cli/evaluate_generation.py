@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..multipliers import parse_multipliers
-from .common import ArgumentTarget, add_shared_flags
+from .common import MAX_COUNT, ArgumentTarget, add_shared_flags, number_arg
 
 GENERATION_SUBDIR = "generation"
 """Where under --output-dir the resumable files (generations.jsonl, judge_cache.jsonl) are kept."""
@@ -28,19 +28,19 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--generation-dataset", default=None, help="prompts to generate from (default: --dataset)")
     group.add_argument("--generation-multipliers", nargs="+", default=None, help="sweep of the generations (default: --multipliers)")
     group.add_argument("--dev-split", default=None, help="dataset split whose prompts choose each method's factor")
-    group.add_argument("--dev-fraction", type=float, default=0.5,
+    group.add_argument("--dev-fraction", type=number_arg(float, 0.0, 1.0, above=True), default=0.5,
                        help="without --dev-split: share of the prompts used to choose the factor (default 0.5)")
-    group.add_argument("--max-prompts", type=int, default=None, help="first N prompts of each split")
+    group.add_argument("--max-prompts", type=number_arg(int, 1, MAX_COUNT), default=None, help="first N prompts of each split")
     add_shared_flags(group, "--max-new-tokens", max_new_tokens=64)
-    group.add_argument("--num-samples", type=int, default=1, help="samples per prompt (EasyEdit's num_responses)")
+    group.add_argument("--num-samples", type=number_arg(int, 1, 10_000), default=1, help="samples per prompt (EasyEdit's num_responses)")
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=float, default=None)
-    group.add_argument("--top-p", type=float, default=None)
-    group.add_argument("--generation-seed", type=int, default=0, help="seed of sampled generations")
+    group.add_argument("--temperature", type=number_arg(float, 0.0, 100.0), default=None)
+    group.add_argument("--top-p", type=number_arg(float, 0.0, 1.0, above=True), default=None)
+    group.add_argument("--generation-seed", type=number_arg(int, 0, 2**32 - 1), default=0, help="seed of sampled generations")
     group.add_argument("--force-rating", default=None, choices=("off", "argmax", "expected"),
                        help="local judge: read a missing rating from the digit probabilities")
-    group.add_argument("--judge-max-new-tokens", type=int, default=None, help="local judge: justification length (0: none)")
-    group.add_argument("--judge-concurrency", type=int, default=None, help="HTTP judge: requests in flight (default 8)")
+    group.add_argument("--judge-max-new-tokens", type=number_arg(int, 0, 1 << 20), default=None, help="local judge: justification length (0: none)")
+    group.add_argument("--judge-concurrency", type=number_arg(int, 1, 1024), default=None, help="HTTP judge: requests in flight (default 8)")
 
 
 def judge_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,9 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, save under --output-dir, print the trained layers."""
-    from ..editor import SteerEditor  # here, not at the top: `--help` should not wait for torch
-    from ..easyedit_layout import intervention_dir
+    """Train, save under --output-dir, print the trained layers.
+
+    Order: everything cheap is checked before the model loads (hparams, output directory, the
+    dataset file and its rows, the override weights file); every row is checked against the
+    model's context before any training work.
+    """
+    from ..data import load_dataset  # here, not at the top: `--help` should not wait for torch
+    from ..editor import SteerEditor
+    from ..easyedit_layout import dataset_label, intervention_dir
+    from ..errors import DatasetError
+    from ..models import check_override_file
+    from ..prompts import check_completion_length
     from ..storage.files import check_writable
 
     hparams = load_hparams(args.hparams)
@@ -36,10 +45,22 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(hparams, "fast_path_memory_mb"):
             raise HparamsError(f"--fast-path-memory-mb: {args.hparams} trains {hparams.alg_name}, which has no fast path")
         overrides["fast_path_memory_mb"] = args.fast_path_memory_mb
+    pairs = load_dataset(args.dataset, split=args.split)  # a bad data file fails before the model loads
+    if hparams.override_model_weights_path:
+        try:
+            check_override_file(hparams.override_model_weights_path)
+        except ModelError as error:
+            raise ModelError(f"{args.hparams}: {error}") from None
     try:
         editor = SteerEditor.from_hparams(hparams, offline=args.offline or None, **overrides)
-    except ModelError as error:  # a layer out of range, no model named: say which file
+    except ModelError as error:  # a layer out of range, no model named, a bad override file: say which file
         raise type(error)(f"{args.hparams}: {error}") from None
-    updates = editor.train(args.dataset, split=args.split, save=True, output_dir=args.output_dir)
+    for index, pair in enumerate(pairs):  # a row longer than the model's context fails now, naming it
+        for completion in (pair.matching, pair.not_matching):
+            try:
+                check_completion_length(editor.tokenizer, editor.prompt_format, pair.question, completion, editor.model)
+            except DatasetError as error:
+                raise DatasetError(f"{args.dataset} ({args.split}), pair {index}: {error}") from None
+    updates = editor.train(pairs, save=True, output_dir=args.output_dir, dataset_name=dataset_label(args.dataset))
     print(f"trained {editor.hparams.alg_name} at layers {sorted(updates)}")
     return 0

@@ -15,13 +15,14 @@ import yaml
 from .. import registry
 from ..constants import PathLike
 from ..dtypes import canonical_dtype_name, resolve_dtype
-from ..errors import HparamsError, suggest
+from ..errors import HparamsError, excerpt, suggest
 from ..storage.files import atomic_write_text
 from .reading import (
     SECTION_NAMES,
     Mismatch,
     apply_key_aliases,
     apply_value_aliases,
+    check_finite_fields,
     check_min,
     coerce,
     describe,
@@ -120,11 +121,12 @@ class HyperParams:
                 setattr(self, name, coerce(value, tp))
             except Mismatch:
                 raise HparamsError(
-                    f"key '{name}': expected {describe(tp)}, got {type(value).__name__} ({value!r})"
+                    f"key '{name}': expected {describe(tp)}, got {type(value).__name__} ({excerpt(value)})"
                 ) from None
 
     def _validate(self) -> None:
-        """Value checks beyond types; subclasses extend this."""
+        """Value checks beyond types (every number finite and in range first); subclasses extend this."""
+        check_finite_fields(self)
         try:
             canonical_dtype_name(self.dtype)
         except HparamsError as exc:

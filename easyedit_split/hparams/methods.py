@@ -17,10 +17,12 @@ from ..constants import (
 )
 from ..errors import HparamsError
 from .base import HyperParams
-from .reading import apply_value_aliases, check_choice, check_finite_fields, check_min, check_unit_interval
+from .reading import apply_value_aliases, check_choice, check_min, check_unit_interval
 
 INTERVENTION_TYPES = ("addition", "clamping")
 SUBSTRACTION_TYPES = ("normal", "null_it_out")
+MAX_MEMORY_MB = float(1 << 30)
+"""Largest `fast_path_memory_mb` (1 PiB): a larger budget is a typo, and the chunking arithmetic stays exact."""
 PREFERENCE_PAIRS = ("orig_add", "orig_sub", "steered_add", "steered_sub")
 FACTOR_DRAWS = ("per_row", "per_pair")
 """`factor_draw`: EasyEdit's independent draws for the winning and losing row, or one per pair."""
@@ -40,8 +42,8 @@ def _alg_names(alg_name: str) -> tuple:
 
 
 def _check_alg_name_and_layers(params: Any) -> None:
-    """What every method's train and apply file shares: a known `alg_name`, non-negative layers, finite numbers."""
-    check_finite_fields(params)
+    """What every method's train and apply file shares: a known `alg_name`, non-negative layers
+    (finite numbers are checked for every class in `HyperParams._validate`)."""
     if not params.alg_name and params.ALG_NAMES:
         params.alg_name = params.ALG_NAMES[0]
     if params.ALG_NAMES:
@@ -241,6 +243,8 @@ class GradientTrainHyperParams(TrainHyperParams):
     def _validate(self) -> None:
         super()._validate()
         check_min("fast_path_memory_mb", self.fast_path_memory_mb, 0.0, strict=True)
+        if self.fast_path_memory_mb is not None and self.fast_path_memory_mb > MAX_MEMORY_MB:
+            raise HparamsError(f"key 'fast_path_memory_mb': at most {MAX_MEMORY_MB:g} MiB, got {self.fast_path_memory_mb:g}")
         check_min("batch_size", self.batch_size, 1)
         check_min("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         check_min("n_epochs", self.n_epochs, 0)

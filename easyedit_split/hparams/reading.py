@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union, get_args, get_orig
 import yaml
 
 from ..constants import PathLike
-from ..errors import HparamsError, suggest
+from ..errors import HparamsError, excerpt, suggest
 
 try:  # omegaconf comes with hydra-core; stay usable without it
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -46,6 +46,46 @@ VALUE_ALIASES: Dict[str, Dict[str, str]] = {
     "intervention_method": {"weight": "local_weight"},
     "substraction_type": {"norm": "normal"},
 }
+
+
+MAX_HPARAMS_BYTES = 1 << 20
+"""Largest hparams/config file read (1 MiB; EasyEdit's files are under 4 KiB): checked before parsing."""
+
+MAX_YAML_ALIASES = 64
+"""Most alias uses (``*name``) in one YAML document: a few anchors are normal, a 'billion laughs'
+bomb (aliases of aliases) would expand a small file into gigabytes when copied or printed."""
+
+MAX_INT_KEY = 2**31 - 1
+"""Largest integer any key takes (layers, epochs, sizes, ids, seed); larger is a typo or an attack."""
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses more than `MAX_YAML_ALIASES` alias uses (why: alias bombs)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.alias_uses = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.alias_uses += 1
+            if self.alias_uses > MAX_YAML_ALIASES:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_YAML_ALIASES} YAML alias uses (*name); write the values out",
+                    event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def bounded_safe_load(text: Union[str, bytes], source: str) -> Any:
+    """`yaml.safe_load` with the alias bound; a YAML error names `source` and quotes at most a bounded excerpt."""
+    try:
+        return yaml.load(text, Loader=BoundedSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise HparamsError(f"{where}: malformed YAML: {excerpt(str(problem))[1:-1]}") from None
 
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -108,6 +148,8 @@ def coerce(value: Any, tp: Any) -> Any:
             return int(value)
         raise Mismatch
     if tp is float:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_KEY:
+            raise Mismatch  # beyond any sensible key (and float() of a 400-digit int overflows)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and _NUMBER_RE.match(value.strip()):
@@ -144,7 +186,7 @@ def field_types(cls: type) -> Dict[str, Any]:
 def check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise HparamsError(
-            f"key '{key}': {value!r} is not one of {', '.join(choices)}{suggest(str(value), choices)}"
+            f"key '{key}': {excerpt(value)} is not one of {', '.join(choices)}{suggest(str(value), choices)}"
         )
 
 
@@ -153,18 +195,21 @@ def check_min(key: str, value: Any, minimum: float, strict: bool = False) -> Non
         return
     if (value <= minimum) if strict else (value < minimum):
         relation = "greater than" if strict else "at least"
-        raise HparamsError(f"key '{key}': must be {relation} {minimum}, got {value!r}")
+        raise HparamsError(f"key '{key}': must be {relation} {minimum}, got {excerpt(value)}")
 
 
 def check_finite_fields(params: Any) -> None:
-    """Every float (and list-of-float) field is finite: YAML's `.nan`/`.inf` are numbers to PyYAML,
-    and one NaN steering factor or multiplier silently turns every output into NaN."""
+    """Every float (and list-of-float) field is finite and every integer within +-`MAX_INT_KEY`:
+    YAML's `.nan`/`.inf` are numbers to PyYAML, one NaN steering factor or multiplier silently
+    turns every output into NaN, and a 40-digit integer ends in an OverflowError deep in torch."""
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         values = value if isinstance(value, list) else [value]
         for item in values:
             if isinstance(item, float) and not math.isfinite(item):
                 raise HparamsError(f"key '{f.name}': {item!r} is not a finite number")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT_KEY:
+                raise HparamsError(f"key '{f.name}': {excerpt(item)} is out of range (at most {MAX_INT_KEY})")
 
 
 def check_unit_interval(key: str, value: float) -> None:
@@ -199,14 +244,14 @@ def _read_yaml(path: PathLike) -> tuple:
     source = str(file_path)
     if not file_path.is_file():
         raise HparamsError(f"{source}: hparams file not found")
+    size = file_path.stat().st_size
+    if size > MAX_HPARAMS_BYTES:
+        raise HparamsError(f"{source}: {size} bytes; an hparams file is at most {MAX_HPARAMS_BYTES} bytes")
     try:
-        with open(file_path, "r", encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise HparamsError(f"{where}: malformed YAML: {problem}") from None
+        text = file_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HparamsError(f"{source}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    data = bounded_safe_load(text, source)
     if data is None:
         raise HparamsError(f"{source}: the file is empty; it must be a YAML mapping with at least 'alg_name'")
     if not isinstance(data, dict):

@@ -218,7 +218,8 @@ def _hf_model_and_tokenizer(model: Any, hparams: Any) -> tuple[nn.Module, Any]:
         from ..models import load_model_and_tokenizer
 
         return load_model_and_tokenizer(hparams.model_name_or_path, getattr(hparams, "dtype", "float32"),
-                                        getattr(hparams, "device") or "cpu")
+                                        getattr(hparams, "device") or "cpu",
+                                        override_weights_path=getattr(hparams, "override_model_weights_path", None))
     inner = getattr(model, "model", None)
     if isinstance(inner, nn.Module) and not isinstance(model, nn.Module):  # EasyEdit's BaseModelWrapper
         return inner, model.tokenizer

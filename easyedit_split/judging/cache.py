@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import EasyEditSplitError
+from ..errors import EasyEditSplitError, excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +59,31 @@ class JudgeCache:
                 handle.truncate(complete_end)
                 handle.flush()
                 os.fsync(handle.fileno())
-        for number, line in enumerate(data[:complete_end].decode("utf-8").splitlines(), start=1):
-            if not line.strip():
+        for number, raw in enumerate(data[:complete_end].split(b"\n"), start=1):
+            if not raw.strip():
                 continue
-            try:
-                entry = json.loads(line)
-                key = entry["key"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise JudgeCacheError(f"{self.path}: line {number} is not a cache entry ({error}); "
-                                      "delete the line or the file to re-ask those items") from error
-            self._entries[key] = entry
+            self._check_and_store(number, raw)
+
+    def _check_and_store(self, number: int, raw: bytes) -> None:
+        """One line: UTF-8 JSON object with a string `key`, a string (or null) `answer`, a finite or null
+        `rating`; anything else is an error naming the file and line (why: a bad entry must not become a rating)."""
+        where = f"{self.path}: line {number}"
+        fix = "delete the line (or the file) to re-ask those items"
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise JudgeCacheError(f"{where} is not UTF-8 text (byte {error.start}); {fix}") from None
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise JudgeCacheError(f"{where} is not a cache entry ({excerpt(str(error))[1:-1]}); {fix}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise JudgeCacheError(f"{where} is not a cache entry (no string 'key'); {fix}")
+        answer, rating = entry.get("answer"), entry.get("rating")
+        if answer is not None and not isinstance(answer, str):
+            raise JudgeCacheError(f"{where}: 'answer' must be text, got {type(answer).__name__}; {fix}")
+        if rating is not None and (isinstance(rating, bool) or not isinstance(rating, (int, float))
+                                   or not math.isfinite(rating)):
+            raise JudgeCacheError(f"{where}: 'rating' must be a finite number or null, got {excerpt(rating)}; {fix}")
+        self._entries[entry["key"]] = entry
 
     def __len__(self) -> int:
         return len(self._entries)
