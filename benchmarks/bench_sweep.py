@@ -162,7 +162,9 @@ def main() -> None:
         if run_naive:
             max_diff = float(np.abs(fast - naive).max())
             scale = max(1.0, float(np.abs(naive).max()) / 100)
-            bound = (1e-3 if not low_precision else 0.25) * scale  # bf16: each path rounds differently
+            # fp32: the paths agree to rounding. bf16 rounds each path differently (reported, with the fast path's
+            # distance from fp32): only a gross-error guard of 5% of the largest NLL holds there
+            bound = 1e-3 * scale if not low_precision else 0.05 * float(np.abs(naive).max())
             assert max_diff < bound, f"K={k}: batched path differs from the naive path by {max_diff} (bound {bound})"
             ratio = naive_peak.seconds / fast_peak.seconds
             values["sweep_vs_naive"][str(k)] = ratio
