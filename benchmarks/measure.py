@@ -65,11 +65,42 @@ def load() -> str:
     return f"{one:.1f}/{five:.1f}"
 
 
+_CPU_ATTENTION_REGISTERED = False
+
+
+def _register_cpu_attention() -> None:
+    """Teach `torch.utils.flop_counter` the CPU flash-attention kernels (it has formulas only for the
+    CUDA ones, so on CPU attention would silently count as zero). Same formula as the CUDA kernels:
+    4 * B * H * S_q * S_k * D forward (QK^T and PV), 2.5x that backward; masked-out pairs are counted
+    like the others, as the kernels compute them."""
+    global _CPU_ATTENTION_REGISTERED
+    if _CPU_ATTENTION_REGISTERED:
+        return
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in fc.flop_registry:
+        @fc.register_flop_formula(forward)
+        def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+    if backward is not None and backward not in fc.flop_registry:
+        @fc.register_flop_formula(backward)
+        def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                               **kwargs) -> int:
+            return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+    _CPU_ATTENTION_REGISTERED = True
+
+
 def count_flops(run: Callable[[], Any]) -> float:
-    """Floating-point operations of `run()` (matrix multiplies and attention, forward and backward,
-    as `torch.utils.flop_counter` counts them; element-wise work is not counted)."""
+    """Floating-point operations of `run()`: matrix multiplies and attention (the CPU flash-attention
+    kernels included, `_register_cpu_attention`), forward and backward, as `torch.utils.flop_counter`
+    counts them; element-wise work (norms, activations, softmax outside SDPA) is not counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _register_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run()
     return float(counter.get_total_flops())

@@ -118,6 +118,7 @@ class ManifoldProbe:
         self._collected: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {l: [] for l in self.layers}
         self._models: dict[int, _LayerModel] = {}
         self._sums: dict[tuple[int, float], np.ndarray] = {}  # (layer, m) -> [residual, relative, n, knn, n_knn]
+        self._unsteered_sums: dict[int, np.ndarray] = {}  # layer -> the sums `measure` gives the reference tokens
 
     # ------------------------------------------------------------------ token selection
     def _tokens(self, hidden: torch.Tensor, pairs: torch.Tensor, valid: torch.Tensor):
@@ -157,11 +158,36 @@ class ManifoldProbe:
             pick = torch.randperm(tokens.shape[0], generator=generator)[: self.options.max_reference]
             model = _LayerModel(mean.float(), vh[:dims].T.float().contiguous(), tokens[pick].float(), pairs[pick])
             self._models[layer] = model
-            residual, _ = self._residuals(model, tokens.float())
+            residual, relative = self._residuals(model, tokens.float())
             model.baseline_residual = float(residual.mean())
             knn = self._knn(model, tokens[queries].float(), pairs[queries])
             model.baseline_knn = float(np.nanmean(knn)) if knn.size else 1.0
+            finite = knn[np.isfinite(knn)]
+            self._unsteered_sums[layer] = np.array([float(residual.sum()), float(relative.sum()), residual.numel(),
+                                                    float(finite.sum()), finite.size])
         self._collected = {l: [] for l in self.layers}
+
+    def fitted_copy(self) -> "ManifoldProbe":
+        """A probe sharing this one's fitted reference (read-only) with no measurements yet.
+
+        Why: the reference depends only on the unsteered model, the pairs and the layers, so several
+        methods in one evaluation fit it once (`PreferenceUtilityEvaluator.compare`).
+        """
+        if not self._models:
+            raise RuntimeError("manifold probe: fitted_copy() before fit()")
+        copy = ManifoldProbe(self.layers, self.options)
+        copy._models = self._models
+        copy._unsteered_sums = self._unsteered_sums
+        return copy
+
+    def add_unsteered(self, multiplier: float = 0.0) -> None:
+        """Record the reference tokens as the measurement at `multiplier` (the unsteered model).
+
+        The unsteered rows of a sweep are the reference pass's rows, so they are not run again.
+        """
+        for layer in self.layers:
+            sums = self._sums.setdefault((layer, float(multiplier)), np.zeros(5))
+            sums += self._unsteered_sums[layer]
 
     # ------------------------------------------------------------------ pass 2
     @staticmethod

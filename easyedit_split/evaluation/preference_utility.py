@@ -158,10 +158,43 @@ class PreferenceUtilityEvaluator:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
 
+    # ------------------------------------------------------------------ the unsteered pass
+    def _unsteered(self, encoded: list[EncodedPair], start_layer: int, steer_from: int, common: dict,
+                   manifold: Optional[Any], layers: Sequence[int], name: str,
+                   cache: Optional[dict]) -> tuple[PairScores, Optional[ManifoldProbe]]:
+        """The m = 0 scores and (with the probe) the fitted manifold reference, from one unsteered pass.
+
+        Why: neither depends on the method, so `compare` runs them once for all methods. The cache
+        key holds every input they depend on: the model (identity and parameter versions, so an
+        in-place change is a miss), the pairs, the replay start, the steered positions, the batch
+        and layout options, and the probe's layers and options.
+        """
+        model_key = (id(self.model), sum(p._version for p in self.model.parameters()))
+        probe_key = (tuple(layers), tuple(sorted((k, repr(v)) for k, v in vars(manifold).items()))) if manifold else None
+        key = (model_key, tuple(encoded), int(start_layer), int(steer_from),
+               tuple(sorted((k, repr(v)) for k, v in common.items() if k != "progress")), probe_key)
+        if cache is not None and key in cache:
+            scores, fitted = cache[key]
+            return scores, (fitted.fitted_copy() if fitted is not None else None)
+        probe = ManifoldProbe(layers, manifold) if manifold else None
+        scores = score_encoded_pairs(self.model, encoded, {}, [0.0], start_layer=start_layer,
+                                     activation_layers=probe.layers if probe else (),
+                                     activation_hook=probe.collect if probe else None,
+                                     desc=f"{name}: unsteered reference", steer_from=steer_from, **common)
+        if probe is not None:
+            probe.fit()
+        if cache is not None:
+            cache[key] = (scores, probe)
+        return scores, (probe.fitted_copy() if probe is not None else None)
+
     # ------------------------------------------------------------------ one method
     def evaluate(self, updates_or_dir: UpdatesOrDir, pairs: Sequence[Any], name: str = "method",
-                 concept_id: int = 0) -> MethodResult:
-        """Score, summarize and fit one intervention (a `{layer: update}` dict or a saved directory)."""
+                 concept_id: int = 0, _unsteered_cache: Optional[dict] = None) -> MethodResult:
+        """Score, summarize and fit one intervention (a `{layer: update}` dict or a saved directory).
+
+        Multiplier 0 (the unsteered model) and the manifold reference come from one unsteered pass,
+        shared by all methods of a `compare` call (`_unsteered_cache`, internal).
+        """
         config = self.config
         updates, info = self._load(updates_or_dir, concept_id)
         info.update(_describe_updates(updates))
@@ -171,21 +204,30 @@ class PreferenceUtilityEvaluator:
         info.update(steered_from=steer_from, steer_positions=self.prompt_format.steer_positions, multipliers=multipliers)
         encoded = self._encode(pairs)
         common = dict(nll_mode=config.nll_mode, batch_size=int(config.batch_size), layout=config.layout,
-                      pad_token_id=self._pad_id(), progress=config.progress, steer_from=steer_from,
-                      memory_mb=config.memory_mb)
+                      pad_token_id=self._pad_id(), progress=config.progress, memory_mb=config.memory_mb)
         started = time.perf_counter()
-        probe = None
         manifold = config.manifold_options()
+        layers: list[int] = []
         if manifold is not None:
-            layers = manifold.layers or default_probe_layers(min(updates), num_layers(self.model), manifold.n_later)
-            probe = ManifoldProbe(layers, manifold)
-            score_encoded_pairs(self.model, encoded, {}, [0.0], activation_layers=probe.layers,
-                                activation_hook=probe.collect, desc=f"{name}: manifold reference", **common)
-            probe.fit()
-        scores = score_encoded_pairs(
-            self.model, encoded, updates, multipliers,
-            activation_layers=probe.layers if probe else (), activation_hook=probe.measure if probe else None,
-            desc=f"{name}: sweep", **common)
+            layers = list(manifold.layers or default_probe_layers(min(updates), num_layers(self.model), manifold.n_later))
+        start_layer = min([min(updates), *layers])
+        zero = [k for k, m in enumerate(multipliers) if float(m) == 0.0]
+        steered = [k for k, m in enumerate(multipliers) if float(m) != 0.0]
+        unsteered, probe = None, None
+        if zero or manifold is not None:
+            unsteered, probe = self._unsteered(encoded, start_layer, steer_from, common, manifold, layers, name,
+                                               _unsteered_cache if _unsteered_cache is not None else {})
+        parts = []
+        if steered:
+            parts.append((steered, score_encoded_pairs(
+                self.model, encoded, updates, [multipliers[k] for k in steered], start_layer=start_layer,
+                activation_layers=probe.layers if probe else (), activation_hook=probe.measure if probe else None,
+                desc=f"{name}: sweep", steer_from=steer_from, **common)))
+        if zero:
+            parts.append((zero, unsteered))
+            if probe is not None:
+                probe.add_unsteered(0.0)
+        scores = _merge_scores(multipliers, parts, config.nll_mode)
         info["seconds_scoring"] = time.perf_counter() - started
         metrics = compute_metrics(scores, int(config.n_bootstrap), float(config.confidence), int(config.seed))
         if metrics.utility_undefined:
@@ -202,9 +244,33 @@ class PreferenceUtilityEvaluator:
     def compare(self, methods: Mapping[str, UpdatesOrDir], pairs: Sequence[Any],
                 out_dir: Optional[PathLike] = None, dataset: Optional[str] = None,
                 concept_id: int = 0) -> EvaluationReport:
-        """Evaluate every method on the same pairs; write the report to `out_dir` when given."""
-        results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id) for name, updates in methods.items()]
+        """Evaluate every method on the same pairs; write the report to `out_dir` when given.
+
+        The unsteered pass (m = 0 and the manifold reference) runs once per distinct replay start,
+        steered positions and probe layers, not once per method.
+        """
+        cache: dict = {}
+        results = [self.evaluate(updates, pairs, name=name, concept_id=concept_id, _unsteered_cache=cache)
+                   for name, updates in methods.items()]
         report = EvaluationReport(results, self.scored_context(pairs, dataset))
         if out_dir is not None:
             report.write(out_dir)
         return report
+
+
+def _merge_scores(multipliers: Sequence[float], parts: Sequence[tuple[list[int], PairScores]],
+                  nll_mode: str) -> PairScores:
+    """One `PairScores` over `multipliers` from parts scored separately (`parts`: sweep indices, scores)."""
+    first = parts[0][1]
+    n_pairs = first.matching_sum.shape[1]
+    matching = np.zeros((len(multipliers), n_pairs))
+    not_matching = np.zeros((len(multipliers), n_pairs))
+    for indices, part in parts:
+        if not (np.array_equal(part.matching_tokens, first.matching_tokens)
+                and np.array_equal(part.not_matching_tokens, first.not_matching_tokens)):
+            raise RuntimeError("internal: the unsteered and steered passes counted different completion tokens")
+        matching[indices] = part.matching_sum
+        not_matching[indices] = part.not_matching_sum
+    info = dict(first.info)  # the steered sweep's, when there is one (it comes first)
+    return PairScores(np.asarray([float(m) for m in multipliers]), matching, not_matching, first.matching_tokens,
+                      first.not_matching_tokens, nll_mode, info)

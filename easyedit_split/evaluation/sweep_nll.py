@@ -114,6 +114,7 @@ def score_encoded_pairs(
     desc: str = "scoring",
     steer_from: int = 0,
     memory_mb: Optional[float] = capture_cache.DEFAULT_MEMORY_MB,
+    start_layer: Optional[int] = None,
 ) -> PairScores:
     """Score `pairs` under `updates` at every multiplier (see the module docstring).
 
@@ -122,7 +123,9 @@ def score_encoded_pairs(
     `activation_layers` are passed to it for every row chunk. The interventions act on logical
     positions `>= steer_from` (`prompts.first_steered_position`: the `steer_positions` rule,
     docs/conventions.md). `memory_mb` bounds the rows of one capture or replay pass (None: no
-    bound); the scores do not depend on it.
+    bound); the scores do not depend on it. `start_layer` (default: the lowest steered or recorded
+    layer) is where replay starts; it must not be above either, and an unsteered pass may name the
+    layer the steered sweeps start at so that they share one capture (`capture_cache`).
     """
     _check_mode(nll_mode)
     if layout not in LAYOUTS:
@@ -135,9 +138,14 @@ def score_encoded_pairs(
     if not multipliers:
         raise ValueError("no multipliers to score")
     n_layers = num_layers(model)
-    start_layer = min(updates) if updates else n_layers - 1
+    lowest = min(updates) if updates else n_layers - 1
     if activation_layers:
-        start_layer = min(start_layer, min(activation_layers))
+        lowest = min(lowest, min(activation_layers))
+    if start_layer is None:
+        start_layer = lowest
+    elif not 0 <= int(start_layer) <= lowest:
+        raise ValueError(f"start_layer={start_layer}: must be in 0..{lowest} (the lowest steered or recorded layer)")
+    start_layer = int(start_layer)
     device = model_device(model)
     n_pairs, n_mult = len(pairs), len(multipliers)
     sums = np.zeros((n_mult, n_pairs, 2))

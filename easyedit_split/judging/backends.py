@@ -267,20 +267,69 @@ class LocalJudge:
                                    "use force_rating=False")
         return [one[0] for one in ids]
 
-    def forced_rating(self, context: Sequence[int]) -> str:
-        """The rating text read from the digit tokens after ``context + "\\nRating: "`` (one forward pass)."""
+    def _pad_id(self) -> int:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        return pad_id
+
+    def _last_logits(self, contexts: Sequence[Sequence[int]]) -> Any:
+        """Next-token logits after each context, ``[len(contexts), vocab]``, from one left-padded batch.
+
+        Why: the judge reads 11 logits at one position. The body runs once for the batch and the LM
+        head (a 49,152-row matrix for the default model) only on each row's last hidden state. Models
+        without a separable body (no ``get_decoder``) fall back to the full forward's last position.
+        """
         import torch
 
-        suffix = self.tokenizer("\nRating: ", add_special_tokens=False)["input_ids"]
+        width = max(len(ids) for ids in contexts)
+        pad_id = self._pad_id()
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in contexts])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts])
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
         device = next(self.model.parameters()).device
+        input_ids, attention, position_ids = input_ids.to(device), attention.to(device), position_ids.to(device)
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        body = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        softcap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([list(context) + suffix], device=device)).logits[0, -1]
+            if head is None or body is None or body is self.model:
+                return self.model(input_ids=input_ids, attention_mask=attention,
+                                  position_ids=position_ids).logits[:, -1]
+            hidden = body(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                          use_cache=False).last_hidden_state[:, -1]
+            logits = head(hidden)
+            if softcap:  # Gemma-2's final soft cap, as its full forward applies it
+                logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    def _rating_text(self, logits: Any) -> str:
+        import torch
+
         digit_logits = logits.float()[self._digit_ids()]
         if self.force_rating == "argmax":
             return f"{int(torch.argmax(digit_logits).item())} {FORCED_MARK}"
         probabilities = torch.softmax(digit_logits, dim=-1)
         expected = float((probabilities * torch.arange(len(probabilities), dtype=torch.float32)).sum())
         return f"{expected:.3f} {EXPECTED_MARK}"
+
+    def forced_ratings(self, contexts: Sequence[Sequence[int]]) -> list[str]:
+        """The rating texts read from the digit tokens after each ``context + "\nRating: "``.
+
+        One batched forward per `batch_size` contexts (left padding, attention mask, per-row positions).
+        """
+        suffix = self.tokenizer("\nRating: ", add_special_tokens=False)["input_ids"]
+        rows = [list(context) + suffix for context in contexts]
+        step = max(1, int(self.batch_size))
+        texts: list[str] = []
+        for start in range(0, len(rows), step):
+            logits = self._last_logits(rows[start:start + step])
+            texts.extend(self._rating_text(row) for row in logits)
+        return texts
+
+    def forced_rating(self, context: Sequence[int]) -> str:
+        """The rating text read from the digit tokens after ``context + "\nRating: "`` (one forward pass)."""
+        return self.forced_ratings([context])[0]
 
     def generate_batch(self, prompts: Sequence[str]) -> list[str]:
         """Greedy answers to `prompts` (blocking), left-padded so every row ends at its prompt."""
@@ -290,9 +339,7 @@ class LocalJudge:
 
         encoded = [self._encode(prompt) for prompt in prompts]
         width = max(len(ids) for ids in encoded)
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        pad_id = self._pad_id()
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
         device = next(self.model.parameters()).device
@@ -307,14 +354,19 @@ class LocalJudge:
                 )
         stop = {pad_id, self.tokenizer.eos_token_id}
         answers = []
+        to_force: list[tuple[int, list[int]]] = []
         for ids, row in zip(encoded, output.cpu().tolist()):
             generated = row[width:]
             while generated and generated[-1] in stop:
                 generated.pop()
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
             if self.force_rating != "off" and parse_rating(text) is None:
-                text = f"{text}\nRating: {self.forced_rating(ids + generated)}"
+                to_force.append((len(answers), ids + generated))
             answers.append(text)
+        if to_force:
+            forced = self.forced_ratings([context for _, context in to_force])
+            for (index, _), rating in zip(to_force, forced):
+                answers[index] = f"{answers[index]}\nRating: {rating}"
         return answers
 
     async def rate_batch(self, prompts: Sequence[str]) -> list[str]:
