@@ -462,6 +462,19 @@ def layer_files(directory: PathLike, strict: bool = True) -> list[int]:
 
 
 def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = True) -> list[int]:
+    """See `_listed_layers`; a refusal names the copy of the previous unit an interrupted swap left, if any."""
+    try:
+        return _listed_layers(Path(directory), allow_unmanifested)
+    except StorageError as error:
+        directory = Path(directory)
+        copies = sorted(directory.parent.glob(f".{directory.name}.previous-*")) if directory.name else []
+        if copies:
+            raise StorageError(f"{error}. The previous complete result is in {copies[0]} (a save was interrupted while "
+                               f"swapping it in): load that directory, or move its files back") from None
+        raise
+
+
+def _listed_layers(directory: Path, allow_unmanifested: bool = False) -> list[int]:
     """The layers that may be loaded from `directory`, after checking it is one complete unit.
 
     - with a manifest: it must be complete, every `layer_<L>.pt` present must be listed, and every
@@ -481,6 +494,9 @@ def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify:
     present = layer_files(directory, strict=True)
     if manifest is None:
         ours = (directory / METADATA_FILE).exists() or (directory / LOCK_FILE).exists()
+        if ours and not present and not (directory / METADATA_FILE).exists():
+            raise StorageError(f"{directory}: holds no saved result (only the lock of a save that was interrupted "
+                               f"before it finished); re-run the training that writes it")
         if ours and not allow_unmanifested:
             reason = ("a save was interrupted (its lock file is still there)" if (directory / LOCK_FILE).exists()
                       else "it was not completely saved, or was written before manifests existed")
