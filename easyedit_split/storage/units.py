@@ -220,13 +220,16 @@ def finish_directory_write(directory: PathLike, layers: Sequence[int], **extra: 
 
 def package_files(directory: Path, previous: Optional[dict]) -> set[str]:
     """Names in `directory` this package wrote, and so may replace: what the previous complete manifest lists
-    (and, for manifests older than resume states in the manifest, the resume states of its layers), the
+    with the bytes it records (and, for manifests older than resume states in the manifest, the resume states of its layers), the
     manifest, the lock, and a `metadata.json` that says it is ours when there is no complete manifest."""
     ours = {LOCK_FILE}
     if previous is not None and previous.get("format") == MANIFEST_FORMAT:
         ours.add(MANIFEST_FILE)
         if previous.get("complete") is True and isinstance(previous.get("files"), dict):
-            ours.update(str(name) for name in previous["files"])
+            for name, entry in previous["files"].items():  # a listed file edited since is no longer ours
+                path = directory / str(name)
+                if not path.is_file() or (isinstance(entry, dict) and entry.get("sha256") == file_sha256(path)):
+                    ours.add(str(name))
             for layer in previous.get("layers") or []:
                 if isinstance(layer, int) and layer_file(directory, layer).name in previous["files"]:
                     ours.add(train_state_file(directory, layer).name)
@@ -279,7 +282,7 @@ def _write_payloads(directory: PathLike, payloads: Mapping[int, Any], metadata: 
     given = directory
     with DirectoryLock(directory):
         directory = directory.resolve()  # a symlinked directory: stage and swap beside its target
-        remove_stale_copies(directory, _pid_alive)
+        remove_stale_copies(directory, lambda pid: False)  # the lock is ours: no other writer is staging here
         _remove_stale_temporaries(directory)
         try:
             previous = read_manifest(directory)
