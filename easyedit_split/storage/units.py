@@ -2,11 +2,13 @@
 
 Layout (EasyEdit's, see `easyedit_layout`): `layer_<L>.pt` files (payloads: `storage.payloads`), and
 next to them `metadata.json` (model, layers, component, method, hparams, package version) and
-`manifest.json`, both ignored by EasyEdit. The manifest is written first as "incomplete" and
-rewritten last listing every layer file with its size and SHA-256: loaders load exactly what a
-complete manifest lists, so a half-written, mixed or stale directory never loads. A directory
-with neither metadata nor manifest is EasyEdit's own and loads by its file names. Writers hold
-a lock file (`.easyedit_split.lock`, with the pid): a second writer is refused. See docs/storage.md.
+`manifest.json`, both ignored by EasyEdit. A save stages the whole new unit beside the directory,
+the manifest last, listing every file with its size and SHA-256, and swaps it in
+(`storage.staging`): an interrupted save leaves the previous unit, and loaders load exactly what
+a complete manifest lists after checking every checksum, so a half-written, mixed, edited or stale
+directory never loads. A directory with neither metadata nor manifest is EasyEdit's own and loads
+by its file names. Writers hold a lock file (`.easyedit_split.lock`, with the pid): a second
+writer is refused. Files the package did not write are never replaced. See docs/storage.md.
 
 `save_interventions` is the one writer of saved results (single concept or stacked concepts);
 `load_interventions` the one reader. Files are loaded weights-only: loading never runs pickled code.
