@@ -1,6 +1,6 @@
 """EasyEdit's on-disk layout: round trips, EasyEdit-built files, atomic writes, safe loads, clear
 errors; and a saved directory as one unit: manifest last, lock against a second writer, nothing
-stale or half-written loads.
+stale or half-written loads (staging and foreign files: test_storage_staging.py).
 
 Expectations: files built by hand in EasyEdit's documented format, a real second process holding
 the lock, and saves killed half-way by a real second process.
@@ -309,10 +309,12 @@ save_interventions(sys.argv[1], {layer: DynamicWeightUpdate.from_vector(torch.on
 
 
 def _kill_mid_save(directory: Path) -> None:
+    """Kill a real saver (SIGKILL, no cleanup) once it has staged 3 of its 30 layer files."""
     env = {**os.environ, "PYTHONPATH": str(REPO), SAVE_DELAY_ENV: "0.2"}
+    directory.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen([sys.executable, "-c", _SAVER, str(directory)], env=env)
     deadline = time.monotonic() + 120
-    while len(list(directory.glob("layer_*.pt"))) < 3:
+    while len(list(directory.parent.glob(f".{directory.name}.staging-*/layer_*.pt"))) < 3:
         assert time.monotonic() < deadline and process.poll() is None, "the saver ended before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -323,32 +325,33 @@ def _kill_mid_save(directory: Path) -> None:
 def test_a_directory_killed_while_saving_never_loads(tmp_path):
     directory = tmp_path / "caa_vector"
     _kill_mid_save(directory)
-    written = sorted(directory.glob("layer_*.pt"))
-    assert 3 <= len(written) < 30
-    assert json.loads((directory / MANIFEST_FILE).read_text())["complete"] is False
-    with pytest.raises(StorageError, match="incomplete") as info:
+    assert not list(directory.glob("layer_*.pt")) and not (directory / MANIFEST_FILE).exists()  # all staged beside
+    with pytest.raises(StorageError, match="interrupted") as info:
         load_interventions(directory)
     assert str(directory) in str(info.value)
     with pytest.raises(StorageError):
-        load_interventions(directory, allow_unmanifested=True)  # the manifest says incomplete: never loads
+        load_interventions(directory, allow_unmanifested=True)
     # the CLI refuses it too, with a one-line error and no traceback
     result = subprocess.run([sys.executable, "-m", "easyedit_split.cli", "generate", "--vectors", str(directory),
                              "--prompt", "hi"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2 and "Traceback" not in result.stderr and str(directory) in result.stderr
-    # a new save takes over the dead writer's lock, removes its temporaries and completes the unit
+    # a new save takes over the dead writer's lock, removes its staging directory and completes the unit
     save_interventions(directory, {4: _vec(0)})
     assert sorted(load_interventions(directory)) == [4]
-    assert not list(directory.glob(".*.tmp")) and not (directory / LOCK_FILE).exists()
+    assert not list(tmp_path.glob(".caa_vector.*")) and not (directory / LOCK_FILE).exists()
 
 
 @pytest.mark.slow
-def test_a_killed_resave_of_a_good_directory_does_not_load_either(tmp_path):
+def test_a_killed_resave_of_a_good_directory_leaves_it_loadable(tmp_path):
+    """The new unit is staged beside the directory: a kill before the swap leaves the old one whole."""
     directory = tmp_path / "caa_vector"
     save_interventions(directory, {0: _vec(0)})
     _kill_mid_save(directory)
-    with pytest.raises(StorageError, match="incomplete"):
-        load_interventions(directory)
+    assert sorted(load_interventions(directory)) == [0]
+    assert torch.equal(load_interventions(directory)[0].bias, _vec(0).bias)
+    save_interventions(directory, {4: _vec(0)})
+    assert sorted(load_interventions(directory)) == [4] and not list(tmp_path.glob(".caa_vector.*"))
 
 
 def test_multi_concept_save_and_load_round_trip(tmp_path):

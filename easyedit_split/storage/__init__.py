@@ -2,7 +2,8 @@
 
 One module per job: `files` (atomic writes, containment, weights-only loads, strict JSON),
 `payloads` (an update <-> EasyEdit's `layer_<L>.pt` object), `units` (a saved directory as one unit:
-metadata, manifest, lock, resume state, the one writer and the one reader). EasyEdit's names and
+metadata, manifest, lock, resume state, the one writer and the one reader), `staging` (a new unit staged
+beside the directory and swapped in; the user's files kept). EasyEdit's names and
 places are `easyedit_split.easyedit_layout`. The public API is re-exported here on first use, so
 that importing `storage.files` stays free of torch.
 """

@@ -2,11 +2,13 @@
 
 Layout (EasyEdit's, see `easyedit_layout`): `layer_<L>.pt` files (payloads: `storage.payloads`), and
 next to them `metadata.json` (model, layers, component, method, hparams, package version) and
-`manifest.json`, both ignored by EasyEdit. The manifest is written first as "incomplete" and
-rewritten last listing every layer file with its size and SHA-256: loaders load exactly what a
-complete manifest lists, so a half-written, mixed or stale directory never loads. A directory
-with neither metadata nor manifest is EasyEdit's own and loads by its file names. Writers hold
-a lock file (`.easyedit_split.lock`, with the pid): a second writer is refused. See docs/storage.md.
+`manifest.json`, both ignored by EasyEdit. A save stages the whole new unit beside the directory,
+the manifest last, listing every file with its size and SHA-256, and swaps it in
+(`storage.staging`): an interrupted save leaves the previous unit, and loaders load exactly what
+a complete manifest lists after checking every checksum, so a half-written, mixed, edited or stale
+directory never loads. A directory with neither metadata nor manifest is EasyEdit's own and loads
+by its file names. Writers hold a lock file (`.easyedit_split.lock`, with the pid): a second
+writer is refused. Files the package did not write are never replaced. See docs/storage.md.
 
 `save_interventions` is the one writer of saved results (single concept or stacked concepts);
 `load_interventions` the one reader. Files are loaded weights-only: loading never runs pickled code.
@@ -31,8 +33,10 @@ from ..easyedit_layout import LAYER_FILE_NAME, dataset_label, layer_file
 from ..errors import EasyEditSplitError, StorageError
 from ..interventions import DynamicWeightUpdate, check_fits_model
 from ..models import hidden_size, num_layers
-from .files import atomic_torch_save, atomic_write_json, file_mode, file_sha256, safe_torch_load
-from .payloads import payload_concept_count, payload_to_update, stack_concept_payload, update_to_payload
+from .files import atomic_write_json, file_mode, file_sha256, safe_torch_load
+from .payloads import (is_multi_concept_dict, payload_concept_count, payload_to_update, stack_concept_payload,
+                       update_to_payload)
+from .staging import foreign_reserved, link_into, no_space, remove_stale_copies, remove_unit_copy, staging_dir, swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -194,32 +198,17 @@ def _remove_stale_temporaries(directory: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def begin_directory_write(directory: PathLike, keep_layers: Optional[Sequence[int]] = None) -> Path:
-    """Mark `directory` as being written (incomplete manifest), delete stale temporaries, and
-    (with `keep_layers`) layer files and resume states of other layers. Call with the lock held."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(directory)
-    atomic_write_json(directory / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-                                                  "complete": False, "writer_pid": os.getpid()})
-    if keep_layers is not None:
-        keep = {int(layer) for layer in keep_layers}
-        for path in directory.iterdir():
-            match = LAYER_FILE_NAME.match(path.name) or _STATE_NAME.match(path.name)
-            if match and int(match.group(1)) not in keep:
-                logger.warning("%s: removed, left by an earlier run (this save writes layers %s)", path, sorted(keep))
-                path.unlink()
-    return directory
-
-
 def finish_directory_write(directory: PathLike, layers: Sequence[int], **extra: Any) -> Path:
-    """Write the complete manifest, last: the listed layer files (size, SHA-256) and concept count."""
+    """Write the complete manifest, last: every file of the unit (size, SHA-256) and the concept count."""
     directory = Path(directory)
     files: dict[str, Any] = {}
     n_concepts = 0
     for layer in sorted(int(layer) for layer in layers):
         path = layer_file(directory, layer)
         files[path.name] = {"layer": layer, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        state = train_state_file(directory, layer)
+        if state.exists():
+            files[state.name] = {"layer": layer, "bytes": state.stat().st_size, "sha256": file_sha256(state)}
     meta_path = directory / METADATA_FILE
     if meta_path.exists():
         files[METADATA_FILE] = {"bytes": meta_path.stat().st_size, "sha256": file_sha256(meta_path)}
@@ -231,29 +220,137 @@ def finish_directory_write(directory: PathLike, layers: Sequence[int], **extra: 
     return atomic_write_json(directory / MANIFEST_FILE, manifest)
 
 
+def package_files(directory: Path, previous: Optional[dict]) -> set[str]:
+    """Names in `directory` this package wrote, and so may replace: what the previous complete manifest lists
+    with the bytes it records (and, for manifests older than resume states in the manifest, the resume states of its layers), the
+    manifest, the lock, and a `metadata.json` that says it is ours when there is no complete manifest."""
+    ours = {LOCK_FILE}
+    if previous is not None and previous.get("format") == MANIFEST_FORMAT:
+        ours.add(MANIFEST_FILE)
+        if previous.get("complete") is True and isinstance(previous.get("files"), dict):
+            for name, entry in previous["files"].items():  # a listed file edited since is no longer ours
+                path = directory / str(name)
+                if not path.is_file() or (isinstance(entry, dict) and entry.get("sha256") == file_sha256(path)):
+                    ours.add(str(name))
+            for layer in previous.get("layers") or []:
+                if isinstance(layer, int) and layer_file(directory, layer).name in previous["files"]:
+                    ours.add(train_state_file(directory, layer).name)
+    if METADATA_FILE not in ours and (directory / METADATA_FILE).is_file():
+        try:
+            if json.loads((directory / METADATA_FILE).read_text(encoding="utf-8")).get("package") == "easyedit_split":
+                ours.add(METADATA_FILE)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return ours
+
+
+def _refuse_foreign(directory: Path, names: Sequence[str]) -> None:
+    listed = ", ".join(str(directory / name) for name in names)
+    raise StorageError(f"{listed}: not written by easyedit_split (no complete {MANIFEST_FILE} of ours lists "
+                       f"{'them' if len(names) > 1 else 'it'}), and a save here would replace or be confused with "
+                       f"{'them' if len(names) > 1 else 'it'}; nothing was written. Move "
+                       f"{'them' if len(names) > 1 else 'it'} elsewhere, or save into another directory")
+
+
+def _refuse_non_finite(payloads: Mapping[int, Any]) -> None:
+    """A NaN/inf anywhere is refused before anything is written: every loader would refuse the unit."""
+    import torch
+
+    def bad(value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+
+    for layer, payload in payloads.items():
+        entries = payload.items() if is_multi_concept_dict(payload) else [(None, payload)]
+        for concept, entry in entries:
+            if isinstance(entry, torch.Tensor) and entry.dim() == 2:
+                rows = [int(row) for row in (~torch.isfinite(entry)).any(dim=1).nonzero().flatten()]
+                if rows:
+                    raise StorageError(f"layer {layer}, concept(s) {rows}: the update holds NaN or inf values; "
+                                       "nothing was saved (a diverged training: lower the learning rate or check the data)")
+                continue
+            keys = [key for key, value in (entry.items() if isinstance(entry, dict) else [("vector", entry)]) if bad(value)]
+            if keys:
+                where = f"layer {layer}" + (f", concept {concept}" if concept is not None else "")
+                raise StorageError(f"{where}: the update's {keys} hold NaN or inf values; nothing was saved "
+                                   "(a diverged training: lower the learning rate or check the data)")
+
+
 def _write_payloads(directory: PathLike, payloads: Mapping[int, Any], metadata: dict, layers: Optional[Sequence[int]],
                     train_state: Optional[Mapping[int, Sequence[int]]], alg_name: Optional[str]) -> list[Path]:
-    """Lock, incomplete manifest, the `payloads`' layer files, metadata, resume states, complete manifest."""
+    """Lock; stage the whole new unit beside the directory; swap it in (see `storage.staging`)."""
     directory = Path(directory)
     layers = sorted(int(layer) for layer in (layers if layers is not None else payloads))
-    written: list[Path] = []
+    _refuse_non_finite(payloads)
+    given = directory
     with DirectoryLock(directory):
+        directory = directory.resolve()  # a symlinked directory: stage and swap beside its target
+        remove_stale_copies(directory, lambda pid: False)  # the lock is ours: no other writer is staging here
+        _remove_stale_temporaries(directory)
         try:
             previous = read_manifest(directory)
         except StorageError:
             previous = None
-        begin_directory_write(directory, keep_layers=layers)
-        for layer, payload in payloads.items():
+        ours = package_files(directory, previous)
+        foreign = foreign_reserved(directory, ours)
+        new_names = [layer_file(directory, layer).name for layer in payloads] + [METADATA_FILE]
+        new_names += [train_state_file(directory, layer).name for layer in (train_state or {})]
+        carried = []
+        for layer in layers:  # layers this save keeps unchanged: their files (and resume states) carry over
+            for name in (layer_file(directory, layer).name, train_state_file(directory, layer).name):
+                if name not in new_names and (directory / name).exists():
+                    carried.append(name)
+                elif name.endswith(".pt") and layer not in payloads:
+                    raise StorageError(f"{directory / name}: missing, though this save keeps layer {layer} unchanged; "
+                                       "save every layer's update, or re-run the training")
+        refused = [name for name in foreign if name not in new_names or name in carried]
+        if refused:
+            _refuse_foreign(directory, refused)
+        stage = staging_dir(directory)
+        if stage.exists():
+            remove_unit_copy(stage, directory, ())
+        stage.mkdir()
+        current = stage
+        try:
+            for layer, payload in payloads.items():
+                _save_delay()
+                current = layer_file(stage, layer)
+                _torch_save(payload, current)
+            current = stage / METADATA_FILE
+            atomic_write_json(current, metadata)
+            for layer, concepts in (train_state or {}).items():
+                current = train_state_file(stage, layer)
+                write_train_state(stage, layer, concepts, alg_name=alg_name)
+            for name in carried:
+                link_into(directory / name, stage / name)
+            shadowed = [name for name in foreign if file_sha256(directory / name) != file_sha256(stage / name)]
+            if shadowed:
+                _refuse_foreign(directory, shadowed)
+            counts = [payload_concept_count(payload) for payload in payloads.values()]
+            if previous is not None and previous.get("complete") and set(payloads) != set(layers):
+                counts.append(int(previous.get("n_concepts", 0) or 0))  # layers not rewritten keep their count
+            current = stage / MANIFEST_FILE
+            finish_directory_write(stage, layers, n_concepts=max(counts, default=0))
             _save_delay()
-            written.append(atomic_torch_save(payload, layer_file(directory, layer)))
-        written.append(atomic_write_json(directory / METADATA_FILE, metadata))
-        for layer, concepts in (train_state or {}).items():
-            written.append(write_train_state(directory, layer, concepts, alg_name=alg_name))
-        counts = [payload_concept_count(payload) for payload in payloads.values()]
-        if previous is not None and previous.get("complete") and set(payloads) != set(layers):
-            counts.append(int(previous.get("n_concepts", 0) or 0))  # layers not rewritten keep their count
-        written.append(finish_directory_write(directory, layers, n_concepts=max(counts, default=0)))
-    return written
+            unit = sorted(path.name for path in stage.iterdir())
+            swap_in(directory, stage, ours | set(foreign), unit)
+        except BaseException as error:
+            if stage.exists():
+                remove_unit_copy(stage, directory, ())
+            if no_space(error, stage):
+                raise StorageError(f"{current}: no space left on device while saving into {directory}; nothing "
+                                   f"there changed (the previous result, if any, still loads). Free disk space, or "
+                                   "save into another directory") from None
+            if isinstance(error, OSError) and not isinstance(error, StorageError):
+                raise StorageError(f"{current}: could not write ({error}); nothing in {directory} changed") from None
+            raise
+    return [given / name for name in unit if not name.startswith(".")]
+
+
+def _torch_save(payload: Any, path: Path) -> None:
+    """`torch.save` under the file's final name (the archive inside is named after it, as EasyEdit's are)."""
+    import torch
+
+    torch.save(payload, path)
 
 
 def save_interventions(
@@ -272,8 +369,11 @@ def save_interventions(
     lora/local_weight dict), or `{layer: {concept_id: update}}`, concepts stacked as EasyEdit keeps
     them (vector rows, a `{concept_id: payload}` dict in the given concept order). `metadata`
     (usually built by `intervention_metadata`) goes on top of `intervention_metadata(updates)`.
-    `layers` (default: the updates' layers) is what the directory holds afterwards: layer files of
-    other layers are deleted, and only layers whose file changes need to be in `updates`.
+    `layers` (default: the updates' layers) is what the directory holds afterwards: the package's layer
+    files of other layers are dropped, and only layers whose file changes need to be in `updates`.
+    The new unit is staged beside the directory and swapped in (`storage.staging`): an interrupted
+    save leaves the previous unit loadable; a file the package did not write under a name the unit
+    uses is refused, never replaced; a NaN/inf update is refused before anything is written.
     `train_state` (`{layer: finished concept ids}`, with `alg_name`) is the resume state of a
     multi-concept run, written in the same unit.
     """
@@ -332,9 +432,15 @@ def _read_json_object(path: Path, what: str) -> dict:
 
 
 def read_metadata(directory: PathLike) -> dict:
-    path = Path(directory) / METADATA_FILE
+    """`metadata.json` (empty without one), checked against the SHA-256 a complete manifest records for it."""
+    directory = Path(directory)
+    path = directory / METADATA_FILE
     if not path.exists():
         return {}
+    manifest = read_manifest(directory)
+    if manifest and manifest.get("complete") is True and isinstance(manifest.get("files"), dict) \
+            and METADATA_FILE in manifest["files"]:
+        _check_listed_file(directory, METADATA_FILE, manifest["files"][METADATA_FILE], directory / MANIFEST_FILE)
     return _read_json_object(path, "metadata")
 
 
@@ -360,11 +466,25 @@ def layer_files(directory: PathLike, strict: bool = True) -> list[int]:
     return sorted(layers)
 
 
-def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = False) -> list[int]:
+def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify: bool = True) -> list[int]:
+    """See `_listed_layers`; a refusal names the copy of the previous unit an interrupted swap left, if any."""
+    try:
+        return _listed_layers(Path(directory), allow_unmanifested)
+    except StorageError as error:
+        directory = Path(directory)
+        copies = sorted(directory.parent.glob(f".{directory.name}.previous-*")) if directory.name else []
+        if copies:
+            raise StorageError(f"{error}. The previous complete result is in {copies[0]} (a save was interrupted while "
+                               f"swapping it in): load that directory, or move its files back") from None
+        raise
+
+
+def _listed_layers(directory: Path, allow_unmanifested: bool = False) -> list[int]:
     """The layers that may be loaded from `directory`, after checking it is one complete unit.
 
-    - with a manifest: it must be complete, every `layer_<L>.pt` present must be listed, and (with
-      `verify`) every listed file must have its recorded size and SHA-256;
+    - with a manifest: it must be complete, every `layer_<L>.pt` present must be listed, and every
+      listed file (layer files, metadata.json, resume states) must have its recorded size and SHA-256
+      (`verify` is kept for callers; the check is always made);
     - without one: a directory with neither `metadata.json` nor a lock file is EasyEdit's own and
       its layer files are listed; anything else of ours without a complete manifest is refused
       unless `allow_unmanifested` (then it is read as EasyEdit's).
@@ -379,6 +499,9 @@ def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify:
     present = layer_files(directory, strict=True)
     if manifest is None:
         ours = (directory / METADATA_FILE).exists() or (directory / LOCK_FILE).exists()
+        if ours and not present and not (directory / METADATA_FILE).exists():
+            raise StorageError(f"{directory}: holds no saved result (only the lock of a save that was interrupted "
+                               f"before it finished); re-run the training that writes it")
         if ours and not allow_unmanifested:
             reason = ("a save was interrupted (its lock file is still there)" if (directory / LOCK_FILE).exists()
                       else "it was not completely saved, or was written before manifests existed")
@@ -406,18 +529,28 @@ def listed_layers(directory: PathLike, allow_unmanifested: bool = False, verify:
         raise StorageError(f"{directory}: {names} not listed in {MANIFEST_FILE} (left by another run?); delete "
                            f"{'them' if len(unlisted) > 1 else 'it'} or {_WHAT_TO_DO}")
     for layer in layers:
-        path = layer_file(directory, layer)
-        entry = manifest["files"].get(path.name)
-        if not path.is_file():
-            raise StorageError(f"{path}: missing, though {MANIFEST_FILE} lists it; {_WHAT_TO_DO}")
-        if not isinstance(entry, dict):
-            raise StorageError(f"{source}: no entry for {path.name}")
-        if entry.get("bytes") is not None and path.stat().st_size != entry["bytes"]:
-            raise StorageError(f"{path}: {path.stat().st_size} bytes, but {MANIFEST_FILE} recorded {entry['bytes']} "
-                               f"(changed or truncated since it was saved); {_WHAT_TO_DO}")
-        if verify and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
-            raise StorageError(f"{path}: its SHA-256 differs from {MANIFEST_FILE} (changed since it was saved); {_WHAT_TO_DO}")
+        if layer_file(directory, layer).name not in manifest["files"]:
+            raise StorageError(f"{source}: no entry for {layer_file(directory, layer).name}; {_WHAT_TO_DO}")
+    for name, entry in manifest["files"].items():
+        _check_listed_file(directory, str(name), entry, source)
     return layers
+
+
+def _check_listed_file(directory: Path, name: str, entry: Any, source: Path) -> None:
+    """One file a complete manifest lists: present, inside the directory, its recorded size and SHA-256."""
+    path = directory / name
+    if not isinstance(entry, dict) or "/" in name or name in ("", ".", ".."):
+        raise StorageError(f"{source}: malformed entry for {name!r}; {_WHAT_TO_DO}")
+    if not path.is_file():
+        raise StorageError(f"{path}: missing, though {MANIFEST_FILE} lists it; {_WHAT_TO_DO}")
+    if entry.get("bytes") is not None and path.stat().st_size != entry["bytes"]:
+        raise StorageError(f"{path}: {path.stat().st_size} bytes, but {MANIFEST_FILE} recorded {entry['bytes']} "
+                           f"(changed or truncated since it was saved); {_WHAT_TO_DO}")
+    if not entry.get("sha256"):
+        raise StorageError(f"{source}: no SHA-256 recorded for {name}; {_WHAT_TO_DO}")
+    if file_sha256(path) != entry["sha256"]:
+        raise StorageError(f"{path}: its SHA-256 differs from the one {MANIFEST_FILE} recorded (the file was edited "
+                           f"or damaged since it was saved); restore it, {_WHAT_TO_DO}")
 
 
 def check_model_matches(metadata: dict, model: nn.Module, source: str) -> None:
