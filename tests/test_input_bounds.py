@@ -7,6 +7,8 @@ what is at fault; `evaluate` reports every cheap problem before it resolves the 
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import resource
 import time
@@ -129,6 +131,12 @@ def test_train_with_an_override_trains_on_the_override_weights(model_dirs, tmp_p
         assert code == 0, err
         saved = next((tmp_path / name).rglob("layer_1.pt"))
         vectors[name] = torch.load(saved, weights_only=True)
+        recorded = json.loads((saved.parent / "metadata.json").read_text()).get("weight_override")
+        if name == "override":  # the saved metadata says the weights were not the named model's
+            assert recorded["path"] == str(override.resolve())
+            assert recorded["sha256"] == hashlib.sha256(override.read_bytes()).hexdigest()
+        else:
+            assert recorded is None
     assert torch.allclose(vectors["override"], vectors["direct"], atol=1e-6)
     assert not torch.allclose(vectors["override"], vectors["base"], atol=1e-3)
 

@@ -32,7 +32,7 @@ from ..constants import PathLike, canonical_alg_name
 from ..easyedit_layout import LAYER_FILE_NAME, dataset_label, layer_file
 from ..errors import EasyEditSplitError, StorageError
 from ..interventions import DynamicWeightUpdate, check_fits_model
-from ..models import hidden_size, num_layers
+from ..models import WEIGHT_OVERRIDE_ATTR, hidden_size, num_layers
 from .files import atomic_write_json, file_mode, file_sha256, safe_torch_load
 from .payloads import (is_multi_concept_dict, payload_concept_count, payload_to_update, stack_concept_payload,
                        update_to_payload)
@@ -179,6 +179,9 @@ def intervention_metadata(
         named = hparams.model_name_or_path if hparams is not None else None
         meta.update({"model": named or getattr(config, "_name_or_path", None), "model_type": getattr(config, "model_type", None),
                      "hidden_size": hidden_size(model), "num_layers": num_layers(model)})
+        override = getattr(config, WEIGHT_OVERRIDE_ATTR, None)
+        if override:  # the weights were not the named model's: say which file replaced them
+            meta["weight_override"] = override
     meta.update(extra)
     return meta
 
