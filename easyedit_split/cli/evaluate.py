@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import PreferenceUtilityEvaluator
     from ..models import load_model_and_tokenizer, num_layers, validate_layers
     from ..prompts import PromptFormat, check_completion_length, conventions_for
+    from ..report_folders import check_report_folder
     from ..storage.files import check_writable
 
     try:
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         sources, hparams, concept_id = _sources(args)
         if args.output_dir:
             check_writable(args.output_dir, "report directory")  # before any compute
+            check_report_folder(args.output_dir)  # report files of unknown origin: refused before any compute
         loaded = _load_sources(args, sources, concept_id)
     except EasyEditSplitError:
         raise
