@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import PreferenceUtilityEvaluator
     from ..models import check_override_file, load_model_and_tokenizer, num_layers, validate_layers
     from ..prompts import PromptFormat, check_completion_length, conventions_for
+    from ..report_folders import check_report_folder
     from ..storage.files import check_writable
 
     # Every cheap check runs before the model loads, and all their problems are reported at once:
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     sources, hparams, concept_id = found if found is not None else ({}, None, args.concept_id or 0)
     if args.output_dir:
         check(check_writable, args.output_dir, "report directory")  # before any compute
+        check(check_report_folder, args.output_dir)  # report files of unknown origin: refused before any compute
     loaded = check(_load_sources, args, sources, concept_id) if found is not None else None
     pairs = check(_pairs, args, concept_id)
     override = hparams.override_model_weights_path if hparams is not None else None

@@ -281,8 +281,15 @@ class EvaluationReport:
 
     # ------------------------------------------------------------------ everything
     def write(self, out_dir: Union[str, Path], plots: bool = True) -> dict:
-        """Write results.json, results.csv, report.md and the PNG plots; returns {kind: path}."""
-        out_dir = Path(out_dir)
+        """Write results.json, results.csv, report.md and the PNG plots; returns {kind: path}.
+
+        The folder is one unit (`report_folders`): report files an earlier run wrote there and this
+        one does not (e.g. `generation_results.*` of a run with `--generate`) are removed."""
+        from ..report_folders import write_report_folder
+
+        return write_report_folder(out_dir, lambda folder: self._write_files(folder, plots))
+
+    def _write_files(self, out_dir: Path, plots: bool) -> dict:
         paths = {
             "json": atomic_write_json(out_dir / "results.json", self.to_dict()),
             "csv": atomic_write_text(out_dir / "results.csv", self.csv_text()),
@@ -292,7 +299,7 @@ class EvaluationReport:
             for path in self.plot(out_dir):
                 paths[path.stem] = path
         if self.generation is not None:  # generation_results.{json,csv}, generation_report.md, generation.png
-            paths.update(self.generation.write(out_dir, plots=plots))
+            paths.update(self.generation.write_files(out_dir, plots=plots))
             atomic_write_text(out_dir / "report.md", "# Preference-utility evaluation\n\n" + self.markdown_table()
                               + "\n# Generation-side evaluation\n\n" + self.generation.markdown())
         return paths

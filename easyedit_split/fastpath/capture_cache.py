@@ -12,11 +12,13 @@ the dtype and this package's code. `capture` keys it on exactly that:
   layer and template) is cut out of it, so SFT and SPLIT on `max_num_of_examples` pairs reuse the
   capture CAA made of all pairs; the prefix keys/values are recomputed if their length differs;
 - on disk, optionally (`cache_dir`, or the `EASYEDIT_SPLIT_CAPTURE_CACHE` environment variable):
-  a file named by the key's hash, so a changed model, layer, data, template, dtype or package
-  version can only miss, never load a stale capture.
+  a file named by the key's hash, holding the key's parts and the rows it was made from; a file
+  is used only when both equal this call's (a copied, renamed or edited file is a miss, logged),
+  so a changed model, layer, data, template, dtype, device type or code can only miss.
 
-The model's identity in the key is its config, name/revision, attention implementation and its
-weights: on disk a SHA-256 of every parameter's bytes (hashed once per process and weights state),
+The code in the key is the package version, a SHA-256 of its source files and torch's and
+transformers' versions. The model's identity is its config, name/revision, attention
+implementation and its weights: on disk a SHA-256 of every parameter's and buffer's bytes (hashed once per process and weights state),
 in memory the model object itself and its parameters' version counters (which every in-place
 edit bumps).
 
@@ -77,24 +79,53 @@ _MODEL_TOKENS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDict
 _DIGESTS: dict[tuple[str, int], str] = {}
 
 
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers (rotary frequencies, norms' constants): everything a forward reads."""
+    return list(model.named_parameters()) + [(f"buffer:{n}", b) for n, b in model.named_buffers()]
+
+
 def _weights_state(model: nn.Module) -> tuple[str, int]:
     """This model object (a token no later object reuses) and the state of its weights: every
-    in-place change of a parameter bumps its version counter, so any edit changes the state."""
+    in-place change of a parameter or buffer bumps its version counter, so any edit changes the state."""
     token = _MODEL_TOKENS.setdefault(model, uuid.uuid4().hex)
-    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    versions = tuple((t.data_ptr(), t._version, t.dtype, t.device.type) for _, t in _tensors(model))
     return token, hash(versions)
 
 
-def _weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter's name, shape, dtype and bytes (computed once per weights state)."""
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter's and buffer's name, shape, dtype and bytes (computed once per
+    weights state): the model's content, whatever its name or path."""
     state = _weights_state(model)
     if state not in _DIGESTS:
         digest = hashlib.sha256()
-        for name, parameter in model.named_parameters():
-            digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
-            digest.update(parameter.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
+        for name, tensor in _tensors(model):
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
         _DIGESTS[state] = digest.hexdigest()
     return _DIGESTS[state]
+
+
+_weights_digest = weights_digest
+
+
+def code_version() -> str:
+    """This package's version, a SHA-256 of its source files, and torch's and transformers' versions:
+    a capture made by other code (an edited checkout, an upgraded library) is never reused."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        import transformers
+
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parent.parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+        _CODE_VERSION = (f"{__version__}+src.{digest.hexdigest()[:16]};torch={torch.__version__};"
+                         f"transformers={transformers.__version__}")
+    return _CODE_VERSION
+
+
+_CODE_VERSION: Optional[str] = None
 
 
 def _layout_digest(lay: PackedLayout) -> str:
@@ -117,18 +148,22 @@ def _row_digests(lay: PackedLayout) -> list[str]:
 
 
 def _model_parts(model: nn.Module, start_layer: int, template: str, on_disk: bool) -> list[str]:
-    """What a capture depends on besides its rows and prefix: package, model (config, name, revision,
-    attention implementation, weights), dtype, start layer, template."""
+    """What a capture depends on besides its rows and prefix: code (package source, torch,
+    transformers), model (config, name, revision, attention implementation, weights), dtype,
+    device type, start layer, template."""
     config = getattr(model, "config", None)
     weights = _weights_digest(model) if on_disk else "object={}:{}".format(*_weights_state(model))
+    first = next(model.parameters())
     return [
-        f"package={__version__}",
+        f"code={code_version()}",
         f"config={config.to_json_string(use_diff=False) if config is not None else ''}",
         f"name={getattr(config, 'name_or_path', '')}",
         f"revision={getattr(config, '_commit_hash', '')}",
         f"attention={getattr(config, '_attn_implementation', '')}",
         f"weights={weights}",
-        f"dtype={next(model.parameters()).dtype}",
+        f"dtype={first.dtype}",
+        f"dtypes={sorted({str(t.dtype) for _, t in _tensors(model)})}",
+        f"device={first.device.type}",
         f"layer={start_layer}",
         f"template={hashlib.sha256(template.encode()).hexdigest()}",
     ]
@@ -164,8 +199,13 @@ def capture_key(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_le
 
     The weights enter as a SHA-256 of all their bytes (`on_disk`, computed once per weights state),
     or, for the in-memory cache, as this model object and its parameters' version counters."""
-    parts = _model_parts(model, start_layer, template, on_disk) + [f"prefix={prefix_length}", f"data={_layout_digest(lay)}"]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return hashlib.sha256("\n".join(key_parts(model, lay, start_layer, prefix_length, template, on_disk)).encode()).hexdigest()
+
+
+def key_parts(model: nn.Module, lay: PackedLayout, start_layer: int, prefix_length: int, template: str = "",
+              on_disk: bool = True) -> list[str]:
+    """The named inputs `capture_key` hashes (stored inside each disk file, compared when it is loaded)."""
+    return _model_parts(model, start_layer, template, on_disk) + [f"prefix={prefix_length}", f"data={_layout_digest(lay)}"]
 
 
 def rows_per_chunk(model: nn.Module, width: int, memory_mb: Optional[float]) -> int:
@@ -186,9 +226,15 @@ def _cache_dir(cache_dir: Optional[str | Path]) -> Optional[Path]:
     return Path(directory) if directory else None
 
 
-def _to_payload(entry: Capture) -> dict[str, Any]:
+PAYLOAD_FORMAT = "easyedit_split.capture/2"
+
+
+def _to_payload(entry: Capture, parts: list[str], lay: PackedLayout) -> dict[str, Any]:
+    """The capture, with the key parts it was made from and the rows it holds (checked on load)."""
     inputs, prefix = entry.inputs, entry.prefix
     return {
+        "format": PAYLOAD_FORMAT, "key_parts": list(parts),
+        "rows": [lay.input_ids.cpu(), lay.position_ids.cpu(), lay.branch.cpu()],
         "start_layer": inputs.start_layer, "hidden_states": inputs.hidden_states.cpu(),
         "layer_kwargs": [{k: _cpu(v) for k, v in layer.items()} for layer in inputs.layer_kwargs],
         "batch": [inputs.batch.input_ids.cpu(), inputs.batch.attention_mask.cpu(), inputs.batch.labels.cpu()],
@@ -230,19 +276,48 @@ def _from_payload(payload: dict[str, Any], key: str, storage: torch.device, run:
     return Capture(inputs, prefix, key, "disk")
 
 
-def _load(path: Path, key: str, storage: torch.device, run: torch.device) -> Optional[Capture]:
+def _mismatch(payload: Any, parts: list[str], lay: PackedLayout) -> Optional[str]:
+    """Why a loaded file is not the capture of `parts` and `lay` (None when it is): the name of a
+    file proves nothing (copied, renamed or edited files), so its content is compared."""
+    if not isinstance(payload, dict) or payload.get("format") != PAYLOAD_FORMAT:
+        return "not a capture file of this format"
+    stored = payload.get("key_parts")
+    if stored != parts:
+        if not isinstance(stored, list):
+            return "no key recorded"
+        names = [p.partition("=")[0] for p in parts]
+        differ = [n for n, p in zip(names, parts) if p not in stored] or ["key"]
+        return f"made from other inputs ({', '.join(differ)})"
+    rows = payload.get("rows")
+    expected = (lay.input_ids, lay.position_ids, lay.branch)
+    if not (isinstance(rows, list) and len(rows) == 3
+            and all(isinstance(r, torch.Tensor) and r.shape == e.shape and torch.equal(r, e.cpu())
+                    for r, e in zip(rows, expected))):
+        return "holds other rows"
+    hidden = payload.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor) or tuple(hidden.shape[:2]) != tuple(lay.input_ids.shape):
+        return "its hidden states do not match its rows"
+    return None
+
+
+def _load(path: Path, key: str, parts: list[str], lay: PackedLayout, storage: torch.device,
+          run: torch.device) -> Optional[Capture]:
     try:
-        return _from_payload(torch.load(path, map_location="cpu", weights_only=True), key, storage, run)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        why = _mismatch(payload, parts, lay)
+        if why is None:
+            return _from_payload(payload, key, storage, run)
     except Exception as error:  # an unreadable cache file is a miss, never an error
-        logger.warning("capture cache %s: unreadable (%s); capturing again", path, error)
-        return None
+        why = f"unreadable ({type(error).__name__}: {str(error)[:200]})"
+    logger.warning("capture cache %s: %s; not used, capturing again", path, why)
+    return None
 
 
-def _save(path: Path, entry: Capture) -> None:
+def _save(path: Path, entry: Capture, parts: list[str], lay: PackedLayout) -> None:
     from ..storage.files import atomic_torch_save
 
     try:
-        atomic_torch_save(_to_payload(entry), path)
+        atomic_torch_save(_to_payload(entry, parts, lay), path)
     except Exception as error:  # caching is an optimisation: a failed write only costs the next run
         logger.warning("capture cache %s: not written (%s)", path, error)
 
@@ -269,9 +344,10 @@ def capture(
     family, digests = (_family_key(model, start_layer, template), _row_digests(lay)) if use_cache else ("", [])
     entry = _rows_of_larger(model, lay, family, digests, prefix_length, key) if use_cache else None
     directory = _cache_dir(cache_dir) if use_cache and entry is None else None
-    path = directory / f"capture-{capture_key(model, lay, start_layer, prefix_length, template)}.pt" if directory else None
+    named = key_parts(model, lay, start_layer, prefix_length, template) if directory else []
+    path = directory / f"capture-{hashlib.sha256(chr(10).join(named).encode()).hexdigest()}.pt" if directory else None
     if path is not None and path.exists():
-        entry = _load(path, key, storage, run_device)
+        entry = _load(path, key, named, lay, storage, run_device)
     if entry is None:
         chunk = rows_per_chunk(model, lay.input_ids.shape[1], memory_mb)
         parts = []
@@ -283,7 +359,7 @@ def capture(
         prefix = capture_prefix(model, inputs, prefix_length) if prefix_length > 0 else None
         entry = Capture(inputs, prefix, key, "computed")
         if path is not None:
-            _save(path, entry)
+            _save(path, entry, named, lay)
     if use_cache:
         entry.family, entry.rows = family, {d: i for i, d in enumerate(digests)}
         _remember(key, entry)

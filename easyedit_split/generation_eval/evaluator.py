@@ -39,6 +39,7 @@ from ..interventions import DynamicWeightUpdate
 from ..judging import JudgeBackend, JudgeCache, JudgeItem, make_judge, rate_items
 from ..judging.rubrics import RUBRIC_NAMES, RUBRIC_VERSION
 from ..prompts import PromptFormat
+from ..run_fingerprints import describe_differences, differences, json_ready, model_identity, versions
 from ..storage.units import load_interventions
 from .answer_accuracy import answer_matches, reference_label
 from .items import GenerationItem, make_items
@@ -100,8 +101,20 @@ class GenerationEvalConfig:
 # ============================================================================ the results file
 
 
+_ROW_TYPES = {"method": (str,), "multiplier": (int, float), "index": (int,), "pred": (list,), "intervention": (str,)}
+
+
+def _bad_rows(path: Path, number: Optional[int], why: str) -> GenerationRunError:
+    where = f"{path}: line {number}" if number is not None else str(path)
+    return GenerationRunError(f"{where}: {why}; it is not a generations file this package wrote (or it was edited): "
+                              f"use another output directory, or delete {path.name} to generate again")
+
+
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a generations file; a truncated last line (a killed write) is dropped and cut from the file."""
+    """Rows of a generations file; a truncated last line (a killed write) is dropped and cut from the file.
+
+    Every other line must be a JSON object with this package's keys and types (`_ROW_TYPES`),
+    else an error names the file and line."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -113,14 +126,48 @@ def read_rows(path: Path) -> list[dict]:
             handle.flush()
             os.fsync(handle.fileno())
     rows = []
-    for number, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise GenerationRunError(f"{path}: line {number} is not JSON ({error.msg}); delete the file to "
-                                         "generate again") from error
+    for number, raw in enumerate(data[:end].split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _bad_rows(path, number, f"invalid UTF-8 at byte {error.start}") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise _bad_rows(path, number, f"not JSON ({error.msg})") from None
+        except RecursionError:
+            raise _bad_rows(path, number, "nested too deeply") from None
+        if not isinstance(row, dict):
+            raise _bad_rows(path, number, f"a JSON {type(row).__name__}, not an object")
+        for key, types in _ROW_TYPES.items():
+            value = row.get(key)
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise _bad_rows(path, number, f"key '{key}' is {json.dumps(value)[:40] if key in row else 'missing'}, "
+                                              f"expected {' or '.join(t.__name__ for t in types)}")
+        if not all(isinstance(text, str) for text in row["pred"]):
+            raise _bad_rows(path, number, "key 'pred' must be a list of strings")
+        rows.append(row)
     return rows
+
+
+def read_run_record(path: Path) -> dict:
+    """`generation_run.json`: a JSON object, else an error naming the file and what to do."""
+    todo = f"delete {path.name} and the {GENERATIONS_FILE} beside it to generate again, or use another output directory"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise GenerationRunError(f"{path}: malformed JSON at line {error.lineno} ({error.msg}); {todo}") from None
+    except UnicodeDecodeError as error:
+        raise GenerationRunError(f"{path}: invalid UTF-8 at byte {error.start}; {todo}") from None
+    except RecursionError:
+        raise GenerationRunError(f"{path}: nested too deeply; {todo}") from None
+    except OSError as error:
+        raise GenerationRunError(f"{path}: unreadable ({error.strerror}); {todo}") from None
+    if not isinstance(record, dict):
+        raise GenerationRunError(f"{path}: a JSON {type(record).__name__}, not the run record object; {todo}")
+    return record
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
@@ -181,26 +228,58 @@ class GenerationEvaluator:
         return self._judge
 
     def _fingerprint(self, items: Sequence[GenerationItem]) -> dict:
-        model = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
+        """Everything a row of ``generations.jsonl`` depends on (a resume with any of it changed refuses).
+
+        In: the model's content (weights SHA-256, dtype, device type, tokenizer vocabulary and chat
+        template: `run_fingerprints.model_identity`), every generation setting (sampling, lengths, seed,
+        batch size: the chunks and their seeds), the multipliers (rows per chunk), the prompt format,
+        the items (index, split, prompt, reference response: `dev_fraction` and `seed` act through
+        them) and the code's versions. Each row also carries its intervention's fingerprint.
+        Out: the judge and its options, `concept`, `perplexity`, `answer_accuracy` (scores are computed
+        again on every run; judge answers are cached under their own key, see `_judge_fingerprint`),
+        `samples_shown` and `progress` (presentation only)."""
         settings = dataclasses.asdict(self.config.settings)
-        prompts = hashlib.sha256(json.dumps([[i.index, i.split, i.input] for i in items]).encode()).hexdigest()[:16]
-        return {"model": str(model), "settings": json.loads(json.dumps(settings, default=str)),
-                "multipliers": list(self.config.multipliers), "prompt_format": dataclasses.asdict(self.prompt_format),
-                "prompts_sha256": prompts}
+        prompts = hashlib.sha256(json.dumps([[i.index, i.split, i.input, i.reference_response] for i in items],
+                                            ensure_ascii=False, default=str).encode()).hexdigest()
+        return {"model": model_identity(self.model, self.tokenizer), "settings": json_ready(settings),
+                "multipliers": list(self.config.multipliers), "prompt_format": json_ready(dataclasses.asdict(self.prompt_format)),
+                "prompts_sha256": prompts, "versions": versions()}
+
+    def _judge_fingerprint(self) -> Optional[dict]:
+        """The judge's settings that change an answer but not its cache key (model id, rubric, prompt):
+        endpoint, temperature and answer lengths. Secrets and pacing (api key, concurrency, timeouts) are out."""
+        judge = self.judge
+        if judge is None:
+            return None
+        fields = ("base_url", "temperature", "max_tokens", "max_new_tokens", "force_rating")
+        return {"model_id": judge.model_id, **{name: json_ready(getattr(judge, name)) for name in fields if hasattr(judge, name)}}
 
     def _check_run(self, out_dir: Path, items: Sequence[GenerationItem]) -> None:
         """Record what this run generates; refuse to resume a run that generated something else."""
         from ..storage.files import atomic_write_json
 
-        fingerprint = self._fingerprint(items)
-        path = out_dir / RUN_FILE
-        if path.exists() and (out_dir / GENERATIONS_FILE).exists():
-            before = json.loads(path.read_text(encoding="utf-8"))
-            differ = sorted(key for key in fingerprint if before.get(key) != fingerprint[key])
-            if differ:
-                raise GenerationRunError(f"{out_dir}: its {GENERATIONS_FILE} was generated with different {', '.join(differ)} "
-                                         f"(see {path}); use another output directory or delete {GENERATIONS_FILE}")
-        atomic_write_json(path, fingerprint)
+        record = {**self._fingerprint(items), "judge": self._judge_fingerprint()}
+        path, rows_path, cache_path = out_dir / RUN_FILE, out_dir / GENERATIONS_FILE, out_dir / JUDGE_CACHE_FILE
+        todo = f"use another output directory, or delete {rows_path.name} (and {path.name}) to generate again"
+        if rows_path.exists() and not path.exists():
+            raise GenerationRunError(f"{rows_path}: no {path.name} beside it records what its rows were made from; {todo}")
+        before = read_run_record(path) if path.exists() else None
+        if before is not None and rows_path.exists():
+            generation_keys = [key for key in record if key != "judge"]
+            old = {key: before.get(key) for key in generation_keys}
+            new = {key: record[key] for key in generation_keys}
+            if differences(old, new):
+                raise GenerationRunError(f"{out_dir}: its {GENERATIONS_FILE} was generated with other inputs "
+                                         f"({describe_differences(old, new)}; see {path}); {todo}")
+        judge_now, judge_before = record["judge"], (before or {}).get("judge")
+        if (judge_now is not None and isinstance(judge_before, dict) and cache_path.exists()
+                and judge_before.get("model_id") == judge_now["model_id"] and differences(judge_before, judge_now)):
+            raise GenerationRunError(f"{cache_path}: its answers of judge {judge_now['model_id']} were given with other "
+                                     f"settings ({describe_differences(judge_before, judge_now)}); use another output "
+                                     f"directory, or delete {cache_path.name} to ask the judge again")
+        if judge_now is None and before is not None:
+            record["judge"] = judge_before  # a run without a judge keeps the record of the cached answers
+        atomic_write_json(path, record)
 
     def _load(self, updates_or_dir: UpdatesOrDir, concept_id: int) -> dict:
         if isinstance(updates_or_dir, (str, Path)):

@@ -280,6 +280,13 @@ class GenerationReport:
         return path
 
     def write(self, out_dir: Union[str, Path], plots: bool = True) -> dict[str, Path]:
+        """The generation report's files in `out_dir`, written as one report-folder unit (`report_folders`)."""
+        from ..report_folders import write_report_folder
+
+        return write_report_folder(out_dir, lambda folder: self.write_files(folder, plots))
+
+    def write_files(self, out_dir: Union[str, Path], plots: bool = True) -> dict[str, Path]:
+        """Write the files only (the evaluation report writes them inside its own folder unit)."""
         out_dir = Path(out_dir)
         paths = {
             "generation_json": atomic_write_json(out_dir / "generation_results.json", self.to_dict()),
