@@ -10,7 +10,6 @@ import math
 import sys
 from typing import Any, Callable, Sequence, Union
 
-import yaml
 
 from ..constants import COMPLETION_JOINS, DEFAULT_MODEL_NAME, STEER_POSITIONS
 from ..errors import EasyEditSplitError, MultiplierError, excerpt

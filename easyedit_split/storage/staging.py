@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import StorageError
 
 logger = logging.getLogger(__name__)
 
