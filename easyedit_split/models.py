@@ -355,6 +355,27 @@ def hub_offline(offline: Optional[bool] = None) -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in _TRUE_STRINGS
 
 
+def enter_offline_mode() -> None:
+    """Put the whole process offline, exactly as HF_HUB_OFFLINE=1 set before start-up would.
+
+    `local_files_only=True` alone is not enough: transformers 5's auto classes look for an adapter
+    config on the Hub whenever peft is installed, without passing it on, so an air-gapped node spent
+    ~23 s of retries per load and a connected one asked the Hub about gated repos. huggingface_hub
+    reads HF_HUB_OFFLINE once at import, so its module constant is set as well as the environment
+    (child processes inherit the latter). Offline stays on for the rest of the process.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    try:  # transformers 4 keeps its own copy
+        import transformers.utils.hub as transformers_hub
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    if hasattr(transformers_hub, "_is_offline_mode"):
+        transformers_hub._is_offline_mode = True
+
+
 def _how_to_get(model_id: str) -> str:
     return (
         f"Download it once while online (`huggingface-cli download {model_id}`, or `hf download {model_id}`), "
@@ -419,28 +440,32 @@ def load_model_and_tokenizer(
 
     A Hub id loads as transformers loads it: from the Hugging Face cache, downloading what is
     missing unless `offline` (None: follow HF_HUB_OFFLINE). `device` is `cpu`, `cuda`, `cuda:N` or
-    `auto` (accelerate's `device_map="auto"`, which spreads a model that does not fit one device).
+    `auto` (accelerate's `device_map="auto"`, which spreads a model that does not fit one device);
+    weights are loaded straight onto that device, never staged whole in host memory. `offline`
+    puts the whole process offline (`enter_offline_mode`): no network request at all.
     The tokenizer gets EOS as its pad token when it has none, so that it can pad batches; code that
     builds batches itself must still not rely on a pad token (see `prompts.pad_token_id_of`).
     """
+    local_only = hub_offline(offline)
+    if local_only:
+        enter_offline_mode()  # before transformers is imported, for the modules that read it at import
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: transformers takes seconds to import
 
     if override_weights_path is not None:
         check_override_file(override_weights_path)
-    local_only = hub_offline(offline)
     source = resolve_model_path(model_name_or_path, offline=local_only)
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": local_only}
-    if device == "auto":
-        kwargs["device_map"] = "auto"
+    if device != "cpu":
+        # straight onto the device (or accelerate's map for "auto"): loading on the CPU and then moving
+        # needs the whole model in host memory first (~18.5 GB for gemma-2-9b in bf16)
+        kwargs["device_map"] = device
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         hint = "" if Path(source).is_dir() else f" {_how_to_get(source)}"
         raise ModelError(f"model_name_or_path: cannot load '{source}': {str(error).rstrip('.')}.{hint}") from error
-    if device != "auto":
-        model.to(device)
     model.eval()
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

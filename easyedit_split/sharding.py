@@ -13,13 +13,14 @@ When every rank is done (a torch.distributed gloo collective: no polling of file
 local-weight `{concept_id: payload}`), plus `metadata.json` and the trainer's
 `train_state_layer_<L>.json`. A restarted run skips concepts whose `DONE` exists.
 
-Launch with `accelerate launch` or `torchrun` (they set `RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
+Launch with `torchrun`, or `accelerate launch` on GPUs (they set `RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
 `MASTER_PORT`; without them the run is one process). The processes join a gloo process group, also
 when the model is on GPUs: it only coordinates. A rank that raises tells the others, which stop
 before their next concept with an error naming it; a rank that is killed breaks the group's
-connections, and the others fail at their next collective instead of waiting:
+connections, and the others fail at their next collective instead of waiting. On CPUs use torchrun:
+`accelerate launch --cpu --num_processes N` starts one process (accelerate 1.x), which is warned about:
 
-    accelerate launch --cpu --num_processes 2 -m easyedit_split.sharding \\
+    torchrun --nproc_per_node 2 -m easyedit_split.sharding \\
         --hparams hparams/axbench/smollm2-135m-instruct/spilt/generate_spilt_vector.yaml \\
         --data data/axbench/axbench_train.parquet --output-dir vectors/smollm2/axbench/spilt_vector
 """
@@ -231,6 +232,7 @@ def _train_shard(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, 
                  info: ProcessInfo, group: ShardGroup, metadata: Optional[Mapping[str, Any]]) -> ShardResult:
     # max_concepts and max_num_of_examples are the trainer's settings; CAA uses every concept and pair
     groups = concept_groups(pairs, hparams) if get_method(hparams.alg_name).trained else group_by_concept(pairs)
+    _warn_when_cut(hparams, len(group_by_concept(pairs)), len(groups))
     result = ShardResult(info.rank, info.world_size)
     failure: Optional[BaseException] = None
     try:
@@ -261,6 +263,14 @@ def _train_shard(hparams: Any, pairs: Sequence[PolarityPair], model: nn.Module, 
     if merge_failures:
         raise TrainingError(f"{output_dir}: merging failed on {'; '.join(merge_failures)}")
     return result
+
+
+def _warn_when_cut(hparams: Any, in_data: int, kept: int) -> None:
+    """Say that max_concepts cuts the data (EasyEdit's AxBench files set max_concepts: 1): never silently."""
+    if kept < in_data:
+        logger.warning("max_concepts: %s in %s keeps %d of the %d concepts in the data (the first ids); "
+                       "pass --set max_concepts=%d (or null) to train all of them", hparams.max_concepts,
+                       getattr(hparams, "alg_name", "the hparams"), kept, in_data, in_data)
 
 
 def _train_one(hparams: Any, group: Sequence[PolarityPair], concept_id: int, model: nn.Module, tokenizer: Any,
@@ -318,6 +328,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides["model_name_or_path"] = args.model_name_or_path
     hparams = with_set_overrides(hparams, overrides, args.hparams)
     info = process_info()
+    if info.world_size == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        logger.warning("accelerate launch --cpu starts ONE process whatever --num_processes says (accelerate 1.x runs "
+                       "CPU jobs without a distributed launcher); this run trains every concept itself. For N CPU "
+                       "processes use: torchrun --nproc_per_node N -m easyedit_split.sharding ...")
+    logger.info("rank %d/%d started (pid %d)", info.rank, info.world_size, os.getpid())
     if info.world_size > 1 and str(hparams.device) == "cuda":  # one GPU per process, as the launcher numbers them
         hparams = replace(hparams, device=f"cuda:{os.environ.get('LOCAL_RANK', info.rank)}")
     name = require_model_name(hparams.model_name_or_path, f"{args.hparams} (or --model_name_or_path)")

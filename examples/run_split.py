@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--llm_model", default=None, help="judge model behind an OpenAI-compatible API (openai:MODEL; "
                        "BASE_URL / API_KEY from the environment, as EasyEdit reads them)")
     judge.add_argument("--judge", default=None, help="openai:MODEL or local:MODEL_OR_PATH (instead of --llm_model)")
-    judge.add_argument("--concept", default=None, help="concept description for the judge (default: the dataset name)")
+    judge.add_argument("--concept", default=None, help="concept description for the judge (default: the data's concept column; a shipped "
+                       "dataset's concept is its name, as in easyedit-split evaluate --generate)")
     judge.add_argument("--generation-multipliers", nargs="+", type=float, default=None,
                        help="sweep of the generations (default: --multipliers or -4 -2 0 2 4)")
     return parser
@@ -127,6 +128,7 @@ class Runner:
         for key in self.overrides:
             if key not in known:
                 raise HparamsError(f"--set {key}: no method file has this key")
+        self.skipped: list[str] = []  # runs that did none of their work, with where they looked
         self.model_path = self._model_path()
         self.generation = self._generation_config()
 
@@ -188,13 +190,20 @@ class Runner:
             return pipeline.load_pairs(args.dataset, self.base_dir, "train", args.train_data, limit=args.max_examples)
 
     # ------------------------------------------------------------------ modes
+    def _skip(self, what: str, where: bool = True) -> bool:
+        """Log and remember a run that could do none of its work (`main` then exits 1); returns False."""
+        if where:
+            what += f" under {', '.join(str(r) for r in layout.hparams_roots(self.base_dir))}"
+        logger.warning("[SKIP] %s", what)
+        self.skipped.append(what)
+        return False
+
     def generate(self, method: str, intervention: str) -> bool:
         args = self.args
         path = layout.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
         if path is None:
-            logger.warning("[SKIP] no generate hparams for %s/%s/%s (%s) under %s", args.dataset, args.model_name, method,
-                           intervention, [str(r) for r in layout.hparams_roots(self.base_dir)])
-            return True
+            return self._skip(f"generate {method} {intervention}: no generate hparams for {args.dataset}/"
+                              f"{args.model_name}/{method} ({intervention})")
         logger.info("[GENERATE] %s %s from %s", method, intervention, path)
         if args.dry_run:
             return True
@@ -210,8 +219,7 @@ class Runner:
         args = self.args
         path = layout.find_apply_hparams(self.base_dir, args.dataset, args.model_name, method)
         if path is None:
-            logger.warning("[SKIP] no apply hparams for %s/%s/%s", args.dataset, args.model_name, method)
-            return True
+            return self._skip(f"apply {method} {intervention}: no apply hparams for {args.dataset}/{args.model_name}/{method}")
         load_dir = self.vectors_dir(method, intervention)
         logger.info("[APPLY] %s %s from %s, vectors %s, multipliers %s", method, intervention, path, load_dir, list(multipliers))
         if args.dry_run:
@@ -240,8 +248,8 @@ class Runner:
         args = self.args
         path = layout.find_loss_hparams(self.base_dir, args.dataset, args.model_name)
         if path is None:
-            logger.warning("[SKIP] no sft/generate_sft_loss.yaml for %s/%s", args.dataset, args.model_name)
-            return True
+            return self._skip(f"loss {method} {intervention}: no sft/generate_sft_loss.yaml for "
+                              f"{args.dataset}/{args.model_name}")
         init_dir = self.vectors_dir(method, intervention)
         logger.info("[LOSS] %s %s from %s, multipliers %s", method, intervention, init_dir, list(multipliers))
         if args.dry_run:
@@ -277,7 +285,8 @@ class Runner:
         for method, intervention in runs:
             directory = self.vectors_dir(method, intervention)
             if not directory.is_dir():
-                logger.warning("[SKIP] %s %s: nothing trained at %s (run --mode generate first)", method, intervention, directory)
+                self._skip(f"evaluate {method} {intervention}: nothing trained at {directory} (run --mode generate first)",
+                           where=False)
                 continue
             methods[f"{method}_{intervention}" if method != "caa" else "caa"] = directory
             path = layout.find_train_hparams(self.base_dir, args.dataset, args.model_name, method, intervention)
@@ -286,9 +295,11 @@ class Runner:
         report_dir = self.output_root / "results" / args.model_name / Path(str(args.dataset)).stem / "preference_utility"
         logger.info("[EVALUATE] %s -> %s", sorted(methods), report_dir)
         if args.dry_run or not methods:
-            return bool(methods) or args.dry_run
-        model, tokenizer = self.pool.get(prompt_hparams)
+            return True
         pairs = self._pairs("test")
+        if args.eval_methods or args.judge or args.llm_model:
+            self._check_generation_requirements(pairs)  # before the sweep, not after it
+        model, tokenizer = self.pool.get(prompt_hparams)
         evaluator = PreferenceUtilityEvaluator(
             model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams),
             multipliers=list(multipliers) if multipliers else list(DEFAULT_SWEEP),
@@ -304,11 +315,8 @@ class Runner:
         return True
 
 
-    def generation_scores(self, methods: dict, pairs: Sequence[Any], model: Any, tokenizer: Any, prompt_hparams: Any,
-                          report_dir: Path) -> Any:
-        """Steered generations of the test prompts, scored as `--eval_methods` asks (resumable under report_dir/generation)."""
-        from easyedit_split.generation_eval.evaluator import GenerationEvaluator, settings_from_easyedit
-
+    def _judge_spec(self) -> tuple[set, Optional[str]]:
+        """The generation scores asked for (`--eval_methods`) and the judge spec, checked."""
         args = self.args
         wanted = {m.lower() for m in (args.eval_methods or ["llm", "ppl", "distinctness"])}
         unknown = wanted - {"llm", "ppl", "distinctness"}
@@ -317,12 +325,34 @@ class Runner:
         judge = args.judge or (f"openai:{args.llm_model}" if args.llm_model else None)
         if "llm" in wanted and judge is None:
             raise HparamsError("--eval_methods llm needs a judge: --llm_model MODEL (OpenAI-compatible) or --judge SPEC")
+        return wanted, judge if "llm" in wanted else None
+
+    def _check_generation_requirements(self, pairs: Sequence[Any]) -> None:
+        """The judge (an HTTP judge's key or local base URL) and its concept description, before any model call."""
+        from easyedit_split.judging import make_judge
+
+        _, judge = self._judge_spec()
+        if judge is None:
+            return
+        if judge.startswith("openai:"):
+            make_judge(judge)  # no API key: JudgeConfigError names the variables now
+        if self.args.concept is None and any(getattr(p, "concept", None) is None for p in pairs):
+            raise HparamsError(f"the judge's concept rubric needs a concept description and {self.args.dataset} has no "
+                               f"concept column: pass --concept 'a description' (e.g. --concept 'positive sentiment')")
+
+    def generation_scores(self, methods: dict, pairs: Sequence[Any], model: Any, tokenizer: Any, prompt_hparams: Any,
+                          report_dir: Path) -> Any:
+        """Steered generations of the test prompts, scored as `--eval_methods` asks (resumable under report_dir/generation)."""
+        from easyedit_split.generation_eval.evaluator import GenerationEvaluator, settings_from_easyedit
+
+        args = self.args
+        wanted, judge = self._judge_spec()
         settings = settings_from_easyedit(self.generation["generation_params"], self.generation["num_responses"],
                                           seed=getattr(prompt_hparams, "seed", 0))
         evaluator = GenerationEvaluator(
             model, tokenizer, prompt_format=PromptFormat.from_hparams(prompt_hparams), settings=settings,
             multipliers=args.generation_multipliers or args.multipliers or [-4.0, -2.0, 0.0, 2.0, 4.0],
-            judge=judge if "llm" in wanted else None, concept=args.concept or Path(str(args.dataset)).stem,
+            judge=judge, concept=args.concept,
             perplexity="ppl" in wanted, progress=not args.quiet,
         )
         limited = pairs[: args.generation_data_size] if args.generation_data_size else pairs
@@ -355,6 +385,10 @@ def main(argv: Optional[Sequence[str]] = None, model: Any = None, tokenizer: Any
             ok = runner.evaluate(runs, args.multipliers) and ok
     except EasyEditSplitError as error:
         logger.error("[ERROR] %s", error)
+        return 1
+    if runner.skipped:  # nothing done is not a success: say what was not done and where it was looked for
+        logger.error("[ERROR] %d run(s) did none of the work asked (--base_dir %s):\n  %s", len(runner.skipped),
+                     runner.base_dir, "\n  ".join(runner.skipped))
         return 1
     logger.info("[SUCCESS] all runs completed" if ok else "[WARNING] some runs failed; see the messages above")
     return 0 if ok else 1

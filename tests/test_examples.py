@@ -192,3 +192,44 @@ def test_hydra_entry_points_with_overrides(tiny_chat_model, default_tokenizer, t
         outputs = apply_module.apply_and_generate(cfg, model=tiny_chat_model, tokenizer=default_tokenizer)
     records = json.loads((tmp_path / "generation/food_results.json").read_text())
     assert len(records) == len(outputs["food"]) == 2 and len(records[0]["pred"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["generate", "apply", "loss"])
+def test_a_base_dir_without_hparams_is_an_error_that_says_where_it_looked(run_split, tmp_path, caplog, mode):
+    """Every run skipped is not a success: exit 1, each run named, the directories looked in named."""
+    caplog.set_level("INFO")
+    argv = ["--dataset", "sentiment", "--method", "all", "--model_name", "smollm2-135m-instruct",
+            "--intervention_method", "vector", "--mode", mode, "--base_dir", str(tmp_path), "--dry_run"]
+    assert run_split.main(argv) == 1
+    assert "[SUCCESS] all runs completed" not in caplog.text
+    assert "did none of the work asked" in caplog.text
+    assert str(tmp_path / "hparams") in caplog.text  # where it looked
+
+
+def test_evaluate_with_nothing_trained_is_an_error_naming_the_directory(run_split, tmp_path, caplog):
+    caplog.set_level("INFO")
+    argv = ["--dataset", "sentiment", "--method", "caa", "--model_name", "smollm2-135m-instruct",
+            "--intervention_method", "vector", "--mode", "evaluate", "--output-dir", str(tmp_path)]
+    assert run_split.main(argv) == 1
+    assert "nothing trained at" in caplog.text and str(tmp_path / "vectors") in caplog.text
+
+
+def test_a_judge_without_a_concept_is_refused_before_the_sweep(run_split, trained, tmp_path, monkeypatch, caplog):
+    """A data file without a concept column and no --concept: refused before the model is asked anything."""
+    from easyedit_split.data import dataset_path
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text(dataset_path("sentiment", "test").read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("EASYEDIT_SPLIT_JUDGE_BASE_URL", "http://127.0.0.1:1")
+    calls = []
+
+    class Refuse:
+        def __call__(self, *a, **k):
+            calls.append(a)
+            raise AssertionError("the model was called")
+
+    argv = ["--dataset", "sentiment", "--method", "split", "--model_name", "smollm2-135m-instruct",
+            "--intervention_method", "vector", "--mode", "evaluate", "--output-dir", str(trained),
+            "--eval-data", str(data), "--judge", "openai:m", "--quiet"]
+    assert run_split.main(argv, model=Refuse(), tokenizer=object()) == 1
+    assert "--concept" in caplog.text and "no concept column" in caplog.text and calls == []

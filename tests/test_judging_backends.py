@@ -202,7 +202,7 @@ def test_cached_missing_answers_are_not_reasked_unless_asked_to(server, tmp_path
                parse_attempts=1, progress=False)
     assert server.count() == 1
     rated = rate_items(judge_for(server), [item("[[unparseable]]")], rubrics=("fluency",), cache=JudgeCache(path),
-                       progress=False)
+                       parse_attempts=1, progress=False)
     assert server.count() == 1 and rated[0].ratings["fluency"] is None and rated[0].details["fluency"].cached
     rate_items(judge_for(server), [item("[[unparseable]]")], rubrics=("fluency",), cache=JudgeCache(path),
                parse_attempts=1, retry_missing=True, progress=False)

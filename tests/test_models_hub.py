@@ -179,3 +179,74 @@ def test_default_model_keeps_the_gguf_rope_theta_and_special_tokens(default_mode
     assert bool(fields["tokenizer.ggml.add_bos_token"].contents()) is False
     assert tokenizer("Hello world")["input_ids"] == [19556, 905]  # no BOS prepended, no token_type_ids
     assert set(tokenizer("Hello world")) == {"input_ids", "attention_mask"}
+
+
+# --------------------------------------------------------------------------- offline=True means no network at all
+
+
+@pytest.fixture
+def online_hub_with_recorded_sockets(hub_cache, monkeypatch):
+    """The cache of `hub_cache`, but the Hub *online* by environment and constant; every connection
+    attempt is recorded (and refused). Returns the list of attempts."""
+    import huggingface_hub.constants as hub_constants
+
+    attempts: list = []
+
+    def record(*args, **kwargs):
+        attempts.append(args[1:] or args)
+        raise ConnectionRefusedError("tests never touch the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # teardown restores what offline=True sets
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *a: record(self, *a))
+    monkeypatch.setattr(socket, "create_connection", record)
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    return attempts
+
+
+@pytest.mark.slow
+def test_local_files_only_alone_still_reaches_for_the_hub(cached_tiny_llama, online_hub_with_recorded_sockets):
+    """The control: the adapter-config lookup of transformers' auto classes ignores local_files_only,
+    so the guard below must see attempts when only that flag is passed (else the next test proves nothing)."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    if importlib.util.find_spec("peft") is None:
+        pytest.skip("the adapter lookup only happens with peft installed")
+    AutoModelForCausalLM.from_pretrained(REPO_ID, local_files_only=True)
+    assert online_hub_with_recorded_sockets, "expected the adapter lookup to try the network"
+
+
+def test_offline_true_makes_no_network_request(cached_tiny_llama, online_hub_with_recorded_sockets):
+    import huggingface_hub.constants as hub_constants
+
+    model, tokenizer = load_model_and_tokenizer(REPO_ID, offline=True)
+    assert online_hub_with_recorded_sockets == []
+    assert hub_constants.HF_HUB_OFFLINE is True and models.hub_offline() is True  # the whole process
+    assert tokenizer("w1", return_tensors="pt")["input_ids"].tolist() == [[4]]
+
+
+# --------------------------------------------------------------------------- straight onto the device
+
+
+def test_the_device_is_passed_to_from_pretrained(cached_tiny_llama, monkeypatch):
+    """`device: cuda` loads onto the GPU (device_map), not on the CPU and then moved."""
+    from transformers import AutoModelForCausalLM
+
+    calls: list[dict] = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def recording(source, **kwargs):
+        calls.append(dict(kwargs))
+        kwargs.pop("device_map", None)  # no GPU here: load on the CPU, as recorded above
+        return real(source, **kwargs)
+
+    moves: list = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moves.append(a) or self)
+    for device in ("cuda:1", "auto", "cpu"):
+        load_model_and_tokenizer(REPO_ID, device=device)
+    assert [call.get("device_map") for call in calls] == ["cuda:1", "auto", None]
+    assert moves == []  # never loaded on one device and moved to another

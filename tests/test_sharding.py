@@ -1,6 +1,7 @@
 """Concept sharding: a 2-process run writes the same files as a 1-process run; resume skips finished concepts."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -166,8 +167,28 @@ def test_merge_refuses_unfinished_concepts(one_process_run, tmp_path):
         merge_concepts(out, range(N_CONCEPTS))
 
 
-def test_accelerate_launch_two_cpu_processes(one_process_run, tiny_checkpoint, axbench_parquet, tmp_path):
-    """The documented launcher: `accelerate launch --cpu --num_processes 2 -m easyedit_split.sharding ...`."""
+def test_torchrun_runs_two_cpu_processes(one_process_run, tiny_checkpoint, axbench_parquet, tmp_path):
+    """The documented CPU launcher really starts two ranks: each logs itself, world_size 2 is recorded."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to python")
+    one, *_ = one_process_run
+    out = tmp_path / "torchrun" / "spilt_vector"
+    logs = tmp_path / "logs"
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "--log_dir", str(logs),
+               "--tee", "3", "-m", "easyedit_split.sharding", *_command(tiny_checkpoint, axbench_parquet, out)[3:]]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert "rank 0/2 started" in text and "rank 1/2 started" in text
+    assert "trained [0, 2]" in text and "trained [1, 3]" in text  # each rank its own share
+    assert json.loads((out / "metadata.json").read_text())["world_size"] == 2
+    _assert_same_files(one, out)
+
+
+def test_accelerate_cpu_launch_says_it_runs_one_process(one_process_run, tiny_checkpoint, axbench_parquet, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.x): right files, and a warning."""
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if launcher is None:
         pytest.skip("accelerate is not installed")
@@ -182,3 +203,4 @@ def test_accelerate_launch_two_cpu_processes(one_process_run, tiny_checkpoint, a
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert time.perf_counter() - started < 180
     _assert_same_files(one, out)
+    assert "starts ONE process" in done.stdout + done.stderr

@@ -85,3 +85,29 @@ def test_a_failed_rank_ends_the_other_with_a_clear_error(tmp_path, mode):
         assert "another rank died" in healthy, healthy
     assert seconds < 60  # from both ranks being ready (imports take long on a loaded machine); a hang would not end
     assert not (tmp_path / "out" / "layer_1.pt").exists()  # nothing merged
+
+
+def test_the_shipped_axbench_config_runs_on_one_gpu_with_a_hub_id():
+    """hparams/axbench/axbench_config.yaml: `cuda` (not EasyEdit's cuda:1) and a Hub id (not ./models/...)."""
+    from easyedit_split.hparams import TopLevelConfig
+
+    root = Path(__file__).resolve().parents[1]
+    config = TopLevelConfig.from_hparams(root / "hparams/axbench/axbench_config.yaml")
+    assert config.device == "cuda" and config.model_name_or_path == "google/gemma-2-9b-it"
+    easyedit = TopLevelConfig.from_hparams(root / "tests/fixtures/easyedit_hparams/axbench_config.yaml")  # EasyEdit's own file
+    assert easyedit.device == "cuda:1"
+
+
+def test_max_concepts_cutting_the_data_is_said(caplog):
+    import logging
+
+    from easyedit_split.sharding import _warn_when_cut
+
+    class H:
+        max_concepts, alg_name = 1, "spilt"
+
+    with caplog.at_level(logging.WARNING, logger="easyedit_split.sharding"):
+        _warn_when_cut(H(), 500, 1)
+        _warn_when_cut(H(), 1, 1)
+    assert len(caplog.records) == 1 and "keeps 1 of the 500 concepts" in caplog.text  # said once, only when cut
+    assert "--set max_concepts=500" in caplog.text

@@ -166,6 +166,32 @@ def _pairs(args: argparse.Namespace, concept_id: int) -> list:
     return pairs
 
 
+def check_generation_requirements(args: argparse.Namespace, concept_id: int) -> None:
+    """Everything `--generate` needs, checked before the first model call: its prompts load, the judge
+    can be built (an HTTP judge's API key or local base URL; a local judge's spec), and the concept
+    rubric has a description. Found after the preference-utility sweep, each cost the sweep's GPU time.
+    """
+    from ..generation_eval.items import load_generation_items
+    from ..judging import make_judge
+    from .evaluate_generation import generation_config, judge_options
+
+    dataset = args.generation_dataset or args.dataset
+    multipliers = parse_multipliers(args.multipliers) if args.multipliers is not None else [0.0]
+    config = generation_config(args, multipliers)  # settings and sweep: ValueError names the value
+    items = load_generation_items(dataset, split=args.split, dev_split=args.dev_split, dev_fraction=args.dev_fraction,
+                                  max_items=args.max_prompts, concept_id=concept_id, seed=config.seed)
+    if not args.judge:
+        return
+    if str(args.judge).startswith("openai:"):
+        make_judge(args.judge, **judge_options(args))  # no API key, bad options: JudgeConfigError now
+    elif not str(args.judge).startswith("local:") or not str(args.judge).partition(":")[2]:
+        raise CommandError(f"--judge '{args.judge}': expected openai:MODEL or local:MODEL_OR_PATH")
+    if args.concept is None and any(item.concept is None for item in items):
+        raise CommandError(f"--generate --judge {args.judge}: the judge's concept rubric needs a concept description "
+                           f"and {dataset} ({args.split}) has no concept column: pass --concept 'a description' "
+                           f"(e.g. --concept 'positive sentiment')")
+
+
 def run(args: argparse.Namespace) -> int:
     """Score every source over the sweep, write the report, print its table."""
     # here, not at the top: `easyedit-split --help` builds this parser and should not wait for torch
@@ -194,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         check(check_report_folder, args.output_dir)  # report files of unknown origin: refused before any compute
     loaded = check(_load_sources, args, sources, concept_id) if found is not None else None
     pairs = check(_pairs, args, concept_id)
+    if args.generate:  # everything --generate needs, before the sweep's model calls
+        check(check_generation_requirements, args, concept_id)
     override = hparams.override_model_weights_path if hparams is not None else None
     if override:
         check(check_override_file, override)
@@ -238,7 +266,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             report.generation = run_generation(args, model, tokenizer, fmt, updates, list(config.multipliers), concept_id)
         except (ValueError, EasyEditSplitError) as error:
-            raise CommandError(f"--generate: {error}") from None
+            kept = ""
+            if args.output_dir:  # the sweep's results are not lost with the later step
+                paths = report.write(args.output_dir, plots=not args.no_plots)
+                kept = f" The preference-utility results were written: {', '.join(str(p) for p in paths.values())}."
+            raise CommandError(f"--generate: {error}.{kept}") from None
     if args.output_dir:
         paths = report.write(args.output_dir, plots=not args.no_plots)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)

@@ -7,6 +7,9 @@ re-run or a resumed run, is read from disk instead of asked again.
 Each line is written with one ``write`` followed by flush and fsync, so a killed run leaves at most
 one partial last line. That line is dropped (with a warning) when the file is opened; any other
 malformed line is an error naming the file and line.
+
+Every answer is a line, so a question asked three times without a rating has three lines: `asks(key)`
+counts them, and a resumed run asks only the attempts a killed run had left (`rating.rate_items_async`).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class JudgeCache:
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
         self._entries: dict[str, dict[str, Any]] = {}
+        self._asks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._load()
 
@@ -84,6 +88,7 @@ class JudgeCache:
                                    or not math.isfinite(rating)):
             raise JudgeCacheError(f"{where}: 'rating' must be a finite number or null, got {excerpt(rating)}; {fix}")
         self._entries[entry["key"]] = entry
+        self._asks[entry["key"]] = self._asks.get(entry["key"], 0) + 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,6 +99,10 @@ class JudgeCache:
     def get(self, key: str) -> Optional[dict[str, Any]]:
         """The stored entry for `key`, or None."""
         return self._entries.get(key)
+
+    def asks(self, key: str) -> int:
+        """How many answers are stored for `key` (each ask appends one line, rated or not)."""
+        return self._asks.get(key, 0)
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Store `entry` under `key` and append it to the file durably (flush + fsync)."""
@@ -106,3 +115,4 @@ class JudgeCache:
                 handle.flush()
                 os.fsync(handle.fileno())
             self._entries[key] = record
+            self._asks[key] = self._asks.get(key, 0) + 1

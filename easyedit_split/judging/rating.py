@@ -136,24 +136,29 @@ async def rate_items_async(
     rubrics: Sequence[str] = RUBRIC_NAMES,
     cache: Optional[JudgeCache] = None,
     parse_attempts: int = 3,
-    retry_missing: bool = False,
+    retry_missing: Optional[bool] = None,
     progress: bool = True,
 ) -> list[ItemRatings]:
     """Rate every item on every rubric; see the module docstring for what is cached and what is missing.
 
     `parse_attempts` asks again when an answer has no valid rating (1 for deterministic backends).
-    `retry_missing` re-asks questions whose cached answer had no valid rating.
+    A question cached without a rating: None (default) asks it the attempts it has left (a killed
+    run then resumes to what an uninterrupted run gives); True asks it `parse_attempts` times anew;
+    False never asks it again.
     """
     attempts_allowed = 1 if backend.deterministic else max(1, parse_attempts)
     results = [ItemRatings() for _ in items]
     pending: list[tuple[list[int], str, str, str]] = []  # (item indices, rubric, prompt, key); one ask per key
+    prior_asks: list[int] = []  # answers without a rating already cached, per pending question
     position_of_key: dict[str, int] = {}
     for index, item in enumerate(items):
         prompts = judge_prompts(item.generation, item.instruction, item.concept, tuple(rubrics))
         for rubric, prompt in prompts.items():
             key = cache_key(backend.model_id, RUBRIC_VERSION, rubric, prompt)
             entry = cache.get(key) if cache is not None else None
-            if entry is not None and (entry.get("rating") is not None or not retry_missing):
+            asked = cache.asks(key) if cache is not None and retry_missing is None else 0
+            if entry is not None and (entry.get("rating") is not None or retry_missing is False
+                                      or asked >= attempts_allowed):
                 rating = parse_rating(entry.get("answer"))
                 results[index].ratings[rubric] = rating
                 results[index].details[rubric] = RubricRating(
@@ -164,9 +169,10 @@ async def rate_items_async(
             else:
                 position_of_key[key] = len(pending)
                 pending.append(([index], rubric, prompt, key))
+                prior_asks.append(asked)
 
     bar = tqdm(total=len(pending), desc=f"judging ({backend.model_id})", disable=not progress or not pending)
-    asks = {position: 0 for position in range(len(pending))}
+    asks = {position: prior_asks[position] for position in range(len(pending))}
     todo = list(range(len(pending)))
     for _ in range(attempts_allowed):
         if not todo:
@@ -188,7 +194,7 @@ async def rate_items_async(
                 detail = RubricRating(rubric, rating, str(answer),
                                       None if rating is not None else "no valid rating in the answer",
                                       asks=asks[position])
-                if rating is None:
+                if rating is None and asks[position] < attempts_allowed:
                     still.append(position)
                 else:
                     bar.update(1)
@@ -212,7 +218,7 @@ def rate_items(
     rubrics: Sequence[str] = RUBRIC_NAMES,
     cache: Optional[JudgeCache] = None,
     parse_attempts: int = 3,
-    retry_missing: bool = False,
+    retry_missing: Optional[bool] = None,
     progress: bool = True,
 ) -> list[ItemRatings]:
     """Synchronous wrapper of `rate_items_async` (runs its own event loop; not callable inside one)."""
