@@ -162,7 +162,9 @@ class EvaluationReport:
         ]
         for r in self.results:
             summary, inter = r.fits.headline, r.fits.summaries["interpolation"]
-            note = (lambda key: f" (interp {_fmt(getattr(inter, key))})") if summary is not inter else (lambda key: "")
+            other = r.fits.summaries.get("fit") if summary is inter else inter
+            label = "fit" if summary is inter else "interp"
+            note = (lambda key: f" ({label} {_fmt(getattr(other, key))})") if other is not None else (lambda key: "")
             acc = _accuracy(r.metrics)
             at = accuracy_multipliers(r.metrics.multipliers, ctx.get("accuracy_at") or ())
             index = {float(v): k for k, v in enumerate(r.metrics.multipliers)}
@@ -305,7 +307,8 @@ def _source(fits: Any) -> str:
 def _model(fit: Any) -> str:
     if fit.fitted:
         bound = f", {'/'.join(fit.at_bounds)} at bound" if fit.at_bounds else ""
-        return f"{fit.shape}, k={fit.n_params}{bound}"
+        loo = "; LOO refused (n-1 < k+2)" if fit.loo_message.startswith("leave-one-out refused") else ""
+        return f"{fit.shape}, k={fit.n_params}{bound}{loo}"
     if fit.n_points < fit.n_params + 2:
         return f"- ({fit.n_points} points, k={fit.n_params} needs {fit.n_params + 2})"
     return "- (search failed)"
