@@ -179,12 +179,19 @@ class GenerationReport:
         ctx = self.context
         lines = [
             f"Generations: `{ctx.get('dataset')}`, {ctx.get('n_prompts')} prompts (dev/test), "
-            f"judge {ctx.get('judge') or 'none'}" + (f" (rubrics {ctx.get('rubric_version')})" if ctx.get("judge") else "")
+            f"judge {ctx.get('judge') or 'none'}"
+            + (f" (prompts {ctx.get('judge_prompts') or 'package'}: {ctx.get('rubric_version')}; scoring rules "
+               f"{ctx.get('judge_rules') or 'package'})" if ctx.get("judge") else "")
             + f", settings {ctx.get('settings', {}).get('max_new_tokens')} new tokens, "
             f"{'sampling' if ctx.get('settings', {}).get('do_sample') else 'greedy'}, "
             f"{ctx.get('settings', {}).get('num_samples')} sample(s) per prompt. Perplexity under the unsteered model.",
             "",
         ]
+        if _small_local_judge(ctx.get("judge")):
+            lines += [f"**Judge warning:** `{ctx.get('judge')}` is the small local default judge. Its concept and "
+                      "instruction ratings tell nothing, and its fluency rating is at best a rough trend "
+                      "(docs/judging.md, 'What a 135M local judge can and cannot tell'). For judge numbers, use "
+                      "an OpenAI-compatible endpoint; rely on perplexity, distinct-n and answer accuracy here.", ""]
         if self.choices:
             lines += ["Factor selection (AxBench): multiplier chosen on the dev prompts, score reported on the test prompts.",
                       "", "| method | selected on | m | dev | test | test scored / missing |", "|---|---|---|---|---|---|"]
@@ -295,3 +302,9 @@ class GenerationReport:
 def _cell(text: str, width: int) -> str:
     flat = " ".join(str(text).split()).replace("|", "\\|")
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _small_local_judge(judge_id: Any) -> bool:
+    """True for the package's small local default judge (a 135M model), whose ratings carry no information."""
+    text = str(judge_id or "").lower()
+    return text.startswith("local:") and "135m" in text
