@@ -76,7 +76,7 @@ def test_curve_fit_dictionary():
     assert fit.to_dict() == {
         "kind": "utility", "shape": "shared", "params": {"beta_u": 1.5, "b_u": None}, "n_points": 9, "n_params": 6,
         "r2": 0.5, "rmse": None, "adjusted_r2": 0.25, "loo_rmse": 0.75, "loo_r2": None, "fitted": True,
-        "good": False, "message": "poor", "at_bounds": ["log_p"],
+        "good": False, "message": "poor", "at_bounds": ["log_p"], "loo_message": "",
     }
     assert CurveFit("utility", "none", {}, 0, 8).to_dict()["r2"] is None
     finite = CurveFit("utility", "full", {}, 9, 8, r2=0.5, rmse=0.125, adjusted_r2=0.25, loo_rmse=0.75, loo_r2=0.375)
@@ -426,8 +426,8 @@ def test_leave_one_out_of_data_with_a_small_spread_has_an_r2():
 
 
 def test_leave_one_out_of_constant_data_has_no_r2():
-    m = np.linspace(0.5, 3.5, 7)
-    fit = fit_curve("utility", m, np.full(7, 2.0))
+    m = np.linspace(0.5, 3.5, 8)   # one-sided k = 5: refits of 7 points reach k + 2
+    fit = fit_curve("utility", m, np.full(8, 2.0))
     assert fit.fitted and fit.r2 == 1.0
     assert fit.loo_rmse == pytest.approx(0.0, abs=1e-6) and np.isnan(fit.loo_r2)
 
@@ -578,23 +578,27 @@ def test_fit_report_headline_prefers_the_fit():
     refused = CurveFit("utility", "none", {}, 2, 8, message="m")
     report = FitReport(refused, refused, {"interpolation": interp}, "why")
     assert report.headline is interp
+    report.summaries["fit"] = fitted   # a fit shown beside does not become the headline while there is a reason
+    assert report.headline is interp and report.to_dict()["headline_source"] == "interpolation"
+    del report.summaries["fit"]
     data = report.to_dict()
     assert data["headline_source"] == "interpolation" and data["headline_reason"] == "why"
     assert data["summaries"] == {"interpolation": interp.to_dict()}
     assert data["preference"] == refused.to_dict() and data["utility"]["kind"] == "utility"
     assert set(data) == {"preference", "utility", "summaries", "headline_source", "headline_reason"}
     report.summaries["fit"] = fitted
+    report.headline_reason = ""
     assert report.headline is fitted and report.to_dict()["headline_source"] == "fit"
 
 
-def _good(kind, rmse=0.1):
-    return CurveFit(kind, "full", {}, 10, 8, rmse=rmse, adjusted_r2=0.95, loo_r2=0.8, fitted=True)
+def _good(kind, rmse=0.1, n=11, at_bounds=()):
+    return CurveFit(kind, "full", {}, n, 8, rmse=rmse, adjusted_r2=0.95, loo_r2=0.8, fitted=True, at_bounds=at_bounds)
 
 
 def test_fit_usable_reasons_are_exact():
     refused = CurveFit("preference", "none", {}, 2, 9, message="not fitted: few")
     assert _fit_usable(refused, _good("utility"), 1.0) == "preference: not fitted: few"
-    poor = CurveFit("utility", "full", {}, 10, 8, rmse=0.1, adjusted_r2=0.5, loo_r2=0.8, fitted=True, message="poor")
+    poor = CurveFit("utility", "full", {}, 11, 8, rmse=0.1, adjusted_r2=0.5, loo_r2=0.8, fitted=True, message="poor")
     assert _fit_usable(_good("preference"), poor, 1.0) == "utility: poor"
     assert _fit_usable(_good("preference"), CurveFit("utility", "none", {}, 2, 8, message="m"), 1.0) == "utility: m"
     assert _fit_usable(_good("preference"), _good("utility", 0.25), 1.0) == ""  # exactly at 0.25 x the budget
@@ -602,6 +606,12 @@ def test_fit_usable_reasons_are_exact():
     assert _fit_usable(_good("preference"), _good("utility", 0.3), 1.0) == (
         "utility fit RMSE 0.3 exceeds 0.25 x the utility-loss budget 1 (too coarse for the summaries)")
     assert _fit_usable(_good("preference"), _good("utility", float("nan")), 1.0).startswith("utility fit RMSE nan")
+    # fewer than 3 residual degrees of freedom, or a parameter on a bound: interpolation, even for good fits
+    assert _fit_usable(_good("preference", n=10), _good("utility"), 1.0) == (
+        "preference: only 2 residual degrees of freedom (10 points, k=8); the headline needs 3")
+    assert _fit_usable(_good("preference"), _good("utility", at_bounds=("log_p_pos",)), 1.0) == (
+        "utility: log_p_pos on a bound of the search (the fit is not determined)")
+    assert _fit_usable(_good("preference", n=12), _good("utility", n=11), 1.0) == ""
 
 
 def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
@@ -622,7 +632,7 @@ def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
     # too few points: both refused, interpolation only, and the reason says which fit and why
     with caplog.at_level(logging.INFO, logger="easyedit_split.evaluation.fits"):
         short = fit_and_summarize(m[:4], pref[:4], util[:4])
-    assert set(short.summaries) == {"interpolation"} and short.headline.source == "interpolation"
+    assert set(short.summaries) == {"interpolation"} and short.headline.source == "interpolation"  # nothing fitted
     assert short.headline_reason == "preference: " + short.preference.message
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
         "summaries from interpolation: " + short.headline_reason]
@@ -630,31 +640,31 @@ def test_fit_and_summarize_uses_good_fits_and_passes_its_settings(caplog):
 
 
 def test_leave_one_out_refits_start_from_the_full_fit(monkeypatch):
-    """Shared two-sided fit of 8 points with one negative multiplier: the full fit searches from the 24
+    """Shared two-sided fit of 9 points with one negative multiplier: the full fit searches from the 24
     default starts; each refit keeping both sides starts from the full fit's parameters plus every twelfth
     default start (1 + 2); leaving out the only negative point changes the layout to one side, so that
-    refit starts cold from its 12 defaults. 24 + 7 x 3 + 12 = 57 searches."""
-    m = np.array([-0.5, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    refit starts cold from its 12 defaults. 24 + 8 x 3 + 12 = 60 searches."""
+    m = np.array([-0.5, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
     y = utility_curve(m, 2.0, -1.0, 1.0, 2.0, 1.0, -0.5, 2.0, 1.0)
     spy = _Spy(monkeypatch)
     fit = fit_curve("utility", m, y, shape="shared")
     assert fit.fitted and fit.shape == "shared"
-    assert len(spy.calls) == 57
+    assert len(spy.calls) == 60
     main_theta = spy.calls[int(np.argmin([(c["solution"].fun ** 2).sum() for c in spy.calls[:24]]))]["solution"].x
     # the first refit (point 0 left out) is the one-sided one: 12 cold starts of 3 parameters
     assert [len(c["x0"]) for c in spy.calls[24:36]] == [3] * 12
     # the next refit starts from the full fit's parameters (clipped into its bounds)
     np.testing.assert_array_equal(spy.calls[36]["x0"], np.clip(main_theta, *spy.calls[36]["kwargs"]["bounds"]))
-    assert [len(c["x0"]) for c in spy.calls[36:]] == [4] * 21
+    assert [len(c["x0"]) for c in spy.calls[36:]] == [4] * 24
 
 
 def test_failed_leave_one_out_refits_give_no_loo_numbers(monkeypatch):
-    m, y = _one_sided_utility(7)
+    m, y = _one_sided_utility(8)
     spy = _Spy(monkeypatch, fail={i: ValueError("refit") for i in range(12, 40)})
     fit = fit_curve("utility", m, y)
     assert len(spy.calls) == 12 + 2  # the full fit, then the first refit's two starts both fail
     assert fit.fitted and fit.r2 > 0.999999
-    assert np.isnan(fit.loo_rmse) and np.isnan(fit.loo_r2)
+    assert np.isnan(fit.loo_rmse) and np.isnan(fit.loo_r2) and fit.loo_message.startswith("leave-one-out failed")
 
 
 DECAY_TRUTH = dict(m_pos=1.0, L_pos=20.0, p_pos=1.5, m_neg=-0.5, L_neg=10.0, p_neg=1.0)
@@ -825,7 +835,7 @@ def test_good_fit_summaries_agree_with_interpolation():
 def test_poor_fit_reports_interpolation():
     m = np.linspace(-8, 8, 17)
     report = fit_and_summarize(m, m, 2.0 * np.sin(1.7 * m))
-    assert "fit" not in report.summaries and report.headline.source == "interpolation"
+    assert report.headline.source == "interpolation"
     assert report.to_dict()["utility"]["good"] is False
 
 
@@ -847,7 +857,8 @@ def test_coarse_utility_fit_leaves_the_summaries_to_interpolation():
     pref = np.array([-5, -3, -1, -0.5, 0, 3, 8, 10, 15.5])
     util = np.array([-129, -90, -60, -55, -54.1, -56.5, -62, -78.4, -129.3])
     report = fit_and_summarize(m, pref, util)
-    assert report.headline.source == "interpolation" and "too coarse" in report.headline_reason
+    # (9 points leave the shared preference fit 2 residual degrees of freedom: that reason comes first)
+    assert report.headline.source == "interpolation" and "residual degrees of freedom" in report.headline_reason
     # by hand: preference falls left of 0, so the gain is on the right, where U falls 2.4 over [0, 1]:
     # loss 1 is reached at m = 1/2.4, where P = 3/2.4 = 1.25
     assert report.headline.preference_gain == pytest.approx(1.25, abs=1e-3)
@@ -863,3 +874,50 @@ def test_bump_height_is_bounded_so_wrong_model_predictions_stay_finite():
     for side in ("pos", "neg"):
         height = (1 + fit.params[f"m_{side}"] ** 2 / fit.params[f"L_{side}"]) ** fit.params[f"p_{side}"]
         assert height <= 100.0 * 1.05
+
+
+# ----------------------------------------------------------------------------- issue 22: LOO rule, headline rule
+
+
+def test_leave_one_out_is_refused_when_a_refit_would_have_fewer_than_k_plus_two_points(monkeypatch):
+    """The demo's 9-point sweep: shared preference k = 7, so each refit (8 points) is refused (8 < 9),
+    no refit is searched, the fit stays, and the reason is recorded and carried into the message."""
+    m = np.linspace(-8, 8, 9)
+    y = preference_curve(m, 1.0, 0.5, -0.2, *DECAY_TRUTH.values())
+    spy = _Spy(monkeypatch)
+    fit = fit_curve("preference", m, y)
+    assert fit.fitted and fit.shape == "shared" and fit.n_params == 7
+    n_main = len(spy.calls)
+    assert n_main == len(_bounds_and_starts(m, _Layout("shared", True, True))[1])  # no refits searched
+    assert np.isnan(fit.loo_rmse) and np.isnan(fit.loo_r2) and not fit.is_good
+    assert fit.loo_message == ("leave-one-out refused: each refit would have 8 points for k=7 parameters and "
+                               "needs at least 9 (use more multipliers)")
+    assert fit.loo_message in fit.message and fit.to_dict()["loo_message"] == fit.loo_message
+    # one more point: the refits run (n - 1 = 9 = k + 2)
+    m10 = np.linspace(-8, 8, 10)
+    fit10 = fit_curve("preference", m10, preference_curve(m10, 1.0, 0.5, -0.2, *DECAY_TRUTH.values()), shape="shared")
+    assert fit10.loo_message == "" and np.isfinite(fit10.loo_rmse)
+
+
+def test_headline_is_interpolation_with_two_residual_dof_and_the_fit_is_shown_beside():
+    """Exact shared-shape curves at 9 points: preference k = 7, so n - k = 2 < 3 although the fit is perfect."""
+    m = np.linspace(-4, 4, 9)
+    decay = (0.5, 2.0, 1.0, -0.5, 2.0, 1.0)
+    pref = preference_curve(m, 1.0, 0.5, -0.2, *decay)
+    util = utility_curve(m, 3.0, -1.0, *decay)
+    report = fit_and_summarize(m, pref, util, shape="shared")
+    assert report.preference.fitted and report.utility.fitted
+    assert report.headline.source == "interpolation"
+    assert report.headline_reason.startswith("preference: only 2 residual degrees of freedom (9 points, k=7)")
+    assert set(report.summaries) == {"interpolation", "fit"}   # the fit beside the headline
+    assert report.to_dict()["headline_source"] == "interpolation"
+
+
+def test_headline_is_interpolation_when_a_parameter_sits_on_its_bound():
+    """Utility U = -|m| is a cone: the decay can only approach it with p at its lower bound 0.05 on both sides."""
+    m = np.linspace(-8, 8, 17)
+    report = fit_and_summarize(m, m, -np.abs(m))
+    assert report.utility.fitted and set(report.utility.at_bounds) == {"log_p_pos", "log_p_neg"}
+    assert report.headline.source == "interpolation"
+    assert report.headline_reason == "utility: log_p_pos, log_p_neg on a bound of the search (the fit is not determined)"
+    assert "fit" in report.summaries

@@ -220,9 +220,9 @@ def test_a_different_judge_or_rubric_version_does_not_reuse_answers(server, tmp_
     other = OpenAICompatibleJudge("other-judge", base_url=server.base_url, api_key="k")
     rate_items(other, [item("score:2,2,2")], rubrics=("fluency",), cache=JudgeCache(path), progress=False)
     assert server.count() == 2
-    import easyedit_split.judging.rating as rating_module
+    import easyedit_split.judging.prompt_sets as prompt_sets_module   # where the version in the key is read
 
-    monkeypatch.setattr(rating_module, "RUBRIC_VERSION", "v-next")
+    monkeypatch.setattr(prompt_sets_module, "RUBRIC_VERSION", "v-next")
     rate_items(other, [item("score:2,2,2")], rubrics=("fluency",), cache=JudgeCache(path), progress=False)
     assert server.count() == 3
 

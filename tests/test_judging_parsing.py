@@ -19,6 +19,10 @@ from easyedit_split.judging.rubrics import RUBRIC_NAMES, RUBRIC_VERSION, get_rub
     ("I give it a rating of 1.", 1.0),
     ("Rating: 1\n...on reflection...\nRating: 0", 0.0),   # the last rating line counts
     ("Rating: 1.5", 1.5),
+    # the explicit rating line wins over a mention of "rating" in prose after it (issue 22, item 7)
+    ("Rating: 2\nNote: a rating of 0 would mean absent", 2.0),
+    ("**Rating:** 1\nA rating of 2 needs more.", 1.0),
+    ("- Rating: 1\n(rating of 0 if off topic)", 1.0),
     # missing, never 0
     ("It is fluent.", None), ("", None), (None, None),
     ("Rating: 3", None), ("Rating: -1", None), ("Rating: 4/5", None), ("Rating: 2/10", None),

@@ -24,6 +24,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--judge", default=None, metavar="SPEC",
                        help="openai:MODEL (base URL and key from EASYEDIT_SPLIT_JUDGE_BASE_URL/OPENAI_BASE_URL/BASE_URL "
                             "and ..._API_KEY) or local:MODEL_OR_PATH; default: no judge ratings")
+    group.add_argument("--judge-prompts", default="package", choices=("package", "easyedit", "axbench"),
+                       help="judge templates: the package's own rubrics (default), or EasyEdit's / AxBench's read at run "
+                            "time from the installed package (put its checkout on PYTHONPATH); the report names them")
+    group.add_argument("--judge-rules", default="package", choices=("package", "easyedit"),
+                       help="scoring rules: package (a failed rating is missing; every sample judged) or easyedit "
+                            "(a failed rating counts as 0; only the first sample is judged; ratings truncated to integers)")
     group.add_argument("--concept", default=None, help="concept description for the judge (default: the data's concept)")
     group.add_argument("--generation-dataset", default=None, help="prompts to generate from (default: --dataset)")
     group.add_argument("--generation-multipliers", nargs="+", default=None, help="sweep of the generations (default: --multipliers)")
@@ -66,6 +72,7 @@ def generation_config(args: argparse.Namespace, multipliers: Optional[list] = No
                                   temperature=args.temperature, top_p=args.top_p, num_samples=args.num_samples,
                                   seed=args.generation_seed)
     options: dict[str, Any] = dict(settings=settings, judge=args.judge, judge_options=judge_options(args),
+                                   judge_prompts=args.judge_prompts, judge_rules=args.judge_rules,
                                    concept=args.concept, dev_fraction=args.dev_fraction,
                                    progress=not getattr(args, "no_progress", False))
     if sweep:

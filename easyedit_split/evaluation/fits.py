@@ -30,8 +30,11 @@ swept range): utility loss `U(0) - U(m)`; `drop_multiplier`: the m nearest 0 on 
 loss first reaches delta; `preference_gain`: the largest `P(m) - P(0)` while the loss stays below
 delta; `frontier_area`: `integral_0^max_loss preference_gain(delta) d(delta)` (nats^2). They are
 computed from the piecewise-linear interpolation of the measured means always, and from the fits
-when both are good and the utility fit resolves the loss budget (`fit_and_summarize`); the
-headline is the fit only then, else interpolation, with the reason recorded.
+whenever both curves were fitted (`fit_and_summarize`). The headline is the fits' only when both
+are good, the utility fit resolves the loss budget, each keeps at least 3 residual degrees of
+freedom and no decay parameter sits on a search bound; else interpolation, with the reason recorded
+and the fits' numbers shown beside it. Leave-one-out refits follow fit_curve's rule (n - 1 >= k + 2)
+and are otherwise refused, with the reason in `loo_message`.
 """
 from __future__ import annotations
 
@@ -51,7 +54,9 @@ PREFERENCE_PARAMS = PREFERENCE_HEAD + DECAY_PARAMS
 UTILITY_PARAMS = UTILITY_HEAD + DECAY_PARAMS
 SHAPES = ("auto", "full", "shared")
 MIN_RESIDUAL_DOF = 2
-"""A fit needs n >= k + MIN_RESIDUAL_DOF points."""
+"""A fit needs n >= k + MIN_RESIDUAL_DOF points; so does each leave-one-out refit (n - 1 >= k + 2)."""
+HEADLINE_RESIDUAL_DOF = 3
+"""The fits give the headline only with n - k >= this; with fewer the curve is nearly an interpolant."""
 GOOD_ADJUSTED_R2 = 0.9
 GOOD_LOO_R2 = 0.7
 """A fit is good when its adjusted R^2 and predictive (leave-one-out) R^2 reach these."""
@@ -103,6 +108,7 @@ class CurveFit:
     fitted: bool = False
     message: str = ""
     at_bounds: tuple = ()          # parameters that ended on a bound of the search
+    loo_message: str = ""          # why the leave-one-out numbers are missing ("" when computed)
 
     def __call__(self, m):
         if not self.fitted:
@@ -121,7 +127,7 @@ class CurveFit:
                 "n_points": self.n_points, "n_params": self.n_params, "r2": _num(self.r2), "rmse": _num(self.rmse),
                 "adjusted_r2": _num(self.adjusted_r2), "loo_rmse": _num(self.loo_rmse), "loo_r2": _num(self.loo_r2),
                 "fitted": self.fitted, "good": self.is_good, "message": self.message,
-                "at_bounds": list(self.at_bounds)}
+                "at_bounds": list(self.at_bounds), "loo_message": self.loo_message}
 
 
 def r_squared(observed, predicted) -> float:
@@ -314,10 +320,18 @@ def fit_curve(kind: str, multipliers, values, shape: str = "auto", leave_one_out
     fit.at_bounds = tuple(name for name, value, lo, hi, w in zip(layout.names, theta, *bounds, width)
                           if not name.startswith("m_") and min(value - lo, hi - value) <= 1e-6 * max(w, 1.0))
     if leave_one_out:
-        fit.loo_rmse, fit.loo_r2 = _leave_one_out(kind, m, y, shape, theta)
+        if n - 1 < k + MIN_RESIDUAL_DOF:
+            fit.loo_message = (f"leave-one-out refused: each refit would have {n - 1} points for k={k} parameters "
+                               f"and needs at least {k + MIN_RESIDUAL_DOF} (use more multipliers)")
+        else:
+            fit.loo_rmse, fit.loo_r2 = _leave_one_out(kind, m, y, shape, theta)
+            if _num(fit.loo_r2) is None:
+                fit.loo_message = "leave-one-out failed: a refit's search failed or the data are constant"
     if not fit.is_good:
         fit.message = (f"poor fit (adjusted R^2 {_fmt(fit.adjusted_r2)}, leave-one-out R^2 {_fmt(fit.loo_r2)}; "
                        f"good needs {GOOD_ADJUSTED_R2:g} and {GOOD_LOO_R2:g})")
+        if fit.loo_message:
+            fit.message += f"; {fit.loo_message}"
     return fit
 
 
@@ -448,7 +462,11 @@ def summarize_curves(preference: Callable, utility: Callable, multipliers, sourc
 
 @dataclass
 class FitReport:
-    """Both fits and the summaries: "interpolation" always, "fit" when both fits are good; `headline` picks one."""
+    """Both fits and the summaries: "interpolation" always, "fit" whenever both curves were fitted.
+
+    `headline` is the fit's summaries only when `headline_reason` is empty (the fits are usable, see
+    `_fit_usable`); otherwise interpolation, with the fit's numbers kept beside it for the report.
+    """
 
     preference: CurveFit
     utility: CurveFit
@@ -458,8 +476,10 @@ class FitReport:
 
     @property
     def headline(self) -> Summaries:
-        """The fit's summaries when both fits are good, else the interpolation's."""
-        return self.summaries.get("fit") or self.summaries["interpolation"]
+        """The fit's summaries when the fits are usable (no `headline_reason`), else the interpolation's."""
+        if not self.headline_reason and "fit" in self.summaries:
+            return self.summaries["fit"]
+        return self.summaries["interpolation"]
 
     def to_dict(self) -> dict:
         return {"preference": self.preference.to_dict(), "utility": self.utility.to_dict(),
@@ -472,6 +492,14 @@ def _fit_usable(pref_fit: CurveFit, util_fit: CurveFit, utility_loss: float) -> 
     for fit in (pref_fit, util_fit):
         if not fit.fitted:
             return f"{fit.kind}: {fit.message}"
+    for fit in (pref_fit, util_fit):
+        dof = fit.n_points - fit.n_params
+        if dof < HEADLINE_RESIDUAL_DOF:
+            return (f"{fit.kind}: only {dof} residual degrees of freedom ({fit.n_points} points, k={fit.n_params}); "
+                    f"the headline needs {HEADLINE_RESIDUAL_DOF}")
+        if fit.at_bounds:
+            return f"{fit.kind}: {', '.join(fit.at_bounds)} on a bound of the search (the fit is not determined)"
+    for fit in (pref_fit, util_fit):
         if not fit.is_good:
             return f"{fit.kind}: {fit.message}"
     if not util_fit.rmse <= UTILITY_RESOLUTION * utility_loss:
@@ -484,8 +512,10 @@ def fit_and_summarize(multipliers, pref_means, util_means, utility_loss: float =
                       frontier_max_loss: float = 3.0, shape: str = "auto") -> FitReport:
     """Both fits, the interpolation's summaries, and the fits' summaries when the fits are usable.
 
-    Usable: both fitted, both good (`CurveFit.is_good`), and the utility fit's RMSE at most
-    `UTILITY_RESOLUTION` x `utility_loss`. Otherwise `headline_reason` says why interpolation is used.
+    Usable: both fitted, each with at least `HEADLINE_RESIDUAL_DOF` residual degrees of freedom and no
+    parameter on a search bound, both good (`CurveFit.is_good`), and the utility fit's RMSE at most
+    `UTILITY_RESOLUTION` x `utility_loss`. Otherwise `headline_reason` says why interpolation is the
+    headline; the fits' summaries are still computed (when both curves were fitted) and shown beside it.
     """
     m = np.asarray(multipliers, float)
     pref_fit = fit_preference(m, pref_means, shape)
@@ -494,9 +524,9 @@ def fit_and_summarize(multipliers, pref_means, util_means, utility_loss: float =
     report.summaries["interpolation"] = summarize_curves(
         interpolated(m, pref_means), interpolated(m, util_means), m, "interpolation", utility_loss, frontier_max_loss)
     report.headline_reason = _fit_usable(pref_fit, util_fit, utility_loss)
-    if not report.headline_reason:
+    if pref_fit.fitted and util_fit.fitted:
         report.summaries["fit"] = summarize_curves(pref_fit, util_fit, m, "fit", utility_loss, frontier_max_loss)
-    else:
+    if report.headline_reason:
         logger.info("summaries from interpolation: %s", report.headline_reason)
     return report
 

@@ -104,10 +104,15 @@ class EvaluationReport:
     results: Sequence[Any]            # MethodResult
     context: dict = field(default_factory=dict)
     generation: Any = None            # generation_eval.report.GenerationReport, when generations were scored too
+    x_axis: str = "m"                 # plots' x axis: "m" or "norm" (signed steering norm m * ||v||)
+
+    def __post_init__(self) -> None:
+        if self.x_axis not in ("m", "norm"):
+            raise ValueError(f"x_axis must be 'm' or 'norm', got {self.x_axis!r}")
 
     def to_dict(self) -> dict:
         data = {"package": "easyedit_split", "package_version": __version__, "scored": self.context,
-                "methods": {r.name: r.to_dict() for r in self.results}}
+                "methods": {r.name: {**r.to_dict(), "steering_norm": _norm_entry(r)} for r in self.results}}
         if self.generation is not None:  # generation-side metrics against m, next to preference and utility
             data["generation"] = self.generation.to_dict()
         return data
@@ -162,7 +167,9 @@ class EvaluationReport:
         ]
         for r in self.results:
             summary, inter = r.fits.headline, r.fits.summaries["interpolation"]
-            note = (lambda key: f" (interp {_fmt(getattr(inter, key))})") if summary is not inter else (lambda key: "")
+            other = r.fits.summaries.get("fit") if summary is inter else inter
+            label = "fit" if summary is inter else "interp"
+            note = (lambda key: f" ({label} {_fmt(getattr(other, key))})") if other is not None else (lambda key: "")
             acc = _accuracy(r.metrics)
             at = accuracy_multipliers(r.metrics.multipliers, ctx.get("accuracy_at") or ())
             index = {float(v): k for k, v in enumerate(r.metrics.multipliers)}
@@ -191,6 +198,14 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ plots
+    def x_values(self, r: Any) -> np.ndarray:
+        """The plots' x: m, or with `x_axis="norm"` the signed steering norm m * ||v|| (comparable across methods)."""
+        m = np.asarray(r.metrics.multipliers, float)
+        return m * steering_norm(r) if self.x_axis == "norm" else m
+
+    def _x_label(self) -> str:
+        return ("signed steering norm m·||v|| (hidden-state units)" if self.x_axis == "norm" else "multiplier m")
+
     def plot(self, out_dir: Union[str, Path]) -> list[Path]:
         import matplotlib
 
@@ -199,65 +214,103 @@ class EvaluationReport:
 
         out_dir = Path(out_dir)
         written = []
-        # preference and utility vs m
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, name in zip(axes, ("preference", "utility")):
-            ax.set_ylim(*_data_limits([getattr(r.metrics, name) for r in self.results]))  # a wild fit cannot hide the data
-        for r in self.results:
-            m = r.metrics
+        # preference (all methods) on top; utility relative to m = 0, one panel per method (own scale) below
+        n = len(self.results)
+        fig = plt.figure(figsize=(max(11.0, 3.6 * n), 7.5))
+        grid_spec = fig.add_gridspec(2, n)
+        pref_ax = fig.add_subplot(grid_spec[0, :])
+        pref_ax.set_ylim(*_data_limits([r.metrics.preference for r in self.results]))  # a wild fit cannot hide the data
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for index, r in enumerate(self.results):
+            m, x, color = r.metrics, self.x_values(r), colors[index % len(colors)]
+            scale = (x[-1] / m.multipliers[-1]) if self.x_axis == "norm" and m.multipliers[-1] else 1.0
             grid = np.linspace(m.multipliers.min(), m.multipliers.max(), 300)
-            for ax, stat, fit in ((axes[0], m.preference, r.fits.preference), (axes[1], m.utility, r.fits.utility)):
-                line = ax.errorbar(m.multipliers, stat.mean, yerr=[stat.mean - stat.ci_low, stat.ci_high - stat.mean],
-                                   fmt="o", capsize=3, label=r.name)
-                if fit.fitted:
-                    ax.plot(grid, fit(grid), "-" if fit.is_good else ":", color=line[0].get_color(), alpha=0.7,
+            util_ax = fig.add_subplot(grid_spec[1, index])
+            ref = int(np.argmin(np.abs(m.multipliers)))
+            u0 = float(m.utility.mean[ref])
+            for ax, stat, fit, shift in ((pref_ax, m.preference, r.fits.preference, 0.0),
+                                         (util_ax, m.utility, r.fits.utility, u0)):
+                ax.errorbar(x, stat.mean - shift, yerr=[stat.mean - stat.ci_low, stat.ci_high - stat.mean], fmt="o",
+                            capsize=3, color=color, label=f"{r.name} (measured)")
+                if _drawable(fit):
+                    ax.plot(grid * scale, fit(grid) - shift, "-" if fit.is_good else ":", color=color, alpha=0.7,
                             label=f"{r.name} fit (adj. R²={fit.adjusted_r2:.2f}{'' if fit.is_good else ', poor'})")
-        axes[0].set(xlabel="multiplier m", ylabel="PrefOdds = L_n - L_p (nats)", title="Preference")
-        axes[1].set(xlabel="multiplier m", ylabel="UtilOdds = log p - log(1-p)", title="Utility")
-        for ax in axes:
+                elif fit.fitted:
+                    ax.plot([], [], " ", label=f"{r.name} fit not drawn (adj. R²={_fmt(fit.adjusted_r2)} < 0)")
+            util_ax.set_ylim(*_data_limits([m.utility], shift=u0))
+            util_ax.axhline(0, color="grey", lw=0.5)
+            util_ax.set(xlabel="m·||v||" if self.x_axis == "norm" else "multiplier m", ylabel="U(m) - U(0) (nats)",
+                        title=f"Utility relative to m = 0, {r.name}")
+            util_ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, frameon=False)
+        pref_ax.set(xlabel=self._x_label(), ylabel="PrefOdds = L_n - L_p (nats)",
+                    title="Preference (error bars: 95% bootstrap CI of the mean over pairs; the tables give ± SE)")
+        pref_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        for ax in fig.axes:
             ax.axvline(0, color="grey", lw=0.5)
-            ax.legend(fontsize=7)
+            ax.title.set_fontsize(9)
         fig.tight_layout()
         written.append(_save_figure(fig, out_dir / "preference_utility.png"))
         plt.close(fig)
         written.append(self._plot_frontier(out_dir, plt))
-        # utility vs manifold distance
         with_manifold = [r for r in self.results if r.manifold is not None]
         if with_manifold:
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            markers = "osD^v<>P*X"
-            for index, r in enumerate(with_manifold):  # colour = method, marker = layer
-                for ax, values, label in ((axes[0], r.manifold.pca_distance, "PCA residual"),
-                                          (axes[1], r.manifold.knn_distance, "kNN distance")):
-                    for depth, layer in enumerate(r.manifold.layers):
-                        ax.plot(values[layer], r.metrics.utility.mean, "-", marker=markers[depth % len(markers)], ms=4,
-                                color=colors[index % len(colors)], alpha=0.8, label=f"{r.name} L{layer}")
-                    ax.set(xlabel=f"{label}: excess over unsteered", ylabel="UtilOdds", title=f"Utility vs {label}")
-            for ax in axes:
-                ax.legend(fontsize=6)
-            fig.tight_layout()
-            written.append(_save_figure(fig, out_dir / "manifold.png"))
-            plt.close(fig)
+            written.append(self._plot_manifold(out_dir, plt, with_manifold))
         return written
+
+    def _plot_manifold(self, out_dir: Path, plt: Any, with_manifold: Sequence[Any]) -> Path:
+        """Utility against the two off-manifold distances; every point labelled with its signed m."""
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        markers = "osD^v<>P*X"
+        for index, r in enumerate(with_manifold):  # colour = method, marker = layer
+            color = colors[index % len(colors)]
+            for ax, values, label in ((axes[0], r.manifold.pca_distance, "PCA residual"),
+                                      (axes[1], r.manifold.knn_distance, "kNN distance")):
+                for depth, layer in enumerate(r.manifold.layers):
+                    xs, ys = np.asarray(values[layer], float), np.asarray(r.metrics.utility.mean, float)
+                    ax.plot(xs, ys, "-", marker=markers[depth % len(markers)], ms=4, color=color, alpha=0.8,
+                            label=f"{r.name} L{layer}")
+                    for multiplier, px, py in zip(r.metrics.multipliers, xs, ys):
+                        if np.isfinite(px) and np.isfinite(py):
+                            ax.annotate(f"{multiplier:+g}" if multiplier else "0", (px, py), fontsize=6, color=color,
+                                        xytext=(3, 2), textcoords="offset points")
+                ax.set(xlabel=f"{label} at m relative to unsteered: mean(m)/mean(0) - 1 (ratio, unitless)",
+                       ylabel="UtilOdds = log p - log(1-p) (nats)", title=f"Utility vs {label} (labels: signed m)")
+                ax.xaxis.label.set_fontsize(8)
+        for ax in axes:
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.tight_layout()
+        path = _save_figure(fig, out_dir / "manifold.png")
+        plt.close(fig)
+        return path
 
     def frontier_series(self) -> list[FrontierSeries]:
         return [frontier_series(r.name, r.metrics.multipliers, r.metrics.preference.mean, r.metrics.utility.mean)
                 for r in self.results]
 
     def _plot_frontier(self, out_dir: Path, plt: Any) -> Path:
-        """Preference gain vs utility loss (relative to m = 0): Pareto frontiers as lines, other points faint."""
+        """Preference gain vs utility-loss budget: the drawn line is `preference_gain(delta)` of the measured
+        points' interpolation, the very function whose integral is the table's frontier area (shaded)."""
+        from .fits import interpolated, preference_gain
+
         series = self.frontier_series()
         budget = next((r.fits.headline.frontier_max_loss for r in self.results), 3.0)
         view = frontier_view(series, budget)
-        fig, ax = plt.subplots(figsize=(6.5, 5))
-        for s in series:
-            order = np.argsort(s.loss[s.pareto])
-            line, = ax.plot(s.loss[s.pareto][order], s.gain[s.pareto][order], "o-", label=f"{s.name} (Pareto frontier)")
-            ax.plot(s.loss[~s.pareto], s.gain[~s.pareto], "o", color=line.get_color(), alpha=0.25, ms=4)
-            for multiplier, x, y, best in zip(s.multipliers, s.loss, s.gain, s.pareto):
-                if view["min_loss"] <= x <= view["max_loss"]:
-                    ax.annotate(f"{multiplier:g}", (x, y), fontsize=7 if best else 5, alpha=1.0 if best else 0.4,
+        fig, ax = plt.subplots(figsize=(7.5, 5.5))
+        deltas = np.linspace(0.0, view["max_loss"], 121)
+        for s, r in zip(series, self.results):
+            m = r.metrics
+            pref, util = interpolated(m.multipliers, m.preference.mean), interpolated(m.multipliers, m.utility.mean)
+            gains = np.array([preference_gain(pref, util, m.multipliers, d) for d in deltas])
+            area = r.fits.summaries["interpolation"].frontier_area
+            line, = ax.plot(deltas, gains, "-", label=f"{s.name}: best gain within budget (area to {budget:g}: "
+                                                     f"{_fmt(area)} nats²)")
+            inside = deltas <= budget
+            ax.fill_between(deltas[inside], 0, gains[inside], color=line.get_color(), alpha=0.12)
+            ax.plot(s.loss, s.gain, "o", color=line.get_color(), alpha=0.35, ms=4)
+            for multiplier, x, y in zip(s.multipliers, s.loss, s.gain):
+                if view["min_loss"] <= x <= view["max_loss"] and np.isfinite(y):
+                    ax.annotate(f"{multiplier:+g}" if multiplier else "0", (x, y), fontsize=6, alpha=0.6,
                                 xytext=(3, 3), textcoords="offset points", color=line.get_color())
         ax.axvline(budget, color="grey", ls="--", lw=0.8)
         ax.axhline(0, color="grey", lw=0.5)
@@ -270,10 +323,11 @@ class EvaluationReport:
             ax.text(0.99, 0.01, f"points with utility loss {outside} not shown: " + ", ".join(clipped),
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgrey")
         ax.set(xlabel="utility loss U(0) - U(m) (nats)", ylabel="preference gain P(m) - P(0) (nats)",
-               title=f"Preference-utility frontier, relative to m = 0\nlines: Pareto frontiers; faint: dominated points; "
-                     f"labels: m; dashed: area budget {budget:g}")
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, loc="best")
+               title="Preference-utility frontier, relative to m = 0\nline: largest gain on the interval around 0 "
+                     "where the loss stays within the budget (interpolated);\nshaded: the frontier area of the table; "
+                     f"dots: measured points, labels: signed m; dashed: budget {budget:g}")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.13), frameon=False)
         fig.tight_layout()
         path = _save_figure(fig, out_dir / "frontier.png")
         plt.close(fig)
@@ -312,16 +366,41 @@ def _source(fits: Any) -> str:
 def _model(fit: Any) -> str:
     if fit.fitted:
         bound = f", {'/'.join(fit.at_bounds)} at bound" if fit.at_bounds else ""
-        return f"{fit.shape}, k={fit.n_params}{bound}"
+        loo = "; LOO refused (n-1 < k+2)" if fit.loo_message.startswith("leave-one-out refused") else ""
+        return f"{fit.shape}, k={fit.n_params}{bound}{loo}"
     if fit.n_points < fit.n_params + 2:
         return f"- ({fit.n_points} points, k={fit.n_params} needs {fit.n_params + 2})"
     return "- (search failed)"
 
 
-def _data_limits(stats: Sequence[Any], margin: float = 0.08) -> tuple[float, float]:
+def steering_norm(r: Any) -> float:
+    """||v||: the root sum of squares of the intervention's parameter norms over layers (`info["parameter_norm"]`);
+    NaN when unknown. ||m * v|| = |m| * ||v||."""
+    norms = (getattr(r, "info", None) or {}).get("parameter_norm") or {}
+    return float(np.sqrt(sum(float(v) ** 2 for v in norms.values()))) if norms else float("nan")
+
+
+def _norm_entry(r: Any) -> dict:
+    """JSON: ||v|| and ||m * v|| per multiplier (None when the parameter norm is unknown)."""
+    norm = steering_norm(r)
+    per_m = [abs(float(m)) * norm for m in r.metrics.multipliers]
+    return {"vector_norm": _num_or_none(norm), "per_multiplier": [_num_or_none(v) for v in per_m],
+            "what": "||m * v||, v's norm = root sum of squares of the intervention's parameter norms over layers"}
+
+
+def _num_or_none(value: float) -> Any:
+    return float(value) if np.isfinite(value) else None
+
+
+def _drawable(fit: Any) -> bool:
+    """A fit is drawn as a curve only when fitted with adjusted R^2 >= 0 (else it is noise with a shape)."""
+    return bool(fit.fitted and np.isfinite(fit.adjusted_r2) and fit.adjusted_r2 >= 0)
+
+
+def _data_limits(stats: Sequence[Any], margin: float = 0.08, shift: float = 0.0) -> tuple[float, float]:
     """y-limits spanning the plotted intervals (not the fitted curves), with a small margin."""
-    low = min(float(np.nanmin(s.ci_low)) for s in stats)
-    high = max(float(np.nanmax(s.ci_high)) for s in stats)
+    low = min(float(np.nanmin(s.ci_low)) for s in stats) - shift
+    high = max(float(np.nanmax(s.ci_high)) for s in stats) - shift
     pad = (high - low) * margin or 1.0
     return low - pad, high + pad
 

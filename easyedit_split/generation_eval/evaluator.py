@@ -37,7 +37,8 @@ from ..errors import EasyEditSplitError
 from ..generation import GenerationSettings, generate_steered
 from ..interventions import DynamicWeightUpdate
 from ..judging import JudgeBackend, JudgeCache, JudgeItem, make_judge, rate_items
-from ..judging.rubrics import RUBRIC_NAMES, RUBRIC_VERSION
+from ..judging.prompt_sets import get_scoring_rules, load_prompt_set
+from ..judging.rubrics import RUBRIC_NAMES
 from ..prompts import PromptFormat
 from ..run_fingerprints import describe_differences, differences, json_ready, model_identity, versions
 from ..storage.units import load_interventions
@@ -79,6 +80,8 @@ class GenerationEvalConfig:
     settings: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=64))
     judge: Union[str, JudgeBackend, None] = None
     judge_options: Mapping[str, Any] = field(default_factory=dict)
+    judge_prompts: str = "package"   # "easyedit"/"axbench": their templates, read from the installed package
+    judge_rules: str = "package"     # "easyedit": failed rating = 0, first sample only, integer ratings
     concept: Optional[str] = None
     perplexity: bool = True
     answer_accuracy: str = "auto"
@@ -377,15 +380,18 @@ class GenerationEvaluator:
         judge = self.judge
         if judge is not None:
             judge_items = []
-            for r, _, text in samples:
+            rules = get_scoring_rules(config.judge_rules)
+            judged = [(r, s, text) for r, s, text in samples if s == 0 or not rules.first_sample_only]
+            for r, _, text in judged:
                 item = by_index[rows[r]["index"]]
                 concept = item.concept or config.concept
                 if concept is None:
                     raise ValueError("the judge's concept rubric needs a concept description: pass concept= "
                                      "(--concept) or use data with a concept column")
                 judge_items.append(JudgeItem(generation=text, instruction=item.input, concept=concept))
-            rated = rate_items(judge, judge_items, cache=cache, progress=config.progress)
-            for (r, _, _), rating in zip(samples, rated):
+            rated = rate_items(judge, judge_items, cache=cache, progress=config.progress,
+                               prompts=config.judge_prompts, rules=config.judge_rules)
+            for (r, _, _), rating in zip(judged, rated):
                 for rubric in RUBRIC_NAMES:
                     put(rubric, r, rating.ratings.get(rubric))
                 put("aggregate", r, rating.aggregate)
@@ -444,7 +450,8 @@ class GenerationEvaluator:
             "dataset": dataset, "n_prompts": {split: sum(item.split == split for item in items) for split in ("dev", "test")},
             "multipliers": list(config.multipliers), "settings": json.loads(json.dumps(dataclasses.asdict(config.settings),
                                                                                        default=str)),
-            "judge": None if judge is None else judge.model_id, "rubric_version": RUBRIC_VERSION if judge else None,
+            "judge": None if judge is None else judge.model_id, "rubric_version": load_prompt_set(config.judge_prompts)[1] if judge else None,
+            "judge_prompts": config.judge_prompts if judge else None, "judge_rules": config.judge_rules if judge else None,
             "concept": config.concept, "chat_template": bool(self.prompt_format.uses_template(self.tokenizer)),
             "perplexity_model": "the evaluated model, unsteered",
             "model": getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__,

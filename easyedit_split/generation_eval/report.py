@@ -179,12 +179,19 @@ class GenerationReport:
         ctx = self.context
         lines = [
             f"Generations: `{ctx.get('dataset')}`, {ctx.get('n_prompts')} prompts (dev/test), "
-            f"judge {ctx.get('judge') or 'none'}" + (f" (rubrics {ctx.get('rubric_version')})" if ctx.get("judge") else "")
+            f"judge {ctx.get('judge') or 'none'}"
+            + (f" (prompts {ctx.get('judge_prompts') or 'package'}: {ctx.get('rubric_version')}; scoring rules "
+               f"{ctx.get('judge_rules') or 'package'})" if ctx.get("judge") else "")
             + f", settings {ctx.get('settings', {}).get('max_new_tokens')} new tokens, "
             f"{'sampling' if ctx.get('settings', {}).get('do_sample') else 'greedy'}, "
             f"{ctx.get('settings', {}).get('num_samples')} sample(s) per prompt. Perplexity under the unsteered model.",
             "",
         ]
+        if _small_local_judge(ctx.get("judge")):
+            lines += [f"**Judge warning:** `{ctx.get('judge')}` is the small local default judge. Its concept and "
+                      "instruction ratings tell nothing, and its fluency rating is at best a rough trend "
+                      "(docs/judging.md, 'What a 135M local judge can and cannot tell'). For judge numbers, use "
+                      "an OpenAI-compatible endpoint; rely on perplexity, distinct-n and answer accuracy here.", ""]
         if self.choices:
             lines += ["Factor selection (AxBench): multiplier chosen on the dev prompts, score reported on the test prompts.",
                       "", "| method | selected on | m | dev | test | test scored / missing |", "|---|---|---|---|---|---|"]
@@ -243,36 +250,52 @@ class GenerationReport:
 
     # ------------------------------------------------------------------ plot and files
     def plot(self, out_dir: Union[str, Path]) -> Path:
-        """Each metric against m (test prompts), every method; the dev-selected factor is marked with a star."""
+        """Each metric against m on the test prompts (dev when there are none), every method, with n and a 95%
+        interval (normal, over prompts) at each point; the dev-selected factor is marked with a star."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         panels = ([("aggregate", "judge aggregate (0-2)"), ("fluency", "judge fluency (0-2)")] if self.has_judge else [])
-        panels += [("perplexity", "perplexity (unsteered model)"), ("distinct_2", "distinct-2")]
+        panels += [("perplexity", "perplexity under the unsteered model (log scale)"), ("distinct_2", "distinct-2 (pooled)")]
         if any(cell.answers for cell in self.cells.values()):
             panels.append(("answer_matching_rate", "answer matching rate"))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+        split = "test" if any(r["split"] == "test" for r in self.rows) else "all"
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.9), squeeze=False)
         headline = next(iter(self.choices.values()), {})
         for ax, (name, label) in zip(axes[0], panels):
             for method in self.methods:
-                xs, ys = [], []
+                xs, ys, errs, ns = [], [], [], []
                 for multiplier in self.multipliers:
-                    cell = self.cells.get((method, multiplier, "test")) or self.cells.get((method, multiplier, "all"))
+                    cell = self.cells.get((method, multiplier, split))
                     value = None if cell is None else (cell.distinct.get(name) if name.startswith("distinct")
                                                        else cell.value(name))
                     if value is not None:
-                        xs.append(multiplier)
-                        ys.append(value)
-                line, = ax.plot(xs, ys, "o-", ms=3, label=method)
+                        rows = [r for r in self.rows if r["method"] == method and float(r["multiplier"]) == multiplier
+                                and (split == "all" or r["split"] == split)]
+                        half, n = _half_interval(rows, name)
+                        xs.append(multiplier), ys.append(value), errs.append(half), ns.append(n)
+                yerr = [e if e == e else 0.0 for e in errs]
+                line = ax.errorbar(xs, ys, yerr=yerr, fmt="o-", ms=3, capsize=2, label=method)
+                for x, y, n in zip(xs, ys, ns):
+                    ax.annotate(f"n={n}", (x, y), fontsize=5, xytext=(2, -7), textcoords="offset points",
+                                color=line[0].get_color())
                 choice = headline.get(method)
                 if choice is not None and choice.multiplier in xs:
-                    ax.plot([choice.multiplier], [ys[xs.index(choice.multiplier)]], "*", ms=12, color=line.get_color())
+                    ax.plot([choice.multiplier], [ys[xs.index(choice.multiplier)]], "*", ms=12, color=line[0].get_color())
             ax.set(xlabel="multiplier m", title=label)
+            if name == "perplexity":
+                ax.set_yscale("log")
+            elif name in ("aggregate", "fluency", "concept", "instruction"):
+                ax.set_ylim(-0.05, 2.05)
+            elif name in ("distinct_2", "answer_matching_rate"):
+                ax.set_ylim(-0.03, 1.03)
             ax.title.set_fontsize(9)
             ax.axvline(0, color="grey", lw=0.5)
-        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{split} prompts{' (the held-out split; star: factor chosen on the dev prompts)' if split == 'test' else ''}"
+                     "; bars: 95% normal interval over prompts; n: texts scored per point", fontsize=9)
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         fig.tight_layout()
         path = Path(out_dir) / "generation.png"
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -302,3 +325,34 @@ class GenerationReport:
 def _cell(text: str, width: int) -> str:
     flat = " ".join(str(text).split()).replace("|", "\\|")
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _small_local_judge(judge_id: Any) -> bool:
+    """True for the package's small local default judge (a 135M model), whose ratings carry no information."""
+    text = str(judge_id or "").lower()
+    return text.startswith("local:") and "135m" in text
+
+
+def _half_interval(rows: Sequence[dict], name: str) -> tuple[float, int]:
+    """(1.96 x standard error over prompts of the per-prompt mean of `name`, texts scored); NaN when < 2 prompts.
+
+    Pooled distinct-n has no per-prompt value: its interval is NaN and n counts the texts.
+    """
+    per_prompt: list[float] = []
+    texts = 0
+    for row in rows:
+        if name == "answer_matching_rate":
+            values = [float(bool(v)) for v in row.get("scores", {}).get("answer_matches", []) if v is not None]
+        elif name.startswith("distinct"):
+            texts += len(row["pred"])
+            continue
+        else:
+            values = [float(v) for v in row.get("scores", {}).get(name, []) if v is not None]
+        texts += len(values)
+        if values:
+            per_prompt.append(sum(values) / len(values))
+    if len(per_prompt) < 2:
+        return float("nan"), texts
+    mean = sum(per_prompt) / len(per_prompt)
+    variance = sum((v - mean) ** 2 for v in per_prompt) / (len(per_prompt) - 1)
+    return 1.96 * math.sqrt(variance / len(per_prompt)), texts

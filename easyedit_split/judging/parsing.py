@@ -2,7 +2,9 @@
 
 The judge is told to end with ``Rating: N``. Judges decorate it (``**Rating:** 2``, ``Rating: [[2]]``,
 ``Rating: 2/2``, ``Rating: 1 out of 2.``), so the *last* line that contains ``rating`` followed by a
-number is read. An answer without such a line, or with a number outside the scale, gives None:
+number is read. A line that *starts* with the rating (``Rating: 2``, ``**Rating:** 2``) is explicit and wins
+over a mention of "rating" inside prose (``Note: a rating of 0 would mean absent``): the last explicit
+line is read, and prose mentions only when there is no explicit line. An answer without such a line, or with a number outside the scale, gives None:
 a missing rating, which callers count and report. It is never turned into 0.
 """
 from __future__ import annotations
@@ -19,6 +21,12 @@ _RATING = re.compile(
     r"rating\W{0,4}?\s*(?:[:=\-]|is|of)\s*[\s\*_`\[\(\"']*" + _NUMBER + r"(?:\s*(?:/|out\s+of)\s*" + _NUMBER + r")?",
     re.IGNORECASE,
 )
+# An explicit rating line: only markdown/heading/bullet characters before "rating" on its line.
+_LINE_START = re.compile(r"(?:^|\n)[ \t#>\*_`\-]*$")
+
+
+def _is_explicit(text: str, match: "re.Match[str]") -> bool:
+    return bool(_LINE_START.search(text[:match.start()]))
 
 
 def parse_rating(
@@ -33,7 +41,8 @@ def parse_rating(
     matches = list(_RATING.finditer(text))
     if not matches:
         return None
-    last = matches[-1]
+    explicit = [match for match in matches if _is_explicit(text, match)]
+    last = (explicit or matches)[-1]
     value = float(last.group(1))
     denominator = last.group(2)
     if denominator is not None and float(denominator) != float(high):

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .backends import BatchJudgeBackend, JudgeBackend, JudgeRequestError
 from .cache import JudgeCache, cache_key, prompt_hash
 from .parsing import parse_rating
-from .rubrics import RUBRIC_NAMES, RUBRIC_VERSION, judge_prompts
+from .prompt_sets import ScoringRules, get_scoring_rules, load_prompt_set
+from .rubrics import RUBRIC_NAMES, RUBRIC_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ItemRatings:
 
     ratings: dict[str, Optional[float]] = field(default_factory=dict)
     details: dict[str, RubricRating] = field(default_factory=dict)
+    prompt_version: str = RUBRIC_VERSION
+    rules: str = "package"
 
     @property
     def aggregate(self) -> Optional[float]:
@@ -79,7 +82,8 @@ class ItemRatings:
         return {
             "ratings": dict(self.ratings),
             "aggregate": self.aggregate,
-            "rubric_version": RUBRIC_VERSION,
+            "rubric_version": self.prompt_version,
+            "scoring_rules": self.rules,
             "answers": {name: detail.answer for name, detail in self.details.items()},
             "errors": {name: detail.error for name, detail in self.details.items() if detail.error},
         }
@@ -138,8 +142,14 @@ async def rate_items_async(
     parse_attempts: int = 3,
     retry_missing: Optional[bool] = None,
     progress: bool = True,
+    prompts: str = "package",
+    rules: str = "package",
 ) -> list[ItemRatings]:
     """Rate every item on every rubric; see the module docstring for what is cached and what is missing.
+
+    `prompts` picks the rubric texts ("package", or "easyedit"/"axbench" read from the installed
+    package, `prompt_sets`); `rules` the scoring rules ("easyedit": a failed rating is 0 and ratings
+    are truncated to integers). The cache key includes the prompt set's version.
 
     `parse_attempts` asks again when an answer has no valid rating (1 for deterministic backends).
     A question cached without a rating: None (default) asks it the attempts it has left (a killed
@@ -147,14 +157,19 @@ async def rate_items_async(
     False never asks it again.
     """
     attempts_allowed = 1 if backend.deterministic else max(1, parse_attempts)
-    results = [ItemRatings() for _ in items]
+    rubric_set, version = load_prompt_set(prompts)
+    scoring: ScoringRules = get_scoring_rules(rules)
+    results = [ItemRatings(prompt_version=version, rules=scoring.name) for _ in items]
     pending: list[tuple[list[int], str, str, str]] = []  # (item indices, rubric, prompt, key); one ask per key
     prior_asks: list[int] = []  # answers without a rating already cached, per pending question
     position_of_key: dict[str, int] = {}
     for index, item in enumerate(items):
-        prompts = judge_prompts(item.generation, item.instruction, item.concept, tuple(rubrics))
-        for rubric, prompt in prompts.items():
-            key = cache_key(backend.model_id, RUBRIC_VERSION, rubric, prompt)
+        values = {"generation": item.generation, "instruction": item.instruction, "concept": item.concept}
+        for rubric in rubrics:
+            if rubric not in rubric_set:
+                raise ValueError(f"unknown rubric '{rubric}'; known: {', '.join(rubric_set)}")
+            prompt = rubric_set[rubric].render(**values)
+            key = cache_key(backend.model_id, version, rubric, prompt)
             entry = cache.get(key) if cache is not None else None
             asked = cache.asks(key) if cache is not None and retry_missing is None else 0
             if entry is not None and (entry.get("rating") is not None or retry_missing is False
@@ -189,7 +204,7 @@ async def rate_items_async(
             else:
                 rating = parse_rating(str(answer))
                 if cache is not None:
-                    cache.put(key, {"judge": backend.model_id, "rubric_version": RUBRIC_VERSION, "rubric": rubric,
+                    cache.put(key, {"judge": backend.model_id, "rubric_version": version, "rubric": rubric,
                                     "prompt_sha256": prompt_hash(prompt), "answer": str(answer), "rating": rating})
                 detail = RubricRating(rubric, rating, str(answer),
                                       None if rating is not None else "no valid rating in the answer",
@@ -206,6 +221,10 @@ async def rate_items_async(
         todo = still
     bar.update(len(todo))
     bar.close()
+    if scoring != get_scoring_rules("package"):
+        for result in results:
+            for name in result.ratings:
+                result.ratings[name] = scoring.apply(result.ratings[name])
     missing = count_missing(results)
     if any(missing.values()):
         logger.warning("judge %s: missing ratings per rubric %s (of %d items)", backend.model_id, missing, len(items))
@@ -220,6 +239,9 @@ def rate_items(
     parse_attempts: int = 3,
     retry_missing: Optional[bool] = None,
     progress: bool = True,
+    prompts: str = "package",
+    rules: str = "package",
 ) -> list[ItemRatings]:
     """Synchronous wrapper of `rate_items_async` (runs its own event loop; not callable inside one)."""
-    return asyncio.run(rate_items_async(backend, items, rubrics, cache, parse_attempts, retry_missing, progress))
+    return asyncio.run(rate_items_async(backend, items, rubrics, cache, parse_attempts, retry_missing, progress,
+                                        prompts, rules))
