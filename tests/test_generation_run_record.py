@@ -2,6 +2,8 @@
 malformed `generation_run.json` or `generations.jsonl` ends in an error naming the file (and line)."""
 from __future__ import annotations
 
+import copy
+
 import json
 
 import pytest
@@ -33,7 +35,7 @@ def run(model, tokenizer, updates, out, fmt=None, **options):
 def test_a_resume_in_another_dtype_refuses_naming_dtype(tiny_chat_model, default_tokenizer, updates, tmp_path):
     run(tiny_chat_model, default_tokenizer, updates, tmp_path)
     rows = (tmp_path / GENERATIONS_FILE).read_bytes()
-    half = tiny_chat_model.to(torch.bfloat16)
+    half = copy.deepcopy(tiny_chat_model).to(torch.bfloat16)  # the session's model stays float32
     with pytest.raises(GenerationRunError, match=r"model\.dtype: \"float32\" -> \"bfloat16\""):
         run(half, default_tokenizer, {1: updates[1].to(torch.bfloat16)}, tmp_path)
     assert (tmp_path / GENERATIONS_FILE).read_bytes() == rows  # nothing mixed in
