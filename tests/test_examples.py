@@ -122,7 +122,7 @@ def test_evaluate_mode_writes_the_report(run_split, trained, tiny_chat_model, de
     assert run_split.main(argv, model=tiny_chat_model, tokenizer=default_tokenizer) == 0
     report = trained / "results/smollm2-135m-instruct/sentiment/preference_utility"
     assert (report / "preference_utility.png").is_file()
-    written = json.loads(next(report.glob("*.json")).read_text())
+    written = json.loads((report / "results.json").read_text())
     assert "spilt_vector" in json.dumps(written)
     # results.csv's m = 0 row: the mean NLL difference of the evaluated pairs under a plain forward
     with open(report / "results.csv") as handle:
