@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
+from ..errors import EasyEditSplitError
 from .rubrics import RUBRIC_VERSION, RUBRICS, Rubric
 
 PROMPT_SETS = ("package", "easyedit", "axbench")
@@ -41,7 +42,7 @@ _SOURCES = {
 }
 
 
-class PromptSetError(RuntimeError):
+class PromptSetError(EasyEditSplitError, RuntimeError):
     """The requested judge prompts cannot be read (the source is not installed or has changed)."""
 
 
