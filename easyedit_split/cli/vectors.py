@@ -43,23 +43,17 @@ def load_vectors(directory: Union[str, Path], layers: Optional[Sequence[int]] = 
 
 def check_against_model(loaded: LoadedVectors, model: "nn.Module") -> None:
     """The checks `load_interventions(..., model=model)` makes (metadata, layer range, shapes), on `loaded`."""
-    from ..errors import EasyEditSplitError, StorageError
-    from ..interventions import check_fits_model
+    from ..errors import StorageError
     from ..models import num_layers
     from ..easyedit_layout import layer_file
-    from ..storage.units import check_model_matches
+    from ..storage.units import check_model_matches, check_update_fits
 
     check_model_matches(dict(loaded.metadata), model, str(loaded.directory))
     for layer, update in loaded.updates.items():
         path = layer_file(loaded.directory, layer)
         if not 0 <= int(layer) < num_layers(model):
             raise StorageError(f"{path}: layer {layer} is outside the model's {num_layers(model)} layers")
-        try:
-            check_fits_model(update, model, layer, source=str(path))
-        except (EasyEditSplitError, ValueError, RuntimeError) as error:
-            if str(error).startswith(str(path)):
-                raise
-            raise StorageError(f"{path}: {error}") from None
+        check_update_fits(update, model, layer, path)
 
 
 def recorded_model(metadata: Iterable[Mapping[str, Any]]) -> Optional[str]:

@@ -612,11 +612,16 @@ def load_interventions(
         if intervention_method and update.method != intervention_method:
             raise StorageError(f"{path}: holds a '{update.method}' intervention, but intervention_method is '{intervention_method}'")
         if model is not None:
-            try:
-                check_fits_model(update, model, layer, source=str(path))
-            except (EasyEditSplitError, ValueError, RuntimeError) as error:
-                if str(error).startswith(str(path)):
-                    raise
-                raise StorageError(f"{path}: {error}") from None
+            check_update_fits(update, model, layer, path)
         updates[layer] = update
     return updates
+
+
+def check_update_fits(update: DynamicWeightUpdate, model: nn.Module, layer: int, path: PathLike) -> None:
+    """`update`, read from `path`, has the shapes `model` needs at `layer`; an error names the file."""
+    try:
+        check_fits_model(update, model, layer, source=str(path))
+    except (EasyEditSplitError, ValueError, RuntimeError) as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise StorageError(f"{path}: {error}") from None
