@@ -456,7 +456,7 @@ def load_model_and_tokenizer(
     source = resolve_model_path(model_name_or_path, offline=local_only)
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": local_only}
-    if device != "cpu":
+    if str(device).split(":")[0] != "cpu":  # "cpu:0" stays a plain CPU load (transformers 4 reads a map as an accelerator)
         # straight onto the device (or accelerate's map for "auto"): loading on the CPU and then moving
         # needs the whole model in host memory first (~18.5 GB for gemma-2-9b in bf16)
         kwargs["device_map"] = device

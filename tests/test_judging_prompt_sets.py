@@ -19,6 +19,7 @@ from easyedit_split.judging.prompt_sets import (
     PromptSetError, ScoringRules, get_scoring_rules, load_prompt_set,
 )
 from easyedit_split.judging.rubrics import RUBRIC_VERSION
+from easyedit_host import easyedit_cannot_run
 from openai_stub import StubServer
 
 SNAPSHOT = Path("/work/shared/easyedit-14cea82")
@@ -102,6 +103,7 @@ def _easyedit_rule(rubric: str, prompt: str) -> str:
 
 
 @needs_snapshot
+@pytest.mark.skipif(easyedit_cannot_run() is not None, reason=str(easyedit_cannot_run()))
 @pytest.mark.slow
 def test_easyedit_prompts_and_rules_reproduce_easyedit_evaluate(easyedit_on_path, monkeypatch):
     """Same generations, same stub judge: the package's scores equal EasyEdit's own `_llm_evaluate`."""

@@ -206,6 +206,8 @@ def online_hub_with_recorded_sockets(hub_cache, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(int(__import__("transformers").__version__.split(".")[0]) < 5,
+                    reason="the adapter lookup that ignores local_files_only is transformers 5's")
 def test_local_files_only_alone_still_reaches_for_the_hub(cached_tiny_llama, online_hub_with_recorded_sockets):
     """The control: the adapter-config lookup of transformers' auto classes ignores local_files_only,
     so the guard below must see attempts when only that flag is passed (else the next test proves nothing)."""
