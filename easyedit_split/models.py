@@ -508,16 +508,6 @@ def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _file_sha256(file: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_weight_override(model: nn.Module, path: PathLike) -> nn.Module:
     """Load a state dict over `model`'s weights, strictly: every key and shape must match the model's.
 
@@ -545,7 +535,9 @@ def load_weight_override(model: nn.Module, path: PathLike) -> nn.Module:
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(value.to(dtype=own[key].dtype))
-    setattr(model.config, WEIGHT_OVERRIDE_ATTR, {"path": str(file.resolve()), "sha256": _file_sha256(file)})
+    from .storage.files import file_sha256  # here: the file primitives are a floor above the model table
+
+    setattr(model.config, WEIGHT_OVERRIDE_ATTR, {"path": str(file.resolve()), "sha256": file_sha256(file)})
     logger.info("loaded %d tensors over the model's weights from %s", len(state), file)
     return model
 
