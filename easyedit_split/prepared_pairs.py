@@ -18,8 +18,9 @@ from torch import nn
 from .fastpath import capture_cache
 from .data import PolarityPair
 from .errors import TrainingError
-from .fastpath.packing import (PackedLayout, build_layout, capture_template, completion_token_nll, hide_keys, pair_batch,
-                               pairs_from_batch, replay_start)
+from .fastpath.packing import (PackedLayout, build_layout, capture_template, hide_keys, pair_batch, pairs_from_batch,
+                               replay_start)
+from .fastpath.token_nll import completion_token_nll
 from .prompts import (IGNORE_INDEX, PromptFormat, TokenBatch, attention_mask_rule, first_steered_position,
                       hidden_token_id)
 from .fastpath.replay import CapturedInputs, PrefixKeyValues, full_forward_nll, replay_hidden_after_prefix

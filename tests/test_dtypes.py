@@ -10,7 +10,7 @@ import torch
 from conftest import FAMILIES, build_tiny_model
 from easyedit_split import prepared_pairs, training
 from easyedit_split.evaluation.sweep_nll import EncodedPair, score_encoded_pairs
-from easyedit_split.fastpath.packing import completion_token_nll
+from easyedit_split.fastpath.token_nll import completion_token_nll
 from easyedit_split.hparams import SplitHyperParams
 from easyedit_split.interventions import DynamicWeightUpdate, steer
 from easyedit_split.methods.split import split_loss

@@ -34,9 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..fastpath import capture_cache
-from ..fastpath.packing import LAYOUTS, EncodedPair, build_layout, completion_token_nll, replay_start
+from ..fastpath.packing import LAYOUTS, EncodedPair, build_layout, replay_start
 from ..fastpath.recording import record_activations
 from ..fastpath.replay import replay_hidden_after_prefix, replay_layer
+from ..fastpath.token_nll import completion_token_nll
 from ..interventions import DynamicWeightUpdate, attach
 from ..models import model_device, num_layers
 from ..prompts import PromptFormat, encode_completion, encode_prompt, first_steered_position, pad_token_id_of

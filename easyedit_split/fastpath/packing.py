@@ -21,15 +21,16 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..models import hidden_to_logits, model_device
+from ..models import model_device
 from ..prompts import IGNORE_INDEX, PromptFormat, TokenBatch, collate, encode_completion
 from .replay import CapturedInputs, PrefixKeyValues, capture_layer_inputs, replay_hidden_at
+from .token_nll import completion_token_nll
 
 LAYOUTS = ("packed", "rows")
 
 __all__ = [
     "EncodedPair", "PackedLayout", "build_layout", "capture_layout", "pairs_from_batch", "replay_start",
-    "completion_token_nll", "select_rows", "LAYOUTS", "pair_batch", "capture_template", "hide_keys",
+    "select_rows", "LAYOUTS", "pair_batch", "capture_template", "hide_keys",
     "branch_positions", "branch_nll",
 ]
 
@@ -312,15 +313,3 @@ def branch_nll(
     token_nll = completion_token_nll(model, hidden, out_row.to(run), where.to(run), token.to(run))
     sums = torch.zeros(len(rows), dtype=token_nll.dtype, device=run).index_add(0, out_row.to(run), token_nll)
     return sums, torch.bincount(out_row, minlength=len(rows)).to(run)
-
-
-def completion_token_nll(model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
-                         tokens: torch.Tensor, slice_size: int = 1024) -> torch.Tensor:
-    """-log p(token | hidden at (row, position)), LM head at those positions only, in slices
-    (differentiable: training's losses are built from it)."""
-    out = []
-    for start in range(0, rows.shape[0], slice_size):
-        sl = slice(start, start + slice_size)
-        logits = hidden_to_logits(model, hidden[rows[sl], positions[sl]]).float()
-        out.append(torch.logsumexp(logits, dim=-1) - logits.gather(-1, tokens[sl].unsqueeze(-1)).squeeze(-1))
-    return torch.cat(out)

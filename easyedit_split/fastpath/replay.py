@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from ..interventions import DynamicWeightUpdate, attach
-from ..models import get_decoder_layers, hidden_to_logits, num_layers
+from ..models import get_decoder_layers, num_layers
 from ..prompts import IGNORE_INDEX, TokenBatch
 from .recording import record_activations
+from .token_nll import completion_token_nll
 
 # Layer kwargs whose first dimension is the batch; everything else is shared by all rows.
 _BATCH_FIRST_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
@@ -467,8 +468,7 @@ def nll_from_hidden(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     row_index, position = mask.nonzero(as_tuple=True)
-    logits = hidden_to_logits(model, hidden[row_index, position]).float()  # position t predicts t+1
-    token_nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets[row_index, position].unsqueeze(-1)).squeeze(-1)
+    token_nll = completion_token_nll(model, hidden, row_index, position, targets[row_index, position])  # t predicts t+1
     total = torch.zeros(labels.shape[0], dtype=token_nll.dtype, device=token_nll.device).index_add(0, row_index, token_nll)
     return CompletionNLL(total, mask.sum(dim=1))
 
