@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
+from easyedit_split.generation_eval import text_metrics
 from easyedit_split.generation_eval.text_metrics import completion_nlls, distinct_1_2_3, distinct_n, perplexities, perplexity
 from conftest import build_tiny_model
+from easyedit_split.judging.prefix_reuse import PrefixKV
 
 
 def test_distinct_n_by_hand():
@@ -87,3 +89,39 @@ def test_head_runs_at_completion_positions_and_repeated_texts_are_scored_once(de
         prompt_ids = default_tokenizer(prompt, add_special_tokens=False)["input_ids"]
         completion_ids = default_tokenizer(completion, add_special_tokens=False)["input_ids"]
         assert value == pytest.approx(hand_perplexity(tiny_chat_model, prompt_ids, completion_ids), rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_shared_prompts_run_once_and_give_the_full_forward_values(family, monkeypatch):
+    """Prompts shared by several completions (a header all share, each question shared by four
+    completions): their tokens run once (`prefix_reuse`), and every NLL equals the hand computation
+    and the whole-row path."""
+    made: list[PrefixKV] = []
+
+    class Counted(PrefixKV):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(text_metrics, "PrefixKV", Counted)
+    model = build_tiny_model(family, seed=5)
+    header = list(range(3, 21))                        # 18 tokens every prompt shares
+    questions = [list(range(40, 49)), list(range(50, 60))]  # long enough to pay for their own pass
+    completions = [[60, 61, 62], [60, 61, 70, 71], [80], [90, 91]]
+    prompts = [[1] + header + q for q in questions for _ in completions]
+    rows = [c for _ in questions for c in completions]
+    reused = completion_nlls(model, prompts, rows, pad_token_id=0, batch_size=3)
+    whole = completion_nlls(model, prompts, rows, pad_token_id=0, batch_size=3, reuse_prefix=False)
+    for prompt, completion, (nll, count), (nll_whole, count_whole) in zip(prompts, rows, reused, whole):
+        assert count == count_whole == len(completion)
+        assert math.exp(nll / count) == pytest.approx(hand_perplexity(model, prompt, completion), rel=1e-4)
+        assert nll == pytest.approx(nll_whole, rel=1e-5, abs=1e-5)
+    prefixes = made[0]
+    if family == "gemma2":  # its sliding window (4) is shorter than the rows: they run whole, as they must
+        assert prefixes.prefix_tokens_run == prefixes.suffix_tokens_run == 0
+        return
+    # each question's prompt less its last token is stored once (run as one row) ...
+    assert prefixes.prefix_tokens_run == sum(len(p) - 1 for p in prompts[::len(completions)])
+    # ... and every row runs from there: its last prompt token and its completion, padded per chunk of 3
+    suffix = [1 + len(c) for c in completions]
+    assert prefixes.suffix_tokens_run == 2 * (3 * max(suffix[:3]) + 1 * suffix[3])

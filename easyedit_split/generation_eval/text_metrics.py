@@ -15,6 +15,9 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 
+from ..fastpath.token_nll import token_nll
+from ..judging.prefix_reuse import PrefixKV
+
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -53,61 +56,83 @@ def completion_nlls(
     completion_ids: Sequence[Sequence[int]],
     pad_token_id: int = 0,
     batch_size: int = 8,
+    reuse_prefix: bool = True,
 ) -> list[tuple[float, int]]:
     """Per row: (sum of completion-token NLLs in nats, number of completion tokens).
 
-    Rows are right-padded into batches; position i's logits predict token i+1, so completion token j
-    (at position len(prompt)+j) is scored from the logits at position len(prompt)+j-1.
+    Position i's logits predict token i+1, so completion token j (at position len(prompt)+j) is
+    scored from the hidden state at position len(prompt)+j-1; the LM head runs at those positions
+    only. With `reuse_prefix`, the prompt tokens rows share (the chat header, the same question
+    for every multiplier and method) run once and each row runs from there on their keys and values
+    (`judging.prefix_reuse`: exact to float rounding; planned on the prompts, so every scored
+    position is run); other rows, and models it does not apply to, run whole, right-padded in
+    batches of `batch_size`.
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    for prompt in prompt_ids:
+        if not prompt:
+            raise ValueError("perplexity needs at least one prompt token (e.g. BOS) before the completion")
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
-    for start in range(0, len(prompt_ids), batch_size):
-        rows = [(list(p), list(c)) for p, c in zip(prompt_ids[start:start + batch_size],
-                                                    completion_ids[start:start + batch_size])]
-        for prompt, completion in rows:
-            if not prompt:
-                raise ValueError("perplexity needs at least one prompt token (e.g. BOS) before the completion")
-        width = max(len(p) + len(c) for p, c in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, (prompt, completion) in enumerate(rows):
-            ids = prompt + completion
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, :len(ids)] = 1
-        # the positions that predict a completion token, and those tokens
-        row_index = torch.tensor([row for row, (p, c) in enumerate(rows) for _ in c], dtype=torch.long)
-        positions = torch.tensor([len(p) - 1 + j for p, c in rows for j in range(len(c))], dtype=torch.long)
-        targets = torch.tensor([t for _, c in rows for t in c], dtype=torch.long, device=device)
-        logits = _logits_at(model, input_ids.to(device), attention.to(device), row_index.to(device), positions.to(device))
-        token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
-        offset = 0
-        for prompt, completion in rows:
-            results.append((float(-token_log_probs[offset:offset + len(completion)].sum().item()), len(completion))
-                           if completion else (0.0, 0))
-            offset += len(completion)
-    return results
-
-
-def _logits_at(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, row_index: torch.Tensor,
-               positions: torch.Tensor) -> torch.Tensor:
-    """Logits ``[len(positions), vocab]`` at (row, position) pairs of one forward.
-
-    Why: a perplexity reads the completion positions only. The body runs once and the LM head (49,152
-    rows for the default model) only at those positions; a model without a separable body (no
-    ``get_decoder``) runs whole and the positions are picked from its logits.
-    """
+    contexts = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if head is None or body is None or body is model:
-        return model(input_ids=input_ids, attention_mask=attention).logits[row_index, positions]
-    hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
-    logits = head(hidden[row_index, positions])
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if softcap:  # Gemma-2's final soft cap, as its full forward applies it
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    groups, plain = [], list(range(len(contexts)))
+    prefixes = PrefixKV()
+    argument = (prefixes.usable(model, body, contexts)
+                if reuse_prefix and head is not None and body is not None and body is not model else None)
+    if argument is not None:
+        groups, plain = prefixes.plan(body, argument, [list(p) for p in prompt_ids], device)
+    results: list[Optional[tuple[float, int]]] = [None] * len(contexts)
+    step = max(1, int(batch_size))
+    for group in groups:
+        for start in range(0, len(group.rows), step):
+            chunk = group.rows[start:start + step]
+            hidden = prefixes.suffix_hidden(body, argument, group, [contexts[i] for i in chunk], pad_token_id, device)
+            _score(model, head, hidden, [len(prompt_ids[i]) - group.length for i in chunk],
+                   [completion_ids[i] for i in chunk], chunk, results)
+    for start in range(0, len(plain), step):
+        chunk = plain[start:start + step]
+        width = max(len(contexts[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, index in enumerate(chunk):
+            input_ids[row, :len(contexts[index])] = torch.tensor(contexts[index], dtype=torch.long)
+            attention[row, :len(contexts[index])] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        if head is None or body is None or body is model:
+            _score(model, None, model(input_ids=input_ids, attention_mask=attention).logits,
+                   [len(prompt_ids[i]) for i in chunk], [completion_ids[i] for i in chunk], chunk, results)
+        else:
+            hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+            _score(model, head, hidden, [len(prompt_ids[i]) for i in chunk], [completion_ids[i] for i in chunk],
+                   chunk, results)
+    missing = [index for index, result in enumerate(results) if result is None]
+    if missing:
+        raise RuntimeError(f"completion_nlls: rows {missing} were not scored (a planning error)")
+    return results  # type: ignore[return-value]
+
+
+def _score(model: Any, head: Any, states: torch.Tensor, prompt_ends: Sequence[int],
+           completions: Sequence[Sequence[int]], indices: Sequence[int], results: list) -> None:
+    """Completion NLL sums of a batch into `results[indices]`: `states` ``[rows, width, ...]`` are
+    hidden states (LM head `head` applied at the scored positions only) or, without `head`, logits;
+    row r's completion token j is predicted at `prompt_ends[r] - 1 + j`."""
+    row_index = torch.tensor([row for row, c in enumerate(completions) for _ in c], dtype=torch.long)
+    positions = torch.tensor([end - 1 + j for end, c in zip(prompt_ends, completions) for j in range(len(c))],
+                             dtype=torch.long)
+    targets = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=states.device)
+    picked = states[row_index.to(states.device), positions.to(states.device)]
+    if head is not None:
+        picked = head(picked)
+        softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        if softcap:  # Gemma-2's final soft cap, as its full forward applies it
+            picked = torch.tanh(picked / softcap) * softcap
+    nll = token_nll(picked.float(), targets).cpu()
+    offset = 0
+    for index, completion in zip(indices, completions):
+        results[index] = (float(nll[offset:offset + len(completion)].sum()), len(completion)) if completion else (0.0, 0)
+        offset += len(completion)
 
 
 def perplexities(

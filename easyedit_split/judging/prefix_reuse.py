@@ -1,9 +1,11 @@
-"""Shared prompt prefixes for the local judge: their keys and values computed once, each prompt's suffix run on them.
+"""Shared prompt prefixes: their keys and values computed once, each prompt's suffix run on them.
 
 Why: every judge prompt of one rubric starts with the same chat-template header and rubric text (about
 three quarters of its tokens in the demo); only the concept, instruction and generated text differ.
-Causal attention makes the keys and values of a prefix independent of what follows it, so they are
-computed once (`PrefixKV`) and reused, and only the differing suffix runs through the model.
+Perplexity scores every multiplier's and method's answer to a question after the same prompt
+(`generation_eval.text_metrics`). Causal attention makes the keys and values of a prefix independent of
+what follows it, so they are computed once (`PrefixKV`) and reused, and only the differing suffix runs
+through the model (`last_hidden` for the judge's one position, `suffix_hidden` for every position).
 
 Which prefixes: data-driven, not tied to a rubric's wording. A row reuses the longest common token
 prefix it has with a stored entry (cut to that length, since a prefix of a prefix has the prefix's
@@ -218,11 +220,11 @@ class PrefixKV:
             self._entries.move_to_end(group.entry)
         return list(groups.values()), plain
 
-    def last_hidden(self, body: nn.Module, argument: str, group: _Group, rows: Sequence[Sequence[int]],
-                    pad_id: int, device: torch.device) -> torch.Tensor:
-        """Each row's last hidden state ``[len(rows), hidden]``: the suffixes after the group's prefix,
-        right-padded (causal attention: padding after a row's end cannot reach its tokens), run on the
-        stored keys and values."""
+    def suffix_hidden(self, body: nn.Module, argument: str, group: _Group, rows: Sequence[Sequence[int]],
+                      pad_id: int, device: torch.device) -> torch.Tensor:
+        """Hidden states ``[len(rows), width, hidden]`` of each row's tokens after the group's prefix
+        (row `i`'s token `group.length + j` at `[i, j]`), right-padded to the longest suffix (causal
+        attention: padding after a row's end cannot reach its tokens), run on the stored keys and values."""
         import torch
         from transformers import DynamicCache
 
@@ -239,5 +241,13 @@ class PrefixKV:
             hidden = body(input_ids=input_ids, position_ids=positions, use_cache=True,
                           **{argument: cache}).last_hidden_state
         self.suffix_tokens_run += n * width
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
-        return hidden[torch.arange(n, device=device), last]
+        return hidden
+
+    def last_hidden(self, body: nn.Module, argument: str, group: _Group, rows: Sequence[Sequence[int]],
+                    pad_id: int, device: torch.device) -> torch.Tensor:
+        """Each row's last hidden state ``[len(rows), hidden]`` (`suffix_hidden` at each row's end)."""
+        import torch
+
+        hidden = self.suffix_hidden(body, argument, group, rows, pad_id, device)
+        last = torch.tensor([len(row) - group.length - 1 for row in rows], device=device)
+        return hidden[torch.arange(len(rows), device=device), last]
