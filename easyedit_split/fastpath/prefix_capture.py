@@ -99,10 +99,8 @@ def _refusal(model: nn.Module, batch: TokenBatch, start_layer: int, length: int)
         return f"layer types {sorted(set(_layer_types(model)))}"
     if not (bool((ids == ids[:1]).all()) and bool((mask == 1).all()) and bool((model_mask == model_mask[:1]).all())):
         return "the rows differ within the prefix"
-    from torch.nn.modules import module as torch_module
-
-    hooked = torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks or any(
-        m._forward_hooks or m._forward_pre_hooks for layer in get_decoder_layers(model)[:start_layer] for m in layer.modules())
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for layer in get_decoder_layers(model)[:start_layer]
+                 for m in layer.modules())  # (global hooks, e.g. FLOP counters' module trackers, see every module)
     return "a hook sits on a layer below the start layer" if hooked else None
 
 
