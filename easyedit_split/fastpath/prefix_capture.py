@@ -27,7 +27,14 @@ from torch import nn
 from ..models import get_decoder_layers, num_layers
 from ..prompts import TokenBatch
 from .recording import record_activations
-from .replay import CapturedInputs, PrefixKeyValues, _layer_types, _PrefixedKeyValues, _recorded_kwargs, _run_layers
+from .replay import (
+    CapturedInputs,
+    PrefixKeyValues,
+    _layer_types,
+    _PrefixedKeyValues,
+    _recorded_kwargs,
+    _run_layers,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,9 @@ A prefix shared by every row (the chat template's system turn and user header) i
 and causal, so its keys and values at layers `l..N` are the same in every row and every step.
 `capture_prefix` computes them once (one row); `replay_hidden_after_prefix` then replays only
 the positions after it, up to the longest selected row, attending to the stored prefix keys
-and values.
+and values. The capture itself does the same below `l` (`shared_prefix`, `prefix_capture.py`):
+the prefix runs through layers `0..l-1` once, in one row, and the rest of every row on its keys
+and values; the forward that records the embeddings and kwargs stops before any layer it need not run.
 
 A vector added to layer `l`'s output does not change that output, and nothing else in layer `l`
 reads it: `replay_layer` then starts the replay at `l + 1` from a capture of layer `l`'s unsteered
