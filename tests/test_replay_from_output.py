@@ -115,7 +115,7 @@ def test_a_vector_replay_runs_layer_l_only_in_the_capture():
     runs = LayerRuns(model)
     try:
         captured = capture_layer_inputs(model, batch, replay_layer(model, LAYER, [vector]))
-        assert runs.ran() == {0: 1, 1: 1, 2: 1, 3: 1}  # the capture forward stops once layer 3 returned
+        assert runs.ran() == {0: 1, 1: 1, 2: 1}  # the capture forward stops before layer 3 runs
         runs.counts.clear()
         for m in (0.5, 1.0, 2.0):
             completion_nll(model, captured, {LAYER: vector}, m)
@@ -152,9 +152,9 @@ def test_sweep_runs_layer_l_once_for_every_multiplier_where_exact(method, compon
         runs.remove()
     exact = method == "vector"
     assert scores.info["replay_from"] == (LAYER + 1 if exact else LAYER)
-    # capture: one forward over the rows (layers 0..start, stopped there) and the prefix's one row at layers start..3
+    # capture: one forward over the rows (layers 0..start-1, stopped before start) and the prefix's one row at layers start..3
     layer_l = runs.ran()[LAYER]
-    assert layer_l == (1 if exact else 1 + 1 + 1)  # capture / capture + prefix + one replay batch of 12 rows
+    assert layer_l == (1 if exact else 1 + 1)  # capture / prefix + one replay batch of 12 rows
     assert_sweep_equals_plain(model, pairs, updates, multipliers, scores, steer_from=4)
 
 

@@ -1,8 +1,9 @@
 """One capture per dataset: captured layer inputs and prefix keys/values, reused across methods and runs.
 
 The fast paths (training, sweep scoring) start by running the layers below the intervention once
-over the data (`packing.capture_layout`) and the chat template's never-steered prefix once at the
-layers above (`replay.capture_prefix`). That result depends only on the model's weights, the
+over the data (`packing.capture_layout`, which runs the prefix every row shares through them once:
+`prefix_capture`) and the chat template's never-steered prefix once at the layers above
+(`replay.capture_prefix`). That result depends only on the model's weights, the
 start layer, the token ids and layout of the data (which include the chat template's tokens),
 the tokens hidden from attention (`attention_mask: pad_id`), the dtype and this package's code.
 `capture` keys it on exactly that:

@@ -31,7 +31,7 @@ LAYOUTS = ("packed", "rows")
 __all__ = [
     "EncodedPair", "PackedLayout", "build_layout", "capture_layout", "pairs_from_batch", "replay_start",
     "select_rows", "LAYOUTS", "pair_batch", "capture_template", "hide_keys",
-    "branch_positions", "branch_nll",
+    "branch_positions", "branch_nll", "shared_columns",
 ]
 
 
@@ -252,15 +252,28 @@ def select_rows(lay: PackedLayout, rows: torch.Tensor) -> PackedLayout:
                         None if lay.hidden_keys is None else lay.hidden_keys[rows])
 
 
-def capture_layout(model: nn.Module, lay: PackedLayout, start_layer: int) -> CapturedInputs:
-    """`replay.capture_layer_inputs` for the rows of `lay`, with its masks and position ids."""
+def capture_layout(model: nn.Module, lay: PackedLayout, start_layer: int, reuse_prefix: bool = True) -> CapturedInputs:
+    """`replay.capture_layer_inputs` for the rows of `lay`, with its masks and position ids. The
+    leading columns every row shares (`shared_columns`: the chat template's prefix) run through the
+    layers below `start_layer` once (`prefix_capture`; `reuse_prefix=False`: in every row)."""
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     batch = TokenBatch(lay.input_ids.to(device), lay.valid.long().to(device),
                        torch.full_like(lay.input_ids, IGNORE_INDEX).to(device))
     with _inject_forward_kwargs(model, attention_mask=_model_mask(model, lay, dtype, device),
                                 position_ids=lay.position_ids.to(device)):
-        return capture_layer_inputs(model, batch, start_layer)
+        return capture_layer_inputs(model, batch, start_layer, shared_columns(lay) if reuse_prefix else 0)
+
+
+def shared_columns(lay: PackedLayout) -> int:
+    """Leading columns that are the same in every row: real tokens with the same id, position,
+    branch and hiddenness (no label rule: unlike `replay_start`, the capture scores nothing)."""
+    same = lay.valid.all(dim=0)
+    for values in (lay.input_ids, lay.position_ids, lay.branch, lay.hidden_keys):
+        if values is not None:
+            same &= (values == values[:1]).all(dim=0)
+    differing = (~same).nonzero()
+    return int(differing[0]) if differing.numel() else lay.input_ids.shape[1]
 
 
 def replay_start(lay: PackedLayout, steered: Optional[torch.Tensor] = None) -> int:

@@ -32,8 +32,8 @@ class Recording:
 
 
 class _StopForward(Exception):
-    """Raised after layer `stop_after` has run and caught by `record_activations`: the layers above
-    and the LM head are not computed."""
+    """Raised after layer `stop_after` has run (or before `stop_before` runs) and caught by
+    `record_activations`: the layers above and the LM head are not computed."""
 
 
 @contextmanager
@@ -43,25 +43,32 @@ def record_activations(
     stop_after: Optional[int] = None,
     inputs: bool = False,
     outputs: bool = True,
+    stop_before: Optional[int] = None,
 ) -> Iterator[Recording]:
     """`with record_activations(model, [3, 5], stop_after=5) as rec: model(...)`, then `rec.outputs[5]`.
 
     Records, for every forward run in the block, the outputs (and with `inputs=True` the inputs
     and keyword arguments) of the decoder `layers`; a later forward overwrites an earlier one.
     With `stop_after`, the forward ends once that layer has returned (the block's remaining
-    statements are skipped, so run one forward per block); the exception that ends it never
-    leaves this context manager. Tensors are kept as the model made them: run under
+    statements are skipped, so run one forward per block); with `stop_before`, it ends once that
+    layer has received its inputs (recorded if asked for), before it runs: a capture that needs only
+    what a layer receives does not compute that layer. The exception that ends it never leaves
+    this context manager. Tensors are kept as the model made them: run under
     `torch.no_grad()` unless gradients are wanted.
     """
     recording = Recording()
     wanted = sorted(set(int(layer) for layer in layers))
-    hooked = sorted(set(wanted) | ({int(stop_after)} if stop_after is not None else set()))
+    stops = {int(layer) for layer in (stop_after, stop_before) if layer is not None}
+    hooked = sorted(set(wanted) | stops)
     modules = {layer: get_layer(model, layer) for layer in hooked}
 
     def record_input(layer: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            recording.inputs[layer] = args[0] if args else kwargs["hidden_states"]
-            recording.kwargs[layer] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+            if inputs and layer in wanted:
+                recording.inputs[layer] = args[0] if args else kwargs["hidden_states"]
+                recording.kwargs[layer] = {key: value for key, value in kwargs.items() if key != "hidden_states"}
+            if layer == stop_before:
+                raise _StopForward
 
         return hook
 
@@ -77,7 +84,7 @@ def record_activations(
     handles = []
     try:
         for layer, module in modules.items():
-            if inputs and layer in wanted:
+            if (inputs and layer in wanted) or layer == stop_before:
                 handles.append(module.register_forward_pre_hook(record_input(layer), with_kwargs=True))
             if (outputs and layer in wanted) or layer == stop_after:
                 handles.append(module.register_forward_hook(record_output(layer)))

@@ -12,7 +12,9 @@ A prefix shared by every row (the chat template's system turn and user header) i
 and causal, so its keys and values at layers `l..N` are the same in every row and every step.
 `capture_prefix` computes them once (one row); `replay_hidden_after_prefix` then replays only
 the positions after it, up to the longest selected row, attending to the stored prefix keys
-and values.
+and values. The capture itself does the same below `l` (`shared_prefix`, `prefix_capture.py`):
+the prefix runs through layers `0..l-1` once, in one row, and the rest of every row on its keys
+and values; the forward that records the embeddings and kwargs stops before any layer it need not run.
 
 A vector added to layer `l`'s output does not change that output, and nothing else in layer `l`
 reads it: `replay_layer` then starts the replay at `l + 1` from a capture of layer `l`'s unsteered
@@ -100,34 +102,52 @@ def _fire_output_hooks(model: nn.Module, start_layer: int, hidden: torch.Tensor)
     return output[0] if isinstance(output, tuple) else output
 
 
-def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int) -> CapturedInputs:
+def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int, shared_prefix: int = 0) -> CapturedInputs:
     """One unsteered forward that records what layers `start_layer..N-1` receive.
 
     The model passes every layer of one attention type (`config.layer_types`: full or sliding
     window) the same keyword arguments (masks, rotary embeddings), which do not depend on the
     hidden states. So the forward stops once the start layer and the first later layer of each
-    other type have received theirs (usually right after the start layer), and the layers above
+    other type have received theirs (usually before the start layer runs), and the layers above
     reuse the arguments of their type.
+
+    `shared_prefix`: leading positions that are the same in every row (tokens, mask, positions;
+    `packing.capture_layout` counts them). From `prefix_capture.MIN_CAPTURE_PREFIX` tokens on they
+    run through layers `0..start_layer-1` once, in one row, when the model qualifies
+    (`prefix_capture.capture_after_prefix`; the same result to float rounding).
     """
+    if shared_prefix > 0 and start_layer > 0:
+        from .prefix_capture import capture_after_prefix  # it builds on this module
+
+        captured = capture_after_prefix(model, batch, start_layer, shared_prefix)
+        if captured is not None:
+            return captured
     types = _layer_types(model)
     first_of_type: dict[str, int] = {}
     for index in range(start_layer, len(types)):
         first_of_type.setdefault(types[index], index)
     recorded = sorted({start_layer, *first_of_type.values()})
-    with torch.no_grad(), record_activations(model, recorded, stop_after=recorded[-1], inputs=True, outputs=False) as record:
+    with torch.no_grad(), record_activations(model, recorded, stop_before=recorded[-1], inputs=True, outputs=False) as record:
         model(input_ids=batch.input_ids, attention_mask=batch.model_mask(), use_cache=False)
-    layer_kwargs = []
-    for index in range(start_layer, len(types)):
-        source = record.kwargs[index if index in record.kwargs else first_of_type[types[index]]]
-        kept = {k: v for k, v in source.items() if k not in ("past_key_values", "past_key_value")}
-        kept["use_cache"] = False
-        layer_kwargs.append(kept)
     return CapturedInputs(
         start_layer=start_layer,
         hidden_states=record.inputs[start_layer].detach(),
-        layer_kwargs=layer_kwargs,
+        layer_kwargs=_recorded_kwargs(record.kwargs, types, start_layer, first_of_type),
         batch=batch,
     )
+
+
+def _recorded_kwargs(recorded: Mapping[int, Mapping[str, Any]], types: Sequence[str], start_layer: int,
+                     first_of_type: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The kwargs of layers `start_layer..N-1`: their own when recorded, else those of their type's
+    first recorded layer; without the model's cache (a replay brings its own)."""
+    layer_kwargs = []
+    for index in range(start_layer, len(types)):
+        source = recorded[index if index in recorded else first_of_type[types[index]]]
+        kept = {k: v for k, v in source.items() if k not in ("past_key_values", "past_key_value")}
+        kept["use_cache"] = False
+        layer_kwargs.append(kept)
+    return layer_kwargs
 
 
 def _select_rows(value: Any, rows: torch.Tensor, batch_size: int, device: Optional[torch.device] = None) -> Any:
@@ -301,15 +321,16 @@ def _causal_mask(start: int, end: int, sliding_window: Optional[int], device: to
 def _run_layers(
     model: nn.Module, captured: CapturedInputs, hidden: torch.Tensor, rows: torch.Tensor,
     start: int, end: int, cache: Optional[_PrefixedKeyValues], positions: Optional[torch.Tensor] = None,
-    fire_below: bool = True,
+    fire_below: bool = True, stop_layer: Optional[int] = None,
 ) -> torch.Tensor:
-    """Layers `start_layer..N-1` on `hidden`: query positions `start..end-1`, or the selected
-    `positions` ([rows, width], keys the prefix and the selection) when given."""
+    """Layers `start_layer..N-1` (`..stop_layer-1` when given) on `hidden`: query positions
+    `start..end-1`, or the selected `positions` ([rows, width], keys the prefix and the selection)
+    when given."""
     layers = get_decoder_layers(model)
     cache_key = "cache" if "cache" in captured.layer_kwargs[0] else "past_key_values"
     if fire_below:
         hidden = _fire_output_hooks(model, captured.start_layer, hidden)
-    for offset, layer in enumerate(layers[captured.start_layer :]):
+    for offset, layer in enumerate(layers[captured.start_layer : stop_layer]):
         if positions is None:
             kwargs = _slice_positions(layer, captured.layer_kwargs[offset], rows, len(captured), start, end, hidden.device)
         else:
