@@ -1,7 +1,6 @@
 """On real unseen polarity data, a CAA vector moves preference with m and costs utility at large |m|."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from easyedit_split.data import load_dataset

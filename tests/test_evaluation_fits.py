@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pytest
 
-from easyedit_split.evaluation import fits
 from easyedit_split.evaluation.fits import (
     CurveFit, DECAY_PARAMS, FitReport, PREFERENCE_PARAMS, Summaries, UTILITY_PARAMS, _Layout, _bounds_and_starts,
     _design, _fit_points, _fit_usable, _grid, _head, _peak_excess, _reference_multiplier, _search,

@@ -368,7 +368,6 @@ def test_editor_evaluate_with_generate(tiny_chat_model, default_tokenizer, serve
 def test_run_split_evaluate_with_easyedits_judge_flags(tiny_chat_model, default_tokenizer, server, tmp_path,
                                                        monkeypatch):
     import importlib.util
-    import sys
     from pathlib import Path
 
     examples = Path(__file__).resolve().parent.parent / "examples"

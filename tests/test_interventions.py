@@ -20,7 +20,7 @@ from easyedit_split.errors import StorageError
 from easyedit_split.interventions import (
     DynamicWeightUpdate, InterventionHandle, _as_multiplier, _first_tensor, attach, check_fits_model, steer,
 )
-from easyedit_split.models import COMPONENTS, get_layer
+from easyedit_split.models import COMPONENTS
 from reference import hand_logits
 
 

@@ -7,7 +7,6 @@ the lock, and saves killed half-way by a real second process.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import signal

@@ -228,8 +228,6 @@ def test_shared_prompt_pass_equals_unshared_in_float64():
     model = build_tiny_model("gemma2").double()
     prepared = synthetic_pairs(prompt=7, shared=5)
     prepared.prefix_length = 6
-    hp = make_hparams(intervention_method="lora", ref_loss_weight=0.7, substraction_type="null_it_out",
-                      intervention_positions_dropout=0.3)
     plan = StepPlan(torch.tensor([0, 3, 8]), torch.tensor([1, 2, 9]), torch.tensor([2.0, 0.0, -1.5]),
                     torch.tensor([False, True, False]), 2)
     results = []
