@@ -176,9 +176,15 @@ def hidden_size(model: nn.Module) -> int:
 def hidden_to_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Final norm, LM head and (Gemma2) logit soft-capping applied to last-layer hidden states."""
     spec = architecture_of(model)
-    hidden = _get_attr_path(model, spec.final_norm)(hidden)
-    logits = _get_attr_path(model, spec.lm_head)(hidden)
-    cap = getattr(_text_config(model), "final_logit_softcapping", None)
+    return head_logits(model, _get_attr_path(model, spec.lm_head), _get_attr_path(model, spec.final_norm)(hidden))
+
+
+def head_logits(model: nn.Module, head: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """`head` and (Gemma2) logit soft-capping on hidden states the final norm has already seen (a
+    decoder body's `last_hidden_state`), as the model's full forward applies them."""
+    logits = head(normed)
+    config = getattr(model, "config", None)
+    cap = getattr(_text_config(model), "final_logit_softcapping", None) if config is not None else None
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -30,6 +30,7 @@ from .recording import record_activations
 from .replay import (
     CapturedInputs,
     PrefixKeyValues,
+    _first_of_each_type,
     _layer_types,
     _PrefixedKeyValues,
     _recorded_kwargs,
@@ -64,9 +65,7 @@ def capture_after_prefix(model: nn.Module, batch: TokenBatch, start_layer: int, 
     length = min(length, width - 1)  # every row keeps a position to run in the batch
     why = _refusal(model, batch, start_layer, length)
     types = _layer_types(model)
-    first_of_type: dict[str, int] = {}
-    for index, kind in enumerate(types):
-        first_of_type.setdefault(kind, index)
+    first_of_type = _first_of_each_type(types, 0)
     recorded = sorted({0, *first_of_type.values()})
     layers = get_decoder_layers(model)
     if why is None:

@@ -123,9 +123,7 @@ def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int, 
         if captured is not None:
             return captured
     types = _layer_types(model)
-    first_of_type: dict[str, int] = {}
-    for index in range(start_layer, len(types)):
-        first_of_type.setdefault(types[index], index)
+    first_of_type = _first_of_each_type(types, start_layer)
     recorded = sorted({start_layer, *first_of_type.values()})
     with torch.no_grad(), record_activations(model, recorded, stop_before=recorded[-1], inputs=True, outputs=False) as record:
         model(input_ids=batch.input_ids, attention_mask=batch.model_mask(), use_cache=False)
@@ -135,6 +133,14 @@ def capture_layer_inputs(model: nn.Module, batch: TokenBatch, start_layer: int, 
         layer_kwargs=_recorded_kwargs(record.kwargs, types, start_layer, first_of_type),
         batch=batch,
     )
+
+
+def _first_of_each_type(types: Sequence[str], start_layer: int) -> dict[str, int]:
+    """The first layer from `start_layer` on of each attention type: whose recorded kwargs serve its type."""
+    first: dict[str, int] = {}
+    for index in range(start_layer, len(types)):
+        first.setdefault(types[index], index)
+    return first
 
 
 def _recorded_kwargs(recorded: Mapping[int, Mapping[str, Any]], types: Sequence[str], start_layer: int,

@@ -17,6 +17,7 @@ import torch
 
 from ..fastpath.token_nll import token_nll
 from ..judging.prefix_reuse import PrefixKV
+from ..models import head_logits
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
@@ -77,10 +78,10 @@ def completion_nlls(
     contexts = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    separable = head is not None and body is not None and body is not model  # else: the whole model's logits
     groups, plain = [], list(range(len(contexts)))
     prefixes = PrefixKV()
-    argument = (prefixes.usable(model, body, contexts)
-                if reuse_prefix and head is not None and body is not None and body is not model else None)
+    argument = prefixes.usable(model, body, contexts) if reuse_prefix and separable else None
     if argument is not None:
         groups, plain = prefixes.plan(body, argument, [list(p) for p in prompt_ids], device)
     results: list[Optional[tuple[float, int]]] = [None] * len(contexts)
@@ -100,7 +101,7 @@ def completion_nlls(
             input_ids[row, :len(contexts[index])] = torch.tensor(contexts[index], dtype=torch.long)
             attention[row, :len(contexts[index])] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
-        if head is None or body is None or body is model:
+        if not separable:
             _score(model, None, model(input_ids=input_ids, attention_mask=attention).logits,
                    [len(prompt_ids[i]) for i in chunk], [completion_ids[i] for i in chunk], chunk, results)
         else:
@@ -124,10 +125,7 @@ def _score(model: Any, head: Any, states: torch.Tensor, prompt_ends: Sequence[in
     targets = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=states.device)
     picked = states[row_index.to(states.device), positions.to(states.device)]
     if head is not None:
-        picked = head(picked)
-        softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-        if softcap:  # Gemma-2's final soft cap, as its full forward applies it
-            picked = torch.tanh(picked / softcap) * softcap
+        picked = head_logits(model, head, picked)
     nll = token_nll(picked.float(), targets).cpu()
     offset = 0
     for index, completion in zip(indices, completions):

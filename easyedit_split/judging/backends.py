@@ -335,12 +335,10 @@ class LocalJudge:
                               use_cache=False).last_hidden_state[:, -1]
             for index, state in zip(chunk, states):
                 hidden[index] = state
-        softcap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
+        from ..models import head_logits
+
         with torch.no_grad():
-            logits = head(torch.stack(hidden))
-            if softcap:  # Gemma-2's final soft cap, as its full forward applies it
-                logits = torch.tanh(logits / softcap) * softcap
-        return logits
+            return head_logits(self.model, head, torch.stack(hidden))
 
     def digit_probabilities(self, contexts: Sequence[Sequence[int]]) -> Any:
         """``[len(contexts), RATING_MAX + 1]``: p(digit) after each ``context + "\nRating: "``, renormalised
