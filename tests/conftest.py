@@ -37,6 +37,19 @@ def build_tiny_model(family: str, seed: int = 0, num_layers: int = 4, vocab_size
     return model.eval()
 
 
+def seeded_update(model, method: str, component: str, seed: int = 0, scale: float = 0.3):
+    """A `DynamicWeightUpdate` of `method` at `component` (rank 2) with N(0, scale) parameters drawn
+    after `torch.manual_seed(seed)`: the random update the replay, scoring and dtype tests steer with."""
+    from easyedit_split.interventions import DynamicWeightUpdate
+
+    torch.manual_seed(seed)
+    update = DynamicWeightUpdate.for_model(model, method, component=component, rank=2)
+    with torch.no_grad():
+        for parameter in update.parameters():
+            parameter.normal_(0, scale)
+    return update
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_model(request):
     return build_tiny_model(request.param)

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import FAMILIES, build_tiny_model
+from conftest import FAMILIES, build_tiny_model, seeded_update
 from easyedit_split import prepared_pairs, training
 from easyedit_split.evaluation.sweep_nll import EncodedPair, score_encoded_pairs
 from easyedit_split.fastpath.token_nll import completion_token_nll
@@ -28,12 +28,7 @@ def _bf16_pair(family: str):
 
 
 def _random_update(model, method: str, seed: int = 5, scale: float = 0.3) -> DynamicWeightUpdate:
-    torch.manual_seed(seed)
-    update = DynamicWeightUpdate.for_model(model, method, component=FORMS[method], rank=2)
-    with torch.no_grad():
-        for parameter in update.parameters():
-            parameter.normal_(0, scale)
-    return update
+    return seeded_update(model, method, FORMS[method], seed, scale)
 
 
 def _ids() -> torch.Tensor:

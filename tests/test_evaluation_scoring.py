@@ -7,8 +7,8 @@ import torch
 
 from easyedit_split.evaluation.sweep_nll import EncodedPair, score_encoded_pairs
 from easyedit_split.fastpath.replay import full_forward_nll
-from easyedit_split.interventions import DynamicWeightUpdate
 from easyedit_split.prompts import EncodedCompletion, collate
+from conftest import seeded_update
 
 SHAPES = [(5, 3, 4), (3, 6, 2), (7, 2, 2), (4, 4, 5), (1, 2, 3)]  # prompt, matching, not-matching lengths
 
@@ -20,12 +20,7 @@ def _pairs(seed=0):
 
 
 def _update(model, method="lora", component="mlp_mid"):
-    torch.manual_seed(4)
-    update = DynamicWeightUpdate.for_model(model, method, component=component, rank=2)
-    with torch.no_grad():
-        for parameter in update.parameters():
-            parameter.normal_(0, 0.3)
-    return update
+    return seeded_update(model, method, component, seed=4, scale=0.3)
 
 
 def _separate_full_forwards(model, pairs, updates, multiplier):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, seeded_update
 from easyedit_split.errors import StorageError
 from easyedit_split.interventions import (
     DynamicWeightUpdate, InterventionHandle, _as_multiplier, _first_tensor, attach, check_fits_model, steer,
@@ -30,12 +30,7 @@ def _logits(model, ids):
 
 
 def _random_update(model, method, component, seed=0):
-    torch.manual_seed(seed)
-    update = DynamicWeightUpdate.for_model(model, method, component=component, rank=2)
-    with torch.no_grad():
-        for parameter in update.parameters():
-            parameter.normal_(0, 0.5)
-    return update
+    return seeded_update(model, method, component, seed, scale=0.5)
 
 
 @pytest.mark.parametrize("method", ["vector", "lora", "local_weight"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, seeded_update
 from test_evaluation_scoring import assert_sweep_equals_plain
 from test_replay import _batch as padded_batch
 
@@ -24,7 +24,7 @@ from easyedit_split.fastpath.replay import (
     replay_hidden_after_prefix,
     replay_layer,
 )
-from easyedit_split.interventions import DynamicWeightUpdate, InterventionHandle
+from easyedit_split.interventions import InterventionHandle
 from easyedit_split.models import get_decoder_layers
 
 LAYER = 2
@@ -32,12 +32,7 @@ CASES = [("vector", "block"), ("lora", "mlp_mid"), ("local_weight", "attn"), ("l
 
 
 def _update(model, method, component, seed=4):
-    torch.manual_seed(seed)
-    update = DynamicWeightUpdate.for_model(model, method, component=component, rank=2)
-    with torch.no_grad():
-        for parameter in update.parameters():
-            parameter.normal_(0, 0.3)
-    return update
+    return seeded_update(model, method, component, seed, scale=0.3)
 
 
 def _batch():
